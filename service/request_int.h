@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * request_int.h - the server's side of svc_request: filling it in and emptying it.
+ *
+ * Handlers see only http.h. The server (and the unit tests, which build requests without a
+ * socket) use these to set what a request carries before its handler runs, and to release what
+ * the response owns after it has been sent.
+ */
+#ifndef SVC_REQUEST_INT_H
+#define SVC_REQUEST_INT_H
+
+#include "service/http.h"
+#include "service/router.h"
+
+struct MHD_Connection;
+
+/* What only the server knows about a request. */
+struct svc_request_int {
+    struct MHD_Connection *conn; /* NULL in unit tests: header lookups then find nothing */
+};
+
+/**
+ * Resets req for a new request of method on path (both borrowed until the request ends), with
+ * in (borrowed likewise; may be NULL). Sets start_ns. Never allocates.
+ */
+void svc_request_init(svc_request *req, svc_app *app, struct svc_request_int *in,
+                      const char *method, const char *path);
+
+/**
+ * Takes the route and path parameters of a match. The match's strings are borrowed: m must live
+ * as long as req.
+ */
+void svc_request_set_match(svc_request *req, const svc_match *m);
+
+/**
+ * Adds a query argument (both strings borrowed until the request ends). Returns 0, or UV_E2BIG
+ * when SVC_MAX_QUERY arguments are already kept (the extra ones are ignored by the caller).
+ */
+int svc_request_add_query(svc_request *req, const char *key, const char *value);
+
+/** Points the request's body at body[0..len) (borrowed until the request ends). */
+void svc_request_set_body(svc_request *req, const char *body, size_t len);
+
+/** True when id is 1..SVC_REQUEST_ID_MAX characters of [A-Za-z0-9._-]. */
+bool svc_request_id_is_sane(const char *id);
+
+/**
+ * Sets req->request_id: a copy of client_id when it is sane, else a new id that is unique within
+ * the process and unlikely to repeat across processes.
+ */
+void svc_request_set_id(svc_request *req, const char *client_id);
+
+/** Frees what the response owns (body, headers) and clears it. The request stays usable. */
+void svc_request_clear_response(svc_request *req);
+
+/** The error code word API.md uses for status (bad_request, not_found, ...). */
+const char *svc_status_code_word(int status);
+
+#endif /* SVC_REQUEST_INT_H */
