@@ -118,6 +118,7 @@ struct rt_runtime {
     uv_idle_t idle;
     rt_list posts;
     int closing;
+    void (*close_cb)(rt_runtime *rt);
 };
 
 /**

@@ -92,6 +92,7 @@ struct rt_task {
     rt_cancel_listener on_cancel;
     rt_post post;
     rt_list link; /* owned by whichever combinator holds the task (set, stream, scope) */
+    void *owner;  /* the combinator the task reports to (join, set, stream, scope, race) */
 };
 
 /** Initializes t with its vtable. Never allocates, never fails. Loop thread only. */

@@ -50,4 +50,11 @@ typedef struct rt_sleep {
  */
 void rt_sleep_init(rt_sleep *s, rt_runtime *rt, uint64_t ms, void (*release_cb)(rt_sleep *s));
 
+/**
+ * Allocates (through rt_malloc) and initializes a sleep whose release frees it: new, the caller
+ * owns it until it hands it to something that steals it (a scope, a set, a stream) or releases it
+ * with rt_task_release(&s->task). Returns NULL when the allocation fails. Loop thread only.
+ */
+rt_sleep *rt_sleep_new(rt_runtime *rt, uint64_t ms);
+
 #endif /* RT_WORK_H */
