@@ -46,15 +46,16 @@ struct rt_scope {
 };
 
 /**
- * Opens s under parent (NULL for the root). Fails with UV_ESHUTDOWN when parent is closing.
- * Never allocates. name is borrowed for s's lifetime.
+ * Opens s under parent (NULL for the root). Fails with UV_ESHUTDOWN when rt_scope_close was
+ * called on parent itself (S3). Never allocates. name is borrowed for s's lifetime.
  */
 int rt_scope_init(rt_scope *s, rt_runtime *rt, rt_scope *parent, const char *name);
 
 /**
  * Spawns t (steals it, even on failure) into s with s's signal. cb (may be NULL) gets the
- * completion; then the scope releases t. Returns 0, or UV_ESHUTDOWN when s is closing (t is
- * released at once, never started, cb not called).
+ * completion; then the scope releases t (so cb must not). Returns 0, or UV_ESHUTDOWN when
+ * rt_scope_close was called on s itself (t is released at once, never started, cb not called).
+ * A scope whose ancestor is closing still accepts children: work under way drains normally.
  */
 int rt_scope_spawn(rt_scope *s, rt_task *t, rt_task_cb cb);
 

@@ -48,7 +48,10 @@ void rt_sem_waiter_init(rt_sem_waiter *w, rt_sem *sem);
  */
 int rt_sem_acquire(rt_sem *sem, rt_sem_waiter *w, rt_cancel *signal, rt_task_cb cb);
 
-/** Gives back the permit held by w (whose task completed with 0). */
+/**
+ * Gives back the permit held by w (whose task completed with 0). Releasing w's task while it
+ * still holds the permit gives it back too, so a grant that lost a race is not leaked.
+ */
 void rt_sem_release(rt_sem_waiter *w);
 
 /** Closes sem: it must have no permit held and no waiter (asserted). */
