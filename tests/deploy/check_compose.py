@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""deploy/docker-compose.yml as docker-compose itself reads it, and the properties the deployment
+relies on.
+
+`docker-compose config` validates the file against the compose schema and interpolates it without
+a Docker engine; the checks then run on its normalized output, so they see what compose would run
+(durations, list forms and defaults resolved), not the spelling of the file. No container is
+started here: there is no engine on the test machines."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+from deploylib import Checks, allowed_vars, duration_ms, path, skip
+
+COMPOSE = path("deploy", "docker-compose.yml")
+
+
+def compose(*args):
+    # A clean environment for interpolation, so the checks see the file's defaults and not
+    # whatever the caller's shell has set.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("POSTGRES_", "LOAD_", "COMPOSE_"))}
+    return subprocess.run(["docker-compose", "-f", COMPOSE] + list(args), env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def main():
+    if shutil.which("docker-compose") is None:
+        skip("docker-compose is not installed (deploy/setup.sh installs it)")
+    c = Checks("check_compose")
+
+    run = compose("config")
+    if not c.expect(run.returncode == 0, "docker-compose config accepts the file: " + run.stderr):
+        c.finish()
+    cfg = yaml.safe_load(run.stdout)
+    services = cfg.get("services", {})
+    for name in ("postgres", "hindsight", "load"):
+        c.expect(name in services, "service %s is defined" % name)
+    pg = services.get("postgres", {})
+    app = services.get("hindsight", {})
+    load = services.get("load", {})
+
+    c.expect(str(pg.get("image", "")).startswith("postgres:15"), "postgres runs postgres:15")
+    pg_test = pg.get("healthcheck", {}).get("test", [])
+    c.expect("pg_isready" in pg_test and "-h" in pg_test
+             and pg_test[pg_test.index("-h") + 1] == "127.0.0.1",
+             "postgres healthcheck is pg_isready -h 127.0.0.1, got %r" % pg_test)
+    volumes = cfg.get("volumes") or {}
+    pg_mounts = [v.split(":") for v in pg.get("volumes", []) if isinstance(v, str)]
+    c.expect(any(m[0] in volumes and m[1] == "/var/lib/postgresql/data" for m in pg_mounts),
+             "postgres data lives on a named volume, got %r" % pg.get("volumes"))
+
+    c.expect(app.get("depends_on", {}).get("postgres", {}).get("condition") == "service_healthy",
+             "hindsight waits for postgres to be healthy")
+    app_test = " ".join(app.get("healthcheck", {}).get("test", []))
+    env = app.get("environment", {})
+    port = env.get("PORT", "8080")
+    c.expect("http://127.0.0.1:%s/readyz" % port in app_test,
+             "hindsight healthcheck probes /readyz on PORT, got %r" % app_test)
+    c.expect(app.get("build", {}).get("context") == path() and
+             os.path.isfile(path(app.get("build", {}).get("dockerfile", "Dockerfile"))),
+             "hindsight builds from the repository's Dockerfile")
+
+    unknown = set(env) - allowed_vars()
+    c.expect(not unknown, "hindsight's environment uses only known setting names, unknown: %s"
+             % sorted(unknown))
+    c.expect(env.get("DATABASE_URL", "").split("@")[-1].startswith("postgres:5432/"),
+             "DATABASE_URL points at the postgres service, got %r" % env.get("DATABASE_URL"))
+    grace = int(env.get("SHUTDOWN_GRACE_MS", 0))
+    drain = int(env.get("DRAIN_DELAY_MS", 0))
+    stop = duration_ms(app.get("stop_grace_period", "10s"))
+    c.expect(grace > 0 and stop > drain + grace,
+             "stop_grace_period (%d ms) > DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS (%d + %d ms)"
+             % (stop, drain, grace))
+
+    c.expect(load.get("profiles") == ["load"], "the load run is only in the `load` profile")
+    c.expect(load.get("depends_on", {}).get("hindsight", {}).get("condition") == "service_healthy",
+             "the load run waits for hindsight to be ready")
+    context = load.get("build", {}).get("context", "")
+    c.expect(context == path("deploy", "wrk") and os.path.isfile(os.path.join(context,
+                                                                              "Dockerfile")),
+             "the load image builds from deploy/wrk, got %r" % context)
+    c.expect(load.get("command", [])[-1:] == ["http://hindsight:%s" % port],
+             "the load run targets the hindsight service, got %r" % load.get("command"))
+
+    # Services without a profile are what a plain `up` starts: postgres and hindsight only.
+    profiles = compose("config", "--profiles")
+    c.expect(profiles.returncode == 0 and profiles.stdout.split() == ["load"],
+             "the only profile is load, got %r" % profiles.stdout)
+    c.expect(all(not s.get("profiles") for n, s in services.items() if n != "load"),
+             "postgres and hindsight belong to no profile")
+    c.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
