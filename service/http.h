@@ -57,6 +57,7 @@ typedef struct svc_request svc_request;
 typedef struct svc_route svc_route;
 typedef struct svc_router svc_router;
 typedef struct rt_db rt_db;
+typedef struct svc_metrics svc_metrics;
 
 /*
  * The service around the handlers, created by main.c. Handlers read it through req->app (or keep
@@ -68,6 +69,8 @@ struct svc_app {
     uv_loop_t *loop;           /* the one loop every handler runs on */
     rt_runtime *rt;            /* the task runtime of that loop */
     rt_db *db;                 /* the PostgreSQL pool; NULL when DATABASE_URL is unset */
+    svc_metrics *metrics;      /* register a handler's own counters here (service/metrics.h) */
+    rt_scope *root_scope;      /* the root of the scope tree: closes last, after the server */
     rt_scope *service_scope;   /* long-lived background work: drained, then cancelled, at shutdown */
     rt_cancel *drain;          /* fires at shutdown step 3: batches stop taking new items */
     rt_cancel *hard_cancel;    /* fires at shutdown step 5: everything left is being cancelled */

@@ -56,6 +56,9 @@ size_t svc_router_count(const svc_router *r);
 /** The i-th row (borrowed for the process lifetime), in the order they were added. */
 const svc_route *svc_router_row(const svc_router *r, size_t i);
 
+/** The index of row (which must come from r) in the table: 0..svc_router_count(r)-1. */
+size_t svc_router_index(const svc_router *r, const svc_route *row);
+
 /** "before", "after" or "none". */
 const char *svc_variant_name(svc_variant v);
 
