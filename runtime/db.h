@@ -201,6 +201,13 @@ const char *rt_db_result_error(const rt_db_result *r);
 
 typedef void (*rt_db_query_release_cb)(rt_db_query *q);
 
+/* Private: how a query or a transaction waits in the pool's FIFO queue. */
+typedef struct rt_db__wait {
+    rt_list link;
+    uint64_t since; /* uv_hrtime() when started, for the wait histogram */
+    uint8_t kind;
+} rt_db__wait;
+
 /*
  * A single statement. Embed it, init it, start q->task (with a signal to make it cancellable),
  * read q->result in the completion callback, then rt_task_release(&q->task).
@@ -211,13 +218,12 @@ struct rt_db_query {
     rt_db_result result; /* read-only: valid once the completion is delivered */
     /* private */
     rt_db *db;
+    rt_db__wait wait;
     const char *name;
     const char *sql;
     const char *params[RT_DB_MAX_PARAMS];
     int nparams;
-    uint64_t queued_at;
-    rt_list link;
-    void *slot;
+    struct rt_db__slot *slot;
     rt_db_query_release_cb release_cb;
 };
 
@@ -267,13 +273,14 @@ struct rt_db_tx {
     uint8_t outcome;     /* read-only: enum rt_db_tx_outcome, once completed */
     /* private */
     rt_db *db;
+    rt_db__wait wait;
     const char *begin_sql;
     rt_db_tx_step_cb step_cb;
     rt_db_tx_release_cb release_cb;
-    uint64_t queued_at;
-    rt_list link;
-    void *conn;
+    struct rt_db__conn *conn;
+    int pending_cancel;
     uint8_t phase;
+    bool in_step;
     bool decided;
 };
 

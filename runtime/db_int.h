@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * db_int.h - what the driver's three files share: the pool (db.c), one connection's state
+ * machine (db_conn.c) and the transaction task (db_tx.c). Nothing outside runtime/db*.c includes
+ * it.
+ *
+ * A connection's life (db_conn.c draws the details):
+ *
+ *     BACKOFF --timer--> RESOLVING --addresses--> CONNECTING --PGRES_POLLING_OK--> READY
+ *        ^                   |                        |                             |
+ *        +------ failed -----+------- failed ---------+<------- lost/discarded -----+
+ *
+ * and CLOSED, once the pool is closing and the connection has let go of everything.
+ *
+ * In READY, a connection carries a FIFO ring of slots, one per request sent with its own sync
+ * point. A slot belongs to a query, to the transaction holding the connection, or to nobody (an
+ * orphan, whose task already completed, or the pool's own ROLLBACK); results of ownerless slots
+ * are read and dropped. A connection takes new work only when it is "placeable" (see
+ * rt__db_conn_is_placeable): never behind an orphan, never while a PQcancel for it is in flight,
+ * never while a transaction holds it or its cleanup is pending.
+ */
+#ifndef RT_DB_INT_H
+#define RT_DB_INT_H
+
+#include "db.h"
+#include "work.h"
+
+#include <libpq-fe.h>
+
+enum db_wait_kind { DB_WAIT_QUERY = 1, DB_WAIT_TX = 2 };
+
+enum db_conn_state {
+    CONN_BACKOFF = 0, /* not connected; the timer starts the next attempt */
+    CONN_RESOLVING,   /* uv_getaddrinfo in flight */
+    CONN_CONNECTING,  /* PQconnectPoll handshake */
+    CONN_READY,       /* established; slots may be in flight */
+    CONN_CLOSED       /* the pool is closing and this connection is done */
+};
+
+enum db_slot_kind {
+    SLOT_QUERY = 1, /* an rt_db_query's statement */
+    SLOT_ORPHAN,    /* its query completed early (cancelled); the result is dropped */
+    SLOT_BEGIN,     /* the holding transaction's BEGIN */
+    SLOT_STMT,      /* one of its statements */
+    SLOT_COMMIT,    /* its COMMIT: from here on, cancellation no longer strikes */
+    SLOT_ROLLBACK,  /* the pool's own cleanup after an abandoned transaction */
+    SLOT_DROPPED    /* a transaction statement whose transaction already completed */
+};
+
+/* What the connection's timer is bounding while READY. */
+enum db_bound { BOUND_NONE = 0, BOUND_COMMIT, BOUND_ROLLBACK, BOUND_CANCEL };
+
+typedef struct rt_db__slot {
+    rt_db_query *q;    /* SLOT_QUERY only */
+    PGresult *res;     /* the statement's result, or the first error seen for it */
+    const char *prep_name; /* the connection's copy of the name being prepared, or NULL */
+    uint8_t kind;      /* enum db_slot_kind */
+    bool prepare;      /* a Parse was sent and its result is still to come */
+    bool res_is_error; /* res is an error */
+} db_slot;
+
+typedef struct rt_db__conn db_conn;
+
+/* A uv_poll handle for one socket; allocated because libpq may switch sockets while connecting. */
+typedef struct db_watch {
+    uv_poll_t poll;
+    db_conn *conn; /* NULL once detached (closing) */
+    int fd;
+} db_watch;
+
+/* A blocking libpq call run on the thread pool: PQcancel or PQfinish. */
+typedef struct db_job {
+    rt_work work;
+    db_conn *conn;
+    PGcancel *cancel; /* PQcancel job */
+    PGconn *pg;       /* PQfinish job */
+    bool busy;
+} db_job;
+
+struct rt_db__conn {
+    rt_db *db;
+    uint8_t state;   /* enum db_conn_state */
+    uint8_t bound;   /* enum db_bound, while READY */
+    PGconn *pg;
+    db_watch *watch;
+    int events;      /* events the watch is started with */
+    uint64_t gen;    /* bumped at every discard: stale callbacks compare it */
+    uv_timer_t timer; /* backoff, connect timeout, or the READY bound */
+    uv_getaddrinfo_t resolve;
+    db_slot *slots;  /* ring of cfg.pipeline_depth + 1 */
+    size_t head;
+    size_t count;
+    rt_db_tx *tx;    /* the transaction holding the connection, or NULL */
+    bool held;       /* a transaction or its cleanup owns the connection */
+    unsigned failures; /* consecutive failed attempts, for the backoff */
+    uint64_t ready_at; /* loop time when it last became READY */
+    char **names;    /* statements prepared on this connection (owned copies) */
+    size_t nnames;
+    size_t names_cap;
+    db_job cancel_job;
+    db_job finish_job;
+};
+
+struct rt_db {
+    rt_runtime *rt;
+    uv_loop_t *loop;
+    rt_db_config cfg;
+    /* Connection parameters without host/hostaddr, as libpq keyword/value arrays. */
+    const char **keys;
+    const char **vals;
+    size_t nkeys;
+    PQconninfoOption *parsed; /* owns the strings keys/vals point into (libpq's allocation) */
+    char *app_name;
+    char *options;
+    char *host;           /* a name to resolve before each attempt, or NULL */
+    char *host_literal;   /* host as given when it needs no resolution, or NULL */
+    char *hostaddr;       /* hostaddr as given, or NULL */
+    db_conn *conns;
+    db_slot *slots; /* pool_size rings of pipeline_depth slots */
+    rt_list queue;
+    size_t queued;
+    size_t ready;   /* connections in CONN_READY */
+    size_t in_flight;
+    bool down;      /* the last attempt failed and no connection works */
+    bool closing;
+    size_t watches; /* db_watch handles not yet closed */
+    size_t timers;  /* connection timers not yet closed */
+    size_t jobs;    /* db_jobs on the thread pool */
+    bool finalizing;
+    rt_db_close_cb close_cb;
+    void *close_arg;
+    uint64_t rng;
+    rt_db_stats st; /* counters; gauges are computed in rt_db_stats_get */
+};
+
+/* db.c */
+int rt__db_submit(rt_db *db, rt_db__wait *w);
+void rt__db_unqueue(rt_db *db, rt_db__wait *w);
+void rt__db_dispatch(rt_db *db);
+void rt__db_fail_queue(rt_db *db, int err);
+void rt__db_query_finish(rt_db_query *q, PGresult *res, int err, const char *detail);
+void rt__db_maybe_closed(rt_db *db);
+char *rt__db_strdup(const char *s);
+
+/* db_conn.c */
+void rt__db_conn_init(db_conn *c, rt_db *db, db_slot *slots);
+void rt__db_conn_start(db_conn *c);
+void rt__db_conn_close(db_conn *c);
+bool rt__db_conn_is_placeable(const db_conn *c);
+bool rt__db_conn_is_idle(const db_conn *c);
+db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *name,
+                          const char *sql, int nparams, const char *const *params);
+void rt__db_conn_orphan(db_conn *c, db_slot *s);
+void rt__db_conn_cancel_running(db_conn *c);
+void rt__db_conn_arm_bound(db_conn *c, uint8_t bound, uint32_t ms);
+void rt__db_conn_discard(db_conn *c, int err, const char *detail);
+void rt__db_conn_settle(db_conn *c);
+
+/* db_tx.c */
+void rt__db_tx_place(rt_db_tx *tx, db_conn *c);
+void rt__db_tx_on_result(db_conn *c, db_slot *s);
+void rt__db_tx_on_lost(db_conn *c, int err, const char *detail);
+
+/* db_result.c */
+/* Classifies an error result: RT_DB_ESQL, or UV_ETIMEDOUT for statement_timeout (57014). */
+int rt__db_result_status(const PGresult *res);
+/* Replaces r's content with res (steals it; may be NULL) and a copy of detail (may be NULL). */
+void rt__db_result_set(rt_db_result *r, PGresult *res, const char *detail);
+/* Frees r's content. */
+void rt__db_result_clear(rt_db_result *r);
+
+#endif /* RT_DB_INT_H */
