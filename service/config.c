@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config.c - the settings table, and parsing the environment and the command line against it.
+ *
+ * Each setting is one row: environment name, kind, range, default and help. The flag name is
+ * derived from the environment name (REQUEST_TIMEOUT_MS -> --request-timeout-ms), so the two can
+ * never drift apart. Defaults are applied first, then the environment, then the flags, and every
+ * value goes through the same parser, so `PORT=x` and `--port x` fail the same way.
+ */
+#include "service/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+typedef enum kind { K_INT, K_INT64, K_STR, K_BOOL, K_LEVEL, K_FORMAT } kind;
+
+typedef struct setting {
+    const char *env;
+    kind kind;
+    size_t offset;
+    int64_t min;
+    int64_t max;
+    const char *dflt;
+    const char *help;
+} setting;
+
+#define AT(f) offsetof(svc_config, f)
+
+static const setting settings[] = {
+    {"PORT", K_INT, AT(port), 0, 65535, "8080", "TCP port to listen on (0 picks a free one)"},
+    {"DATABASE_URL", K_STR, AT(database_url), 0, 0, "",
+     "PostgreSQL connection string; empty runs without a database (readiness 503)"},
+    {"DB_POOL_SIZE", K_INT, AT(db_pool_size), 1, 512, "16", "database connections in the pool"},
+    {"DB_QUEUE_LIMIT", K_INT, AT(db_queue_limit), 0, 1000000, "1024",
+     "requests allowed to wait for a connection; beyond it 503 + Retry-After"},
+    {"BATCH_CONCURRENCY", K_INT, AT(batch_concurrency), 1, 1000, "20",
+     "default concurrency of POST /after/batch"},
+    {"REQUEST_TIMEOUT_MS", K_INT, AT(request_timeout_ms), 1, 3600000, "30000",
+     "deadline of each request; its work is cancelled and it answers 504"},
+    {"DRAIN_DELAY_MS", K_INT, AT(drain_delay_ms), 0, 3600000, "0",
+     "keep serving this long after readiness turns 503 at shutdown"},
+    {"SHUTDOWN_GRACE_MS", K_INT, AT(shutdown_grace_ms), 0, 3600000, "10000",
+     "wait this long for in-flight work at shutdown, then cancel it"},
+    {"MAX_BODY_BYTES", K_INT64, AT(max_body_bytes), 0, INT64_C(1) << 30, "1048576",
+     "largest request body; larger ones get 413"},
+    {"MAX_CONNECTIONS", K_INT, AT(max_connections), 1, 1000000, "16384",
+     "open connections, all clients together"},
+    {"MAX_CONNECTIONS_PER_IP", K_INT, AT(max_connections_per_ip), 0, 1000000, "0",
+     "open connections from one address; 0 means MAX_CONNECTIONS"},
+    {"CONNECTION_TIMEOUT_S", K_INT, AT(connection_timeout_s), 1, 3600, "30",
+     "a connection idle (or sending this slowly) this long is closed"},
+    {"BEFORE_ROUTES", K_BOOL, AT(before_routes), 0, 0, "on",
+     "serve the anti-pattern (before) routes: on|off"},
+    {"LOG_LEVEL", K_LEVEL, AT(log_level), 0, 0, "info", "debug|info|warn|error"},
+    {"LOG_FORMAT", K_FORMAT, AT(log_format), 0, 0, "json", "json|text"},
+    {"WORKERS", K_INT, AT(workers), 1, 1, "1",
+     "event loops serving the port (one loop serves more than nginx's one worker)"},
+};
+
+#define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+static void flag_name(const setting *s, char *out, size_t cap)
+{
+    size_t i;
+
+    for (i = 0; s->env[i] != '\0' && i + 1 < cap; i++)
+        out[i] = s->env[i] == '_' ? '-' : (char)tolower((unsigned char)s->env[i]);
+    out[i] = '\0';
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = {"on", "true", "1", "yes"};
+    static const char *const no[] = {"off", "false", "0", "no"};
+
+    for (size_t i = 0; i < 4; i++) {
+        if (strcmp(v, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcmp(v, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return UV_EINVAL;
+}
+
+/* Sets s in c from text v; on failure reports on err naming `from` (the env name or flag). */
+static int apply(svc_config *c, const setting *s, const char *v, const char *from, FILE *err)
+{
+    char *p = (char *)c + s->offset;
+    char *end;
+    long long n;
+
+    switch (s->kind) {
+    case K_INT:
+    case K_INT64:
+        errno = 0;
+        n = strtoll(v, &end, 10);
+        if (v[0] == '\0' || *end != '\0' || errno != 0 || n < s->min || n > s->max) {
+            fprintf(err, "hindsight: invalid %s=%s: expected an integer in %lld..%lld\n", from, v,
+                    (long long)s->min, (long long)s->max);
+            return UV_EINVAL;
+        }
+        if (s->kind == K_INT)
+            *(int *)(void *)p = (int)n;
+        else
+            *(int64_t *)(void *)p = n;
+        return 0;
+    case K_STR: {
+        char *copy = strdup(v);
+
+        if (copy == NULL)
+            return UV_ENOMEM;
+        free(*(char **)(void *)p);
+        *(char **)(void *)p = copy;
+        return 0;
+    }
+    case K_BOOL:
+        if (parse_bool(v, (bool *)(void *)p) < 0) {
+            fprintf(err, "hindsight: invalid %s=%s: expected on or off\n", from, v);
+            return UV_EINVAL;
+        }
+        return 0;
+    case K_LEVEL:
+        if (svc_log_level_parse(v, (svc_log_level *)(void *)p) < 0) {
+            fprintf(err, "hindsight: invalid %s=%s: expected debug, info, warn or error\n", from,
+                    v);
+            return UV_EINVAL;
+        }
+        return 0;
+    case K_FORMAT:
+        if (svc_log_format_parse(v, (svc_log_format *)(void *)p) < 0) {
+            fprintf(err, "hindsight: invalid %s=%s: expected json or text\n", from, v);
+            return UV_EINVAL;
+        }
+        return 0;
+    }
+    return UV_EINVAL;
+}
+
+static void print_help(FILE *out)
+{
+    char flag[64];
+
+    fprintf(out, "usage: hindsight [--flag=value ...]\n\n"
+                 "Every setting is an environment variable and a flag; the flag wins.\n\n");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        flag_name(&settings[i], flag, sizeof(flag));
+        fprintf(out, "  --%-24s %-24s default %-8s %s\n", flag, settings[i].env,
+                settings[i].dflt[0] ? settings[i].dflt : "(empty)", settings[i].help);
+    }
+    fprintf(out, "\n  --help                     this list\n"
+                 "  --version                  print the version\n");
+}
+
+static const setting *find_flag(const char *name, size_t len)
+{
+    char flag[64];
+
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        flag_name(&settings[i], flag, sizeof(flag));
+        if (strlen(flag) == len && memcmp(flag, name, len) == 0)
+            return &settings[i];
+    }
+    return NULL;
+}
+
+int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err)
+{
+    int bad = 0;
+
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        if (apply(c, &settings[i], settings[i].dflt, settings[i].env, err) < 0)
+            return SVC_CONFIG_EXIT_USAGE;
+    }
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *v = getenv(settings[i].env);
+
+        if (v != NULL && apply(c, &settings[i], v, settings[i].env, err) < 0)
+            bad = 1;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *eq;
+        const setting *s;
+        char from[72];
+        size_t len;
+
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            print_help(out);
+            return SVC_CONFIG_EXIT_OK;
+        }
+        if (strcmp(a, "--version") == 0) {
+            fprintf(out, "hindsight %s\n", HS_VERSION);
+            return SVC_CONFIG_EXIT_OK;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(err, "hindsight: unexpected argument %s (see --help)\n", a);
+            bad = 1;
+            continue;
+        }
+        eq = strchr(a + 2, '=');
+        len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        s = find_flag(a + 2, len);
+        if (s == NULL) {
+            fprintf(err, "hindsight: unknown flag %.*s (see --help)\n", (int)(len + 2), a);
+            bad = 1;
+            continue;
+        }
+        if (eq == NULL && i + 1 >= argc) {
+            fprintf(err, "hindsight: flag %s needs a value\n", a);
+            bad = 1;
+            continue;
+        }
+        snprintf(from, sizeof(from), "--%.*s", (int)len, a + 2);
+        if (apply(c, s, eq ? eq + 1 : argv[++i], from, err) < 0)
+            bad = 1;
+    }
+    if (c->database_url != NULL && c->database_url[0] == '\0') {
+        free(c->database_url);
+        c->database_url = NULL;
+    }
+    if (c->max_connections_per_ip == 0 || c->max_connections_per_ip > c->max_connections)
+        c->max_connections_per_ip = c->max_connections;
+    return bad ? SVC_CONFIG_EXIT_USAGE : SVC_CONFIG_RUN;
+}
+
+void svc_config_free(svc_config *c)
+{
+    free(c->database_url);
+    c->database_url = NULL;
+}

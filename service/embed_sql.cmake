@@ -1,0 +1,22 @@
+# Generates a C file that embeds every deploy/sql/*.sql file, in name order, as svc_migrations[]
+# (see service/migrate.h), so the binary brings its schema up to date without reading files at
+# run time. Run by the build: cmake -DSQL_DIR=<dir> -DOUT=<file.c> -P embed_sql.cmake
+file(GLOB files ${SQL_DIR}/*.sql)
+list(SORT files)
+set(body "/* Generated from ${SQL_DIR} by service/embed_sql.cmake: do not edit. */\n")
+string(APPEND body "#include \"service/migrate.h\"\n\n")
+set(rows "")
+set(i 0)
+foreach(f ${files})
+    get_filename_component(name ${f} NAME)
+    file(READ ${f} hex HEX)
+    string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+    string(APPEND body "static const char sql_${i}[] = {${hex}0x00};\n")
+    string(APPEND rows "    {\"${name}\", sql_${i}},\n")
+    math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND body "\nconst svc_migration svc_migrations[] = {\n${rows}};\n")
+string(APPEND body "const size_t svc_migrations_count = ${i};\n")
+file(WRITE ${OUT}.tmp "${body}")
+file(COPY_FILE ${OUT}.tmp ${OUT} ONLY_IF_DIFFERENT)
+file(REMOVE ${OUT}.tmp)

@@ -1,0 +1,428 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * metrics.c - recording and rendering (see metrics.h).
+ *
+ * Per row of the handler table (plus one slot for requests that matched no row) we keep a
+ * count per status code (100..599, indexed directly: 4 KB per row buys recording without a
+ * search) and a latency histogram with fixed bounds. Rendering walks those arrays and prints
+ * only the non-zero status counts, so the exposition stays as small as the traffic it saw.
+ */
+#include "service/metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/db.h"
+#include "service/router.h"
+
+/* Latency bucket bounds in seconds; +Inf is implicit. */
+static const double latency_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                        0.1,    0.25,  0.5,    1,     2.5,   5,    10};
+#define NBOUNDS (sizeof(latency_bounds) / sizeof(latency_bounds[0]))
+
+#define STATUS_MIN 100
+#define STATUS_MAX 599
+
+typedef struct route_stats {
+    uint64_t by_status[STATUS_MAX - STATUS_MIN + 1];
+    uint64_t buckets[NBOUNDS + 1]; /* non-cumulative; the last one is +Inf */
+    uint64_t count;
+    double sum_s;
+} route_stats;
+
+typedef struct counter {
+    struct counter *next;
+    const char *name;
+    const char *labels;
+    const char *help;
+    uint64_t value;
+} counter;
+
+struct svc_metrics {
+    const svc_router *router;
+    size_t nroutes;
+    route_stats *routes; /* nroutes + 1: the last one is "no route" */
+    int64_t in_flight;
+    uint64_t lag_last_ns;
+    uint64_t lag_buckets[NBOUNDS + 1];
+    uint64_t lag_count;
+    double lag_sum_s;
+    uint64_t shutdown_cancelled;
+    counter *counters; /* in registration order */
+    counter **counters_tail;
+};
+
+svc_metrics *svc_metrics_new(const svc_router *router)
+{
+    svc_metrics *m = calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        return NULL;
+    m->router = router;
+    m->nroutes = svc_router_count(router);
+    m->routes = calloc(m->nroutes + 1, sizeof(*m->routes));
+    if (m->routes == NULL) {
+        free(m);
+        return NULL;
+    }
+    m->counters_tail = &m->counters;
+    return m;
+}
+
+void svc_metrics_free(svc_metrics *m)
+{
+    if (m == NULL)
+        return;
+    while (m->counters != NULL) {
+        counter *c = m->counters;
+
+        m->counters = c->next;
+        free(c);
+    }
+    free(m->routes);
+    free(m);
+}
+
+uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labels,
+                              const char *help)
+{
+    counter *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    c->name = name;
+    c->labels = labels != NULL ? labels : "";
+    c->help = help;
+    *m->counters_tail = c;
+    m->counters_tail = &c->next;
+    return &c->value;
+}
+
+void svc_metrics_request_begin(svc_metrics *m)
+{
+    m->in_flight++;
+}
+
+static size_t bucket_of(double s)
+{
+    size_t i = 0;
+
+    while (i < NBOUNDS && s > latency_bounds[i])
+        i++;
+    return i;
+}
+
+void svc_metrics_request_end(svc_metrics *m, const svc_route *route, int status, uint64_t ns)
+{
+    size_t idx = route != NULL ? svc_router_index(m->router, route) : m->nroutes;
+    route_stats *rs = &m->routes[idx];
+    double s = (double)ns / 1e9;
+
+    m->in_flight--;
+    if (status >= STATUS_MIN && status <= STATUS_MAX)
+        rs->by_status[status - STATUS_MIN]++;
+    rs->buckets[bucket_of(s)]++;
+    rs->count++;
+    rs->sum_s += s;
+}
+
+void svc_metrics_loop_lag(svc_metrics *m, uint64_t ns)
+{
+    double s = (double)ns / 1e9;
+
+    m->lag_last_ns = ns;
+    m->lag_buckets[bucket_of(s)]++;
+    m->lag_count++;
+    m->lag_sum_s += s;
+}
+
+void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n)
+{
+    m->shutdown_cancelled += n;
+}
+
+/* A growing text buffer; after a failed allocation it stays failed and render returns NULL. */
+typedef struct buf {
+    char *p;
+    size_t len;
+    size_t cap;
+    bool failed;
+} buf;
+
+static void emit(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void emit(buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (b->failed)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = true;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = (b->cap + (size_t)n) * 2;
+        char *p = realloc(b->p, cap);
+
+        if (p == NULL) {
+            b->failed = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+static void header(buf *b, const char *name, const char *type, const char *help)
+{
+    emit(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void histogram(buf *b, const char *name, const char *labels, const uint64_t *buckets,
+                      uint64_t count, double sum)
+{
+    const char *sep = labels[0] != '\0' ? "," : "";
+    uint64_t cum = 0;
+
+    for (size_t i = 0; i < NBOUNDS; i++) {
+        cum += buckets[i];
+        emit(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, latency_bounds[i],
+             (unsigned long long)cum);
+    }
+    emit(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)count);
+    emit(b, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels, sum, name, labels,
+         (unsigned long long)count);
+}
+
+/* Label values for row i (or the "no route" slot); patterns never contain quotes. */
+static void route_labels(const svc_metrics *m, size_t i, char *out, size_t cap)
+{
+    const svc_route *r = i < m->nroutes ? svc_router_row(m->router, i) : NULL;
+
+    snprintf(out, cap, "route=\"%s\",method=\"%s\",variant=\"%s\"",
+             r ? r->pattern : "(unmatched)", r ? r->method : "any",
+             svc_variant_name(r ? r->variant : SVC_VARIANT_NONE));
+}
+
+static void render_requests(buf *b, const svc_metrics *m)
+{
+    char labels[256];
+
+    header(b, "hs_http_requests_total", "counter", "HTTP requests by route, variant and status.");
+    for (size_t i = 0; i <= m->nroutes; i++) {
+        route_labels(m, i, labels, sizeof(labels));
+        for (int s = STATUS_MIN; s <= STATUS_MAX; s++) {
+            uint64_t n = m->routes[i].by_status[s - STATUS_MIN];
+
+            if (n != 0)
+                emit(b, "hs_http_requests_total{%s,status=\"%d\"} %llu\n", labels, s,
+                     (unsigned long long)n);
+        }
+    }
+    header(b, "hs_http_request_duration_seconds", "histogram",
+           "Time from the request's arrival to its response being queued.");
+    for (size_t i = 0; i <= m->nroutes; i++) {
+        if (m->routes[i].count == 0)
+            continue;
+        route_labels(m, i, labels, sizeof(labels));
+        histogram(b, "hs_http_request_duration_seconds", labels, m->routes[i].buckets,
+                  m->routes[i].count, m->routes[i].sum_s);
+    }
+    header(b, "hs_http_requests_in_flight", "gauge", "Requests received and not yet answered.");
+    emit(b, "hs_http_requests_in_flight %lld\n", (long long)m->in_flight);
+}
+
+/* Scopes grouped by name: request scopes come and go by the thousand. */
+#define MAX_SCOPE_NAMES 32
+
+typedef struct scope_group {
+    const char *name;
+    uint64_t scopes;
+    uint64_t live;
+} scope_group;
+
+typedef struct scope_walk {
+    scope_group groups[MAX_SCOPE_NAMES];
+    size_t n;
+} scope_walk;
+
+static void on_scope(rt_scope *s, int depth, void *arg)
+{
+    scope_walk *w = arg;
+    const char *name = s->name != NULL ? s->name : "unnamed";
+    size_t i;
+
+    (void)depth;
+    for (i = 0; i < w->n; i++) {
+        if (strcmp(w->groups[i].name, name) == 0)
+            break;
+    }
+    if (i == w->n) {
+        if (w->n == MAX_SCOPE_NAMES)
+            return;
+        w->groups[w->n++].name = name;
+    }
+    w->groups[i].scopes++;
+    w->groups[i].live += s->live;
+}
+
+static void render_tasks(buf *b, const svc_metrics *m, const svc_app *app, rt_scope *root)
+{
+    scope_walk w;
+
+    w.n = 0;
+    if (root != NULL)
+        rt_scope_walk(root, on_scope, &w);
+    header(b, "hs_scope_tasks", "gauge", "Tasks running as direct children of scopes, by scope name.");
+    for (size_t i = 0; i < w.n; i++)
+        emit(b, "hs_scope_tasks{scope=\"%s\"} %llu\n", w.groups[i].name,
+             (unsigned long long)w.groups[i].live);
+    header(b, "hs_scopes_open", "gauge", "Open scopes, by scope name.");
+    for (size_t i = 0; i < w.n; i++)
+        emit(b, "hs_scopes_open{scope=\"%s\"} %llu\n", w.groups[i].name,
+             (unsigned long long)w.groups[i].scopes);
+    header(b, "hs_tasks_live", "gauge",
+           "Tasks started and not yet completed, all of them (scoped, nested and detached).");
+    emit(b, "hs_tasks_live %llu\n", (unsigned long long)app->rt->live_tasks);
+    header(b, "hs_tasks_detached", "gauge",
+           "Tasks alive outside the scope tree's direct children (nested in joins, or detached).");
+    emit(b, "hs_tasks_detached %llu\n",
+         (unsigned long long)(root != NULL && app->rt->live_tasks > root->live_total
+                                  ? app->rt->live_tasks - root->live_total
+                                  : 0));
+    header(b, "hs_tasks_started_total", "counter", "Tasks started since the process began.");
+    emit(b, "hs_tasks_started_total %llu\n", (unsigned long long)app->rt->tasks_started);
+    header(b, "hs_shutdown_cancelled_tasks_total", "counter",
+           "Tasks still running when the shutdown grace period ended, and cancelled.");
+    emit(b, "hs_shutdown_cancelled_tasks_total %llu\n", (unsigned long long)m->shutdown_cancelled);
+}
+
+static void render_loop(buf *b, const svc_metrics *m)
+{
+    header(b, "hs_event_loop_lag_seconds", "gauge",
+           "How late the last event-loop probe timer fired.");
+    emit(b, "hs_event_loop_lag_seconds %.6f\n", (double)m->lag_last_ns / 1e9);
+    header(b, "hs_event_loop_lag_sample_seconds", "histogram",
+           "Event-loop lag samples, one per probe-timer tick.");
+    histogram(b, "hs_event_loop_lag_sample_seconds", "", m->lag_buckets, m->lag_count,
+              m->lag_sum_s);
+}
+
+static void render_db(buf *b, const rt_db *db)
+{
+    rt_db_stats st;
+
+    rt_db_stats_get(db, &st);
+    header(b, "hs_db_up", "gauge", "1 while at least one database connection works.");
+    emit(b, "hs_db_up %d\n", rt_db_is_up(db) ? 1 : 0);
+    header(b, "hs_db_connections", "gauge", "Pool connections by state.");
+    emit(b, "hs_db_connections{state=\"idle\"} %zu\n", st.conns_idle);
+    emit(b, "hs_db_connections{state=\"busy\"} %zu\n", st.conns_busy);
+    emit(b, "hs_db_connections{state=\"connecting\"} %zu\n", st.conns_connecting);
+    emit(b, "hs_db_connections{state=\"broken\"} %zu\n", st.conns_broken);
+    header(b, "hs_db_pool_size", "gauge", "Configured pool size.");
+    emit(b, "hs_db_pool_size %zu\n", st.pool_size);
+    header(b, "hs_db_queue_depth", "gauge", "Requests waiting for a connection.");
+    emit(b, "hs_db_queue_depth %zu\n", st.queue_depth);
+    header(b, "hs_db_queue_limit", "gauge", "Waiting requests beyond which the pool answers busy.");
+    emit(b, "hs_db_queue_limit %zu\n", st.queue_limit);
+    header(b, "hs_db_in_flight", "gauge", "Queries and transactions placed on a connection.");
+    emit(b, "hs_db_in_flight %zu\n", st.in_flight);
+    header(b, "hs_db_queries_total", "counter", "Queries by outcome.");
+    emit(b, "hs_db_queries_total{outcome=\"ok\"} %llu\n", (unsigned long long)st.queries_ok);
+    emit(b, "hs_db_queries_total{outcome=\"sql_error\"} %llu\n", (unsigned long long)st.errors_sql);
+    emit(b, "hs_db_queries_total{outcome=\"timeout\"} %llu\n",
+         (unsigned long long)st.errors_timeout);
+    emit(b, "hs_db_queries_total{outcome=\"lost\"} %llu\n", (unsigned long long)st.errors_lost);
+    emit(b, "hs_db_queries_total{outcome=\"cancelled\"} %llu\n",
+         (unsigned long long)st.errors_cancelled);
+    header(b, "hs_db_rejected_total", "counter", "Requests refused at once, by reason.");
+    emit(b, "hs_db_rejected_total{reason=\"queue_full\"} %llu\n",
+         (unsigned long long)st.rejected_busy);
+    emit(b, "hs_db_rejected_total{reason=\"down\"} %llu\n", (unsigned long long)st.rejected_down);
+    header(b, "hs_db_pipelined_total", "counter", "Queries sent while another was in flight.");
+    emit(b, "hs_db_pipelined_total %llu\n", (unsigned long long)st.pipelined);
+    header(b, "hs_db_transactions_total", "counter", "Transactions by outcome.");
+    emit(b, "hs_db_transactions_total{outcome=\"committed\"} %llu\n",
+         (unsigned long long)st.tx_committed);
+    emit(b, "hs_db_transactions_total{outcome=\"rolled_back\"} %llu\n",
+         (unsigned long long)st.tx_rolled_back);
+    emit(b, "hs_db_transactions_total{outcome=\"unknown\"} %llu\n",
+         (unsigned long long)st.tx_unknown);
+    header(b, "hs_db_rollbacks_total", "counter", "Rollbacks by cause.");
+    emit(b, "hs_db_rollbacks_total{cause=\"cancel\"} %llu\n",
+         (unsigned long long)st.rollbacks_cancel);
+    emit(b, "hs_db_rollbacks_total{cause=\"error\"} %llu\n", (unsigned long long)st.rollbacks_error);
+    emit(b, "hs_db_rollbacks_total{cause=\"user\"} %llu\n", (unsigned long long)st.rollbacks_user);
+    header(b, "hs_db_connects_total", "counter", "Connection attempts by outcome.");
+    emit(b, "hs_db_connects_total{outcome=\"ok\"} %llu\n", (unsigned long long)st.connects_ok);
+    emit(b, "hs_db_connects_total{outcome=\"failed\"} %llu\n",
+         (unsigned long long)st.connects_failed);
+    header(b, "hs_db_connections_lost_total", "counter", "Established connections that broke.");
+    emit(b, "hs_db_connections_lost_total %llu\n", (unsigned long long)st.conns_lost);
+    header(b, "hs_db_cancels_sent_total", "counter", "Statement cancellations sent (PQcancel).");
+    emit(b, "hs_db_cancels_sent_total %llu\n", (unsigned long long)st.cancels_sent);
+    header(b, "hs_db_acquire_wait_seconds", "histogram", "Time from request to connection.");
+    /* The driver's buckets are already cumulative. */
+    for (size_t i = 0; i < RT_DB_WAIT_BUCKETS; i++)
+        emit(b, "hs_db_acquire_wait_seconds_bucket{le=\"%g\"} %llu\n", rt_db_wait_bounds_s[i],
+             (unsigned long long)st.wait_le[i]);
+    emit(b, "hs_db_acquire_wait_seconds_bucket{le=\"+Inf\"} %llu\n",
+         (unsigned long long)st.wait_count);
+    emit(b, "hs_db_acquire_wait_seconds_sum %.6f\nhs_db_acquire_wait_seconds_count %llu\n",
+         st.wait_sum_s, (unsigned long long)st.wait_count);
+}
+
+static void render_counters(buf *b, const svc_metrics *m)
+{
+    /* The format wants every series of a name together, under one HELP/TYPE; handlers may
+     * register a name's series at different times, so group them here. */
+    for (const counter *c = m->counters; c != NULL; c = c->next) {
+        bool seen = false;
+
+        for (const counter *p = m->counters; p != c && !seen; p = p->next)
+            seen = strcmp(p->name, c->name) == 0;
+        if (seen)
+            continue;
+        header(b, c->name, "counter", c->help);
+        for (const counter *s = c; s != NULL; s = s->next) {
+            if (strcmp(s->name, c->name) != 0)
+                continue;
+            if (s->labels[0] != '\0')
+                emit(b, "%s{%s} %llu\n", s->name, s->labels, (unsigned long long)s->value);
+            else
+                emit(b, "%s %llu\n", s->name, (unsigned long long)s->value);
+        }
+    }
+}
+
+char *svc_metrics_render(svc_metrics *m, const svc_app *app, rt_scope *root, size_t *len)
+{
+    buf b = {.p = malloc(16384), .cap = 16384};
+
+    if (b.p == NULL)
+        return NULL;
+    render_requests(&b, m);
+    render_tasks(&b, m, app, root);
+    render_loop(&b, m);
+    if (app->db != NULL)
+        render_db(&b, app->db);
+    render_counters(&b, m);
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * metrics.h - the service's counters and histograms, and their Prometheus text exposition.
+ *
+ * Recording is plain integer arithmetic on the loop thread (no locks, no allocation, no label
+ * lookup): a request is recorded by its row index in the handler table, which the table fixes
+ * at startup, into arrays sized for it. Everything that is a gauge of somebody else's state
+ * (tasks per scope, the database pool) is read only when /metrics is scraped.
+ *
+ * Handlers register their own counters at startup (svc_metrics_counter) and bump the returned
+ * integer: cancellations of background tasks, events lost by a `before` route, and so on.
+ */
+#ifndef SVC_METRICS_H
+#define SVC_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/scope.h"
+#include "service/http.h"
+
+/**
+ * Creates the registry for the rows of router (its row count is fixed from now on). Returns new
+ * (free with svc_metrics_free) or NULL without memory. Startup only.
+ */
+svc_metrics *svc_metrics_new(const svc_router *router);
+
+/** Frees m and the counters it handed out. */
+void svc_metrics_free(svc_metrics *m);
+
+/**
+ * Registers a counter series: name (a Prometheus metric name ending in _total), labels (the
+ * inside of the braces, e.g. `variant="after"`, or "" for none) and help. All three are borrowed
+ * for the process lifetime (literals). Returns the counter to increment (borrowed until
+ * svc_metrics_free), or NULL without memory. Startup only.
+ */
+uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labels,
+                              const char *help);
+
+/** A request has arrived (in-flight gauge). */
+void svc_metrics_request_begin(svc_metrics *m);
+
+/**
+ * A request has ended: route (NULL for 404/405 and requests that never got routed), its status
+ * and its duration in nanoseconds.
+ */
+void svc_metrics_request_end(svc_metrics *m, const svc_route *route, int status, uint64_t ns);
+
+/** Records one sample of event-loop lag, in nanoseconds. */
+void svc_metrics_loop_lag(svc_metrics *m, uint64_t ns);
+
+/** Counts tasks cancelled by the shutdown sequence (step 5). */
+void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n);
+
+/**
+ * Renders every metric in the Prometheus text format 0.0.4: the request series, in-flight
+ * requests, tasks alive per scope under root (scopes grouped by name), the runtime's task
+ * counters, event-loop lag, the database pool (when app->db is set) and the registered counters.
+ * Returns a new malloc'd buffer with its length in *len, or NULL without memory.
+ */
+char *svc_metrics_render(svc_metrics *m, const svc_app *app, rt_scope *root, size_t *len);
+
+#endif /* SVC_METRICS_H */

@@ -1,0 +1,431 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * request.c - reading requests and setting responses (the helpers of http.h).
+ *
+ * Validation helpers answer the request themselves: a parser that fails sets a 400 naming the
+ * offending field and returns UV_EINVAL, so a handler's validation is a column of
+ * `if (helper(...) < 0) return 0;` and every 400 in the service has the same shape and wording.
+ *
+ * JSON bodies are checked for nesting depth with a cheap scan of the raw bytes before jansson
+ * sees them: jansson would accept 2048 levels, and a body of a few thousand brackets should cost
+ * a scan, not a tree.
+ */
+#include "service/request_int.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <microhttpd.h>
+
+void svc_request_init(svc_request *req, svc_app *app, struct svc_request_int *in,
+                      const char *method, const char *path)
+{
+    memset(req, 0, offsetof(svc_request, id_buf));
+    req->id_buf[0] = '\0';
+    req->app = app;
+    req->in = in;
+    req->method = method;
+    req->path = path;
+    req->request_id = req->id_buf;
+    req->deadline = RT_NO_DEADLINE;
+    req->start_ns = uv_hrtime();
+}
+
+void svc_request_set_match(svc_request *req, const svc_match *m)
+{
+    req->route = m->route;
+    req->nparams = m->nparams;
+    memcpy(req->params, m->params, m->nparams * sizeof(m->params[0]));
+}
+
+int svc_request_add_query(svc_request *req, const char *key, const char *value)
+{
+    if (req->nquery == SVC_MAX_QUERY)
+        return UV_E2BIG;
+    req->query[req->nquery].key = key;
+    req->query[req->nquery].value = value;
+    req->nquery++;
+    return 0;
+}
+
+void svc_request_set_body(svc_request *req, const char *body, size_t len)
+{
+    req->body = body;
+    req->body_len = len;
+}
+
+bool svc_request_id_is_sane(const char *id)
+{
+    size_t n = 0;
+
+    if (id == NULL)
+        return false;
+    for (const char *p = id; *p != '\0'; p++, n++) {
+        char c = *p;
+
+        if (n == SVC_REQUEST_ID_MAX)
+            return false;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return n > 0;
+}
+
+void svc_request_set_id(svc_request *req, const char *client_id)
+{
+    /* A per-process random prefix and a counter: unique here without a syscall per request,
+     * and two replicas are unlikely to share a prefix. The loop thread is the only caller. */
+    static uint32_t prefix;
+    static uint64_t counter;
+
+    if (svc_request_id_is_sane(client_id)) {
+        strcpy(req->id_buf, client_id);
+        return;
+    }
+    while (prefix == 0) {
+        uint32_t r;
+
+        if (uv_random(NULL, NULL, &r, sizeof(r), 0, NULL) < 0)
+            r = (uint32_t)uv_hrtime() ^ (uint32_t)uv_os_getpid();
+        prefix = r;
+    }
+    snprintf(req->id_buf, sizeof(req->id_buf), "%08" PRIx32 "-%010" PRIx64, prefix, ++counter);
+}
+
+const char *svc_request_param(const svc_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->nparams; i++) {
+        if (strcmp(req->params[i].key, name) == 0)
+            return req->params[i].value;
+    }
+    return NULL;
+}
+
+/* Strict decimal: optional '-', digits only, no spaces or '+', within int64. */
+static int parse_int64(const char *s, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    if (s == NULL || !((s[0] >= '0' && s[0] <= '9') || (s[0] == '-' && s[1] >= '0' && s[1] <= '9')))
+        return UV_EINVAL;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (*end != '\0' || errno != 0)
+        return UV_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int svc_request_param_id(svc_request *req, const char *name, int64_t *out)
+{
+    const char *v = svc_request_param(req, name);
+
+    if (parse_int64(v, out) < 0 || *out < 1) {
+        svc_respond_error(req, 400, "bad_request", "%s must be a positive integer", name);
+        return UV_EINVAL;
+    }
+    return 0;
+}
+
+const char *svc_request_query(const svc_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->nquery; i++) {
+        if (strcmp(req->query[i].key, name) == 0)
+            return req->query[i].value != NULL ? req->query[i].value : "";
+    }
+    return NULL;
+}
+
+int svc_query_int(svc_request *req, const char *name, int64_t min, int64_t max, int64_t dflt,
+                  int64_t *out)
+{
+    const char *v = svc_request_query(req, name);
+
+    if (v == NULL) {
+        *out = dflt;
+        return 0;
+    }
+    if (parse_int64(v, out) < 0 || *out < min || *out > max) {
+        svc_respond_error(req, 400, "bad_request", "%s must be an integer in %" PRId64 "..%" PRId64,
+                          name, min, max);
+        return UV_EINVAL;
+    }
+    return 0;
+}
+
+int svc_query_bool(svc_request *req, const char *name, bool dflt, bool *out)
+{
+    static const char *const yes[] = {"true", "1", "yes", "on"};
+    static const char *const no[] = {"false", "0", "no", "off"};
+    const char *v = svc_request_query(req, name);
+
+    if (v == NULL) {
+        *out = dflt;
+        return 0;
+    }
+    for (size_t i = 0; i < 4; i++) {
+        if (strcmp(v, yes[i]) == 0 || strcmp(v, no[i]) == 0) {
+            *out = strcmp(v, yes[i]) == 0;
+            return 0;
+        }
+    }
+    svc_respond_error(req, 400, "bad_request", "%s must be true or false", name);
+    return UV_EINVAL;
+}
+
+const char *svc_request_header(const svc_request *req, const char *name)
+{
+    if (req->in == NULL || req->in->conn == NULL)
+        return NULL;
+    return MHD_lookup_connection_value(req->in->conn, MHD_HEADER_KIND, name);
+}
+
+const void *svc_request_body(const svc_request *req, size_t *len)
+{
+    *len = req->body_len;
+    return req->body;
+}
+
+/* The deepest nesting of objects and arrays in text, not counting brackets inside strings. */
+static size_t json_depth(const char *p, size_t n)
+{
+    size_t depth = 0;
+    size_t max = 0;
+    bool in_string = false;
+
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max)
+                max = depth;
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            depth--;
+        }
+    }
+    return max;
+}
+
+int svc_request_json(svc_request *req, json_t **out)
+{
+    json_error_t error;
+    json_t *v;
+
+    *out = NULL;
+    if (req->body_len == 0) {
+        svc_respond_error(req, 400, "bad_request", "a JSON object body is required");
+        return UV_EINVAL;
+    }
+    if (json_depth(req->body, req->body_len) > SVC_JSON_MAX_DEPTH) {
+        svc_respond_error(req, 400, "bad_request", "JSON nested deeper than %d levels",
+                          SVC_JSON_MAX_DEPTH);
+        return UV_EINVAL;
+    }
+    v = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &error);
+    if (v == NULL) {
+        svc_respond_error(req, 400, "bad_request", "malformed JSON: %s (line %d, column %d)",
+                          error.text, error.line, error.column);
+        return UV_EINVAL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        svc_respond_error(req, 400, "bad_request", "the body must be a JSON object");
+        return UV_EINVAL;
+    }
+    *out = v;
+    return 0;
+}
+
+static int json_int(svc_request *req, const json_t *obj, const char *key, int64_t min,
+                    int64_t max, const int64_t *dflt, int64_t *out)
+{
+    const json_t *v = json_object_get(obj, key);
+
+    if (v == NULL || json_is_null(v)) {
+        if (dflt != NULL) {
+            *out = *dflt;
+            return 0;
+        }
+        svc_respond_error(req, 400, "bad_request", "%s is required", key);
+        return UV_EINVAL;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        svc_respond_error(req, 400, "bad_request", "%s must be an integer in %" PRId64 "..%" PRId64,
+                          key, min, max);
+        return UV_EINVAL;
+    }
+    *out = json_integer_value(v);
+    return 0;
+}
+
+int svc_json_int(svc_request *req, const json_t *obj, const char *key, int64_t min, int64_t max,
+                 int64_t dflt, int64_t *out)
+{
+    return json_int(req, obj, key, min, max, &dflt, out);
+}
+
+int svc_json_int_required(svc_request *req, const json_t *obj, const char *key, int64_t min,
+                          int64_t max, int64_t *out)
+{
+    return json_int(req, obj, key, min, max, NULL, out);
+}
+
+void svc_request_add_db_time(svc_request *req, uint64_t ns)
+{
+    req->db_ns += ns;
+}
+
+void svc_request_clear_response(svc_request *req)
+{
+    if (!req->resp_static)
+        free(req->resp_body);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        free((char *)(uintptr_t)req->headers[i].key);
+        free((char *)(uintptr_t)req->headers[i].value);
+    }
+    req->nheaders = 0;
+    req->resp_body = NULL;
+    req->resp_len = 0;
+    req->resp_static = false;
+    req->resp_type = NULL;
+    req->status = 0;
+}
+
+static const char json_content_type[] = "application/json; charset=utf-8";
+
+void svc_respond_buffer(svc_request *req, int status, const char *content_type, char *buf,
+                        size_t len)
+{
+    svc_request_clear_response(req);
+    req->status = status;
+    req->resp_body = buf;
+    req->resp_len = buf != NULL ? len : 0;
+    req->resp_type = content_type;
+}
+
+void svc_respond_static(svc_request *req, int status, const char *body)
+{
+    svc_request_clear_response(req);
+    req->status = status;
+    req->resp_body = (char *)(uintptr_t)body;
+    req->resp_len = body != NULL ? strlen(body) : 0;
+    req->resp_static = true;
+    req->resp_type = json_content_type;
+}
+
+void svc_respond_json(svc_request *req, int status, json_t *body)
+{
+    char *text = NULL;
+
+    if (body != NULL) {
+        text = json_dumps(body, JSON_COMPACT);
+        json_decref(body);
+        if (text == NULL) {
+            svc_respond_static(req, 503, "{\"error\":{\"code\":\"unavailable\","
+                                         "\"message\":\"out of memory\"}}");
+            return;
+        }
+    }
+    svc_respond_buffer(req, status, json_content_type, text, text != NULL ? strlen(text) : 0);
+}
+
+const char *svc_status_code_word(int status)
+{
+    switch (status) {
+    case 400:
+        return "bad_request";
+    case 404:
+        return "not_found";
+    case 405:
+        return "method_not_allowed";
+    case 409:
+        return "conflict";
+    case 413:
+        return "payload_too_large";
+    case 422:
+        return "unprocessable_entity";
+    case 503:
+        return "unavailable";
+    case 504:
+        return "timeout";
+    default:
+        return status >= 500 ? "internal" : "error";
+    }
+}
+
+void svc_respond_error(svc_request *req, int status, const char *code, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    svc_respond_json(req, status, json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg));
+    /* json_pack fails only without memory (or on invalid UTF-8 in msg): say so rather than
+     * answer with an empty body. */
+    if (req->resp_body == NULL)
+        svc_respond_static(req, status >= 500 ? status : 500,
+                           "{\"error\":{\"code\":\"internal\",\"message\":\"error body lost\"}}");
+}
+
+void svc_respond_uv_error(svc_request *req, int err)
+{
+    switch (err) {
+    case UV_ETIMEDOUT:
+        svc_respond_error(req, 504, "timeout", "the request's deadline passed; its work was cancelled");
+        break;
+    case UV_ECANCELED:
+    case UV_ESHUTDOWN:
+        svc_respond_error(req, 503, "unavailable", "the service is shutting down");
+        break;
+    case UV_EBUSY:
+    case UV_ENOMEM:
+        svc_respond_error(req, 503, "unavailable", "overloaded, retry later");
+        svc_respond_header(req, "Retry-After", "1");
+        break;
+    case UV_ECONNREFUSED:
+    case UV_ECONNRESET:
+        svc_respond_error(req, 503, "unavailable", "the database is unavailable");
+        break;
+    case UV_EINVAL:
+        svc_respond_error(req, 400, "bad_request", "invalid request");
+        break;
+    default:
+        svc_respond_error(req, 500, "internal", "internal error: %s", uv_strerror(err));
+        break;
+    }
+}
+
+int svc_respond_header(svc_request *req, const char *name, const char *value)
+{
+    char *k;
+    char *v;
+
+    if (req->nheaders == SVC_MAX_HEADERS)
+        return UV_E2BIG;
+    k = strdup(name);
+    v = strdup(value);
+    if (k == NULL || v == NULL) {
+        free(k);
+        free(v);
+        return UV_ENOMEM;
+    }
+    req->headers[req->nheaders].key = k;
+    req->headers[req->nheaders].value = v;
+    req->nheaders++;
+    return 0;
+}

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_svc_config.c - settings from the environment and flags: defaults, precedence, ranges,
+ * the exit decisions for --help, --version and invalid values.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service/config.h"
+
+static const char *const vars[] = {"PORT", "DATABASE_URL", "DB_POOL_SIZE", "REQUEST_TIMEOUT_MS",
+                                   "BEFORE_ROUTES", "LOG_LEVEL", "LOG_FORMAT", "MAX_BODY_BYTES",
+                                   "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_IP", "WORKERS"};
+
+static int clean_env(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        unsetenv(vars[i]);
+    return 0;
+}
+
+/* Parses argv (NULL-terminated) and returns the decision; out/err text lands in the buffers. */
+static int parse(svc_config *c, char **argv, char *out, char *err)
+{
+    int argc = 0;
+    FILE *o = fmemopen(out, 4096, "w");
+    FILE *e = fmemopen(err, 4096, "w");
+    int rc;
+
+    while (argv[argc] != NULL)
+        argc++;
+    rc = svc_config_parse(c, argc, argv, o, e);
+    fclose(o);
+    fclose(e);
+    return rc;
+}
+
+static void test_defaults(void **state)
+{
+    char *argv[] = {"hindsight", NULL};
+    char out[4096] = "", err[4096] = "";
+    svc_config c;
+
+    (void)state;
+    assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
+    assert_int_equal(c.port, 8080);
+    assert_null(c.database_url);
+    assert_int_equal(c.request_timeout_ms, 30000);
+    assert_int_equal(c.drain_delay_ms, 0);
+    assert_int_equal(c.max_body_bytes, 1048576);
+    assert_true(c.before_routes);
+    assert_int_equal(c.log_level, SVC_LOG_INFO);
+    assert_int_equal(c.log_format, SVC_LOG_JSON);
+    assert_int_equal(c.workers, 1);
+    /* 0 per IP means "the global limit". */
+    assert_int_equal(c.max_connections_per_ip, c.max_connections);
+    assert_string_equal(err, "");
+    svc_config_free(&c);
+}
+
+static void test_env_then_flags(void **state)
+{
+    char *argv[] = {"hindsight", "--port=9000", "--log-format", "text", "--before-routes=off",
+                    NULL};
+    char out[4096] = "", err[4096] = "";
+    svc_config c;
+
+    (void)state;
+    setenv("PORT", "7000", 1);
+    setenv("DB_POOL_SIZE", "4", 1);
+    setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/db", 1);
+    setenv("LOG_LEVEL", "debug", 1);
+    assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
+    assert_int_equal(c.port, 9000); /* the flag wins */
+    assert_int_equal(c.db_pool_size, 4);
+    assert_string_equal(c.database_url, "postgresql://u@127.0.0.1:1/db");
+    assert_int_equal(c.log_level, SVC_LOG_DEBUG);
+    assert_int_equal(c.log_format, SVC_LOG_TEXT);
+    assert_false(c.before_routes);
+    svc_config_free(&c);
+}
+
+static void test_invalid_values(void **state)
+{
+    struct {
+        const char *env;
+        const char *value;
+    } bad[] = {{"PORT", "abc"},          {"PORT", "65536"},         {"PORT", "-1"},
+               {"PORT", ""},             {"DB_POOL_SIZE", "0"},     {"REQUEST_TIMEOUT_MS", "1s"},
+               {"BEFORE_ROUTES", "maybe"}, {"LOG_LEVEL", "verbose"}, {"LOG_FORMAT", "xml"},
+               {"MAX_BODY_BYTES", "-5"}, {"WORKERS", "0"}};
+    char *argv[] = {"hindsight", NULL};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char out[4096] = "", err[4096] = "";
+        svc_config c;
+
+        clean_env(NULL);
+        setenv(bad[i].env, bad[i].value, 1);
+        assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_EXIT_USAGE);
+        /* The message names the setting. */
+        assert_non_null(strstr(err, bad[i].env));
+        svc_config_free(&c);
+    }
+}
+
+static void test_bad_flags(void **state)
+{
+    char *unknown[] = {"hindsight", "--no-such-flag=1", NULL};
+    char *missing[] = {"hindsight", "--port", NULL};
+    char *bare[] = {"hindsight", "port=1", NULL};
+    char *range[] = {"hindsight", "--request-timeout-ms=0", NULL};
+    char **cases[] = {unknown, missing, bare, range};
+
+    (void)state;
+    for (size_t i = 0; i < 4; i++) {
+        char out[4096] = "", err[4096] = "";
+        svc_config c;
+
+        assert_int_equal(parse(&c, cases[i], out, err), SVC_CONFIG_EXIT_USAGE);
+        assert_true(strlen(err) > 0);
+        svc_config_free(&c);
+    }
+}
+
+static void test_help_and_version(void **state)
+{
+    char *help[] = {"hindsight", "--help", NULL};
+    char *version[] = {"hindsight", "--version", NULL};
+    char out[4096] = "", err[4096] = "";
+    svc_config c;
+
+    (void)state;
+    assert_int_equal(parse(&c, help, out, err), SVC_CONFIG_EXIT_OK);
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+        assert_non_null(strstr(out, vars[i]));
+    assert_non_null(strstr(out, "--request-timeout-ms"));
+    assert_non_null(strstr(out, "default 8080"));
+    svc_config_free(&c);
+    assert_int_equal(parse(&c, version, out, err), SVC_CONFIG_EXIT_OK);
+    assert_non_null(strstr(out, "hindsight " HS_VERSION));
+    svc_config_free(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_defaults, clean_env),
+        cmocka_unit_test_setup(test_env_then_flags, clean_env),
+        cmocka_unit_test_setup(test_invalid_values, clean_env),
+        cmocka_unit_test_setup(test_bad_flags, clean_env),
+        cmocka_unit_test_setup(test_help_and_version, clean_env),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
