@@ -1,0 +1,309 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * db_test.h - what the driver's tests share: a private loop with a pool on it, a query probe,
+ * "run the loop until" with a time limit, and a plain blocking libpq connection for checking
+ * from the outside what the pool did.
+ *
+ * Every test talks to a real PostgreSQL at TEST_DATABASE_URL (deploy/pg.sh's default when it is
+ * unset). A database that cannot be reached fails the test: nothing here skips.
+ *
+ * The teardown is the leak check: it closes the pool (if the test did not), the runtime, fails
+ * on any handle still open, and requires uv_loop_close() == 0 and no live task.
+ */
+#ifndef HS_TEST_DB_TEST_H
+#define HS_TEST_DB_TEST_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "runtime/db.h"
+#include "runtime/runtime.h"
+
+#define DBT_DEFAULT_URL "postgresql://postgres@127.0.0.1:54329/hindsight"
+
+static inline const char *dbt_url(void)
+{
+    const char *u = getenv("TEST_DATABASE_URL");
+
+    return u != NULL && *u != '\0' ? u : DBT_DEFAULT_URL;
+}
+
+typedef struct dbt_fixture {
+    uv_loop_t loop;
+    rt_runtime rt;
+    rt_db *db;
+    int db_closed;
+    int runtime_closed;
+} dbt_fixture;
+
+static inline void dbt_runtime_closed(rt_runtime *rt)
+{
+    rt_container_of(rt, dbt_fixture, rt)->runtime_closed++;
+}
+
+static inline void dbt_db_closed(rt_db *db, void *arg)
+{
+    dbt_fixture *fx = arg;
+
+    (void)db;
+    fx->db_closed++;
+}
+
+static inline void dbt_count_open(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h)) {
+        (*(int *)arg)++;
+        uv_close(h, NULL);
+    }
+}
+
+static inline int dbt_setup(void **state)
+{
+    dbt_fixture *fx = calloc(1, sizeof(*fx));
+
+    assert_non_null(fx);
+    assert_int_equal(uv_loop_init(&fx->loop), 0);
+    assert_int_equal(rt_runtime_init(&fx->rt, &fx->loop), 0);
+    *state = fx;
+    return 0;
+}
+
+/* Closes the pool and waits for its close callback. */
+static inline void dbt_close_db(dbt_fixture *fx)
+{
+    if (fx->db == NULL)
+        return;
+    rt_db_close(fx->db, dbt_db_closed, fx);
+    fx->db = NULL;
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    assert_int_equal(fx->db_closed, 1);
+}
+
+static inline int dbt_teardown(void **state)
+{
+    dbt_fixture *fx = *state;
+    int leftovers = 0;
+
+    dbt_close_db(fx);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    rt_runtime_close(&fx->rt, dbt_runtime_closed);
+    uv_walk(&fx->loop, dbt_count_open, &leftovers);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    assert_int_equal(leftovers, 0);
+    assert_int_equal(fx->runtime_closed, 1);
+    assert_int_equal(fx->rt.live_tasks, 0);
+    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    free(fx);
+    return 0;
+}
+
+#define DBT_TEST(fn) cmocka_unit_test_setup_teardown(fn, dbt_setup, dbt_teardown)
+
+/* --- running the loop until something holds ------------------------------------------------- */
+
+typedef bool (*dbt_pred)(void *arg);
+
+typedef struct dbt_until {
+    uv_timer_t tick;
+    dbt_pred pred;
+    void *arg;
+    uint64_t give_up_at;
+    bool held;
+} dbt_until;
+
+static inline void dbt_until_tick(uv_timer_t *t)
+{
+    dbt_until *u = rt_container_of(t, dbt_until, tick);
+
+    if (u->pred(u->arg)) {
+        u->held = true;
+        uv_stop(t->loop);
+    } else if (uv_now(t->loop) >= u->give_up_at) {
+        uv_stop(t->loop);
+    }
+}
+
+/* Runs loop until pred(arg) holds (checked every millisecond) or timeout_ms pass. */
+static inline bool dbt_loop_run_until(uv_loop_t *loop, dbt_pred pred, void *arg,
+                                      uint64_t timeout_ms)
+{
+    dbt_until u;
+
+    memset(&u, 0, sizeof(u));
+    u.pred = pred;
+    u.arg = arg;
+    uv_update_time(loop);
+    u.give_up_at = uv_now(loop) + timeout_ms;
+    if (pred(arg))
+        return true;
+    uv_timer_init(loop, &u.tick);
+    uv_timer_start(&u.tick, dbt_until_tick, 1, 1);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&u.tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return u.held;
+}
+
+static inline bool dbt_run_until(dbt_fixture *fx, dbt_pred pred, void *arg, uint64_t timeout_ms)
+{
+    return dbt_loop_run_until(&fx->loop, pred, arg, timeout_ms);
+}
+
+static inline bool dbt_is_up(void *arg)
+{
+    return rt_db_is_up(((dbt_fixture *)arg)->db);
+}
+
+static inline bool dbt_all_ready(void *arg)
+{
+    dbt_fixture *fx = arg;
+    rt_db_stats st;
+
+    rt_db_stats_get(fx->db, &st);
+    return st.conns_idle == st.pool_size;
+}
+
+/* Lets the loop run for ms (timers, results, deliveries). */
+static inline bool dbt_never(void *arg)
+{
+    (void)arg;
+    return false;
+}
+
+static inline void dbt_run_for(dbt_fixture *fx, uint64_t ms)
+{
+    dbt_run_until(fx, dbt_never, NULL, ms);
+}
+
+static inline rt_db_config dbt_config(size_t pool, size_t depth)
+{
+    rt_db_config cfg;
+
+    rt_db_config_default(&cfg);
+    cfg.conninfo = dbt_url();
+    cfg.pool_size = pool;
+    cfg.pipeline_depth = depth;
+    cfg.application_name = "hindsight-test";
+    return cfg;
+}
+
+/* Opens a pool and waits until every connection is up: a database that is not there fails. */
+static inline void dbt_open(dbt_fixture *fx, const rt_db_config *cfg)
+{
+    assert_int_equal(rt_db_open(&fx->db, &fx->rt, cfg), 0);
+    if (!dbt_run_until(fx, dbt_all_ready, fx, 10000))
+        fail_msg("the pool did not connect to %s", cfg->conninfo);
+}
+
+static inline uint64_t dbt_now(dbt_fixture *fx)
+{
+    uv_update_time(&fx->loop);
+    return uv_now(&fx->loop);
+}
+
+/* --- a query probe -------------------------------------------------------------------------- */
+
+typedef struct dbt_query {
+    rt_db_query q;
+    int delivered;
+    int status;
+    uint64_t done_at; /* loop time of the delivery */
+    int *counter;     /* bumped at delivery, if set */
+} dbt_query;
+
+static inline void dbt_query_cb(rt_task *t, int status)
+{
+    dbt_query *p = rt_container_of(t, dbt_query, q.task);
+
+    p->delivered++;
+    p->status = status;
+    p->done_at = uv_now(t->rt->loop);
+    if (p->counter != NULL)
+        (*p->counter)++;
+}
+
+static inline void dbt_query_start(dbt_query *p, rt_db *db, const char *sql, int n,
+                                   const char *const *params, rt_cancel *signal)
+{
+    memset(p, 0, sizeof(*p));
+    rt_db_query_init(&p->q, db, sql, n, params, NULL);
+    rt_task_start(&p->q.task, signal, dbt_query_cb);
+}
+
+typedef struct dbt_count {
+    int *counter;
+    int target;
+} dbt_count;
+
+static inline bool dbt_count_reached(void *arg)
+{
+    dbt_count *c = arg;
+
+    return *c->counter >= c->target;
+}
+
+/* Runs until *counter reaches target, or fails the test after timeout_ms. */
+static inline void dbt_wait_count(dbt_fixture *fx, int *counter, int target, uint64_t timeout_ms)
+{
+    dbt_count c = {counter, target};
+
+    if (!dbt_run_until(fx, dbt_count_reached, &c, timeout_ms))
+        fail_msg("only %d of %d completions within %llu ms", *counter, target,
+                 (unsigned long long)timeout_ms);
+}
+
+static inline bool dbt_delivered(void *arg)
+{
+    return ((dbt_query *)arg)->delivered > 0;
+}
+
+static inline void dbt_wait_query(dbt_fixture *fx, dbt_query *p, uint64_t timeout_ms)
+{
+    if (!dbt_run_until(fx, dbt_delivered, p, timeout_ms))
+        fail_msg("query not delivered within %llu ms", (unsigned long long)timeout_ms);
+    assert_int_equal(p->delivered, 1);
+}
+
+/* --- checking from outside: a plain, blocking libpq connection ------------------------------- */
+
+static inline PGconn *dbt_plain(void)
+{
+    PGconn *c = PQconnectdb(dbt_url());
+
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("cannot reach the test database %s: %s", dbt_url(), PQerrorMessage(c));
+    return c;
+}
+
+static inline void dbt_exec(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+}
+
+static inline int64_t dbt_scalar(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    int64_t v;
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
+}
+
+#endif /* HS_TEST_DB_TEST_H */
