@@ -1,14 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * db_conn.c - one pooled PostgreSQL connection on the loop: connecting without blocking, the
- * pipeline of requests in flight, loss detection, PQcancel and PQfinish on the thread pool, and
- * reconnection with exponential backoff and jitter.
+ * db_conn.c - one pooled PostgreSQL connection's life on the loop: connecting without blocking,
+ * loss, PQcancel and PQfinish on the thread pool, reconnection with exponential backoff and
+ * jitter, and closing. What happens to requests while it is READY is db_pipe.c's.
  *
  * The main idea: a connection is a small state machine driven by three event sources (its
- * socket's uv_poll, its one timer, and the getaddrinfo answer), and every request on it is a
- * slot in a FIFO ring that mirrors libpq's own command queue one to one: each slot is
- * [Parse] + Bind/Execute + Sync, so each has exactly one PGRES_PIPELINE_SYNC that ends it, and an
- * error in one slot aborts nothing but that slot.
+ * socket's uv_poll, its one timer, and the getaddrinfo answer). Every transition asserts its
+ * source state; the timer means "start the next attempt" in BACKOFF, "give up this attempt" in
+ * RESOLVING and CONNECTING, and "the awaited answer is late" (rt__db_conn_arm_bound) in READY.
  *
  *   state        what holds                                         left by
  *   BACKOFF      no PGconn, no watch; timer armed (or stopped while  conn_on_timer -> attempt
@@ -17,15 +16,15 @@
  *   CONNECTING   PGconn handshaking; watch on its current socket     conn_on_poll (OK / FAILED),
  *                                                                    conn_on_timer (timeout)
  *   READY        PGconn in pipeline mode, non-blocking; watch        rt__db_conn_discard,
- *                readable (and writable while libpq has output)      conn_finish (pool closing)
+ *                readable (and writable while libpq has output)      rt__db_conn_close
  *   CLOSED       nothing left but the timer, closed with the pool    (final)
  *
  * Connections in unknown state are never reused: any surprise (a failed send or flush, a poll
  * error, libpq and the ring out of step, a ROLLBACK that fails, a bound that expires) goes
  * through rt__db_conn_discard, which fails what was on the connection and starts over.
  *
- * What it deliberately does not do: choose which request goes where (db.c does), or know what a
- * transaction is beyond handing its slots' results to db_tx.c.
+ * What it deliberately does not do: choose which request goes where (db.c does), or read
+ * results (db_pipe.c does).
  */
 #include "db_int.h"
 
@@ -40,11 +39,6 @@ static void conn_on_poll(uv_poll_t *h, int status, int events);
 static void conn_on_timer(uv_timer_t *t);
 static void conn_attempt(db_conn *c);
 static void conn_attempt_failed(db_conn *c, int err);
-
-static size_t conn_cap(const db_conn *c)
-{
-    return c->db->cfg.pipeline_depth;
-}
 
 static void silent_notice(void *arg, const char *message)
 {
@@ -84,7 +78,7 @@ static void conn_unwatch(db_conn *c)
  * new socket may even reuse the old descriptor number, which epoll would no longer know: `fresh`
  * (set during the handshake) stops and restarts the watch so that libuv registers it again.
  */
-static int conn_watch(db_conn *c, int events, bool fresh)
+int rt__db_conn_watch(db_conn *c, int events, bool fresh)
 {
     int fd = PQsocket(c->pg);
     db_watch *w;
@@ -205,61 +199,6 @@ void rt__db_conn_cancel_running(db_conn *c)
     rt__db_conn_arm_bound(c, BOUND_CANCEL, c->db->cfg.cancel_timeout_ms);
 }
 
-/* --- prepared statement names ---------------------------------------------------------------- */
-
-static char *conn_find_name(const db_conn *c, const char *name)
-{
-    for (size_t i = 0; i < c->nnames; i++) {
-        if (strcmp(c->names[i], name) == 0)
-            return c->names[i];
-    }
-    return NULL;
-}
-
-static char *conn_add_name(db_conn *c, const char *name)
-{
-    char *copy;
-
-    if (c->nnames == c->names_cap) {
-        size_t cap = c->names_cap ? c->names_cap * 2 : 8;
-        char **grown = rt_malloc(cap * sizeof(*grown));
-
-        if (grown == NULL)
-            return NULL;
-        if (c->nnames > 0)
-            memcpy(grown, c->names, c->nnames * sizeof(*grown));
-        rt_free(c->names);
-        c->names = grown;
-        c->names_cap = cap;
-    }
-    copy = rt__db_strdup(name);
-    if (copy == NULL)
-        return NULL;
-    c->names[c->nnames++] = copy;
-    return copy;
-}
-
-static void conn_forget_name(db_conn *c, const char *name)
-{
-    for (size_t i = 0; i < c->nnames; i++) {
-        if (c->names[i] == name) {
-            rt_free(c->names[i]);
-            c->names[i] = c->names[--c->nnames];
-            return;
-        }
-    }
-}
-
-static void conn_forget_names(db_conn *c)
-{
-    for (size_t i = 0; i < c->nnames; i++)
-        rt_free(c->names[i]);
-    rt_free(c->names);
-    c->names = NULL;
-    c->nnames = 0;
-    c->names_cap = 0;
-}
-
 /* --- connecting ------------------------------------------------------------------------------ */
 
 static uint64_t conn_backoff_ms(db_conn *c)
@@ -303,7 +242,7 @@ static void conn_ready(db_conn *c)
         return;
     }
     uv_timer_stop(&c->timer);
-    if (conn_watch(c, UV_READABLE, false) < 0) {
+    if (rt__db_conn_watch(c, UV_READABLE, false) < 0) {
         conn_attempt_failed(c, UV_ENOMEM);
         return;
     }
@@ -358,7 +297,7 @@ static void conn_connect(db_conn *c, const char *host, const char *hostaddr)
     PQsetNoticeProcessor(c->pg, silent_notice, NULL);
     c->state = CONN_CONNECTING;
     /* libpq's rule: after PQconnectStart, act as if PQconnectPoll had asked for writability. */
-    if (conn_watch(c, UV_WRITABLE, true) < 0)
+    if (rt__db_conn_watch(c, UV_WRITABLE, true) < 0)
         conn_attempt_failed(c, UV_ENOMEM);
 }
 
@@ -476,264 +415,6 @@ void rt__db_conn_start(db_conn *c)
     conn_attempt(c);
 }
 
-/* --- requests in flight ---------------------------------------------------------------------- */
-
-bool rt__db_conn_is_placeable(const db_conn *c)
-{
-    const db_slot *head = &c->slots[c->head];
-
-    return c->state == CONN_READY && !c->held && !c->cancel_job.busy &&
-           c->count < conn_cap(c) && !(c->count > 0 && head->kind == SLOT_ORPHAN);
-}
-
-bool rt__db_conn_is_idle(const db_conn *c)
-{
-    return rt__db_conn_is_placeable(c) && c->count == 0;
-}
-
-void rt__db_conn_arm_bound(db_conn *c, uint8_t bound, uint32_t ms)
-{
-    c->bound = bound;
-    uv_timer_start(&c->timer, conn_on_timer, ms, 0);
-}
-
-static int conn_flush(db_conn *c)
-{
-    int r = PQflush(c->pg);
-
-    if (r < 0) {
-        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
-        return -1;
-    }
-    if (conn_watch(c, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE, false) < 0) {
-        rt__db_conn_discard(c, RT_DB_ELOST, "cannot watch the socket");
-        return -1;
-    }
-    return 0;
-}
-
-db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *name,
-                          const char *sql, int nparams, const char *const *params)
-{
-    db_slot *s;
-    const char *prepared = NULL;
-    int ok;
-
-    assert(c->state == CONN_READY && c->count < conn_cap(c));
-    s = &c->slots[(c->head + c->count) % conn_cap(c)];
-    s->kind = kind;
-    s->q = q;
-    s->res = NULL;
-    s->prepare = false;
-    s->prep_name = NULL;
-    c->count++;
-    if (q != NULL)
-        q->slot = s;
-
-    if (name != NULL) {
-        prepared = conn_find_name(c, name);
-        /* Reserve the name before sending Parse: if the copy cannot be made, run the statement
-         * unnamed rather than risk preparing the same name twice on this connection. */
-        if (prepared == NULL && (s->prep_name = conn_add_name(c, name)) != NULL) {
-            s->prepare = true;
-            prepared = s->prep_name;
-        }
-    }
-    ok = 1;
-    if (s->prepare)
-        ok = PQsendPrepare(c->pg, prepared, sql, nparams, NULL);
-    if (ok && prepared != NULL)
-        ok = PQsendQueryPrepared(c->pg, prepared, nparams, params, NULL, NULL, 0);
-    else if (ok)
-        ok = PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (ok)
-        ok = PQpipelineSync(c->pg);
-    if (!ok) {
-        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
-        return NULL;
-    }
-    if (conn_flush(c) < 0)
-        return NULL;
-    return s;
-}
-
-/* The query in s completed early (cancelled): its result will be read and dropped. */
-void rt__db_conn_orphan(db_conn *c, db_slot *s)
-{
-    assert(s->kind == SLOT_QUERY);
-    s->kind = SLOT_ORPHAN;
-    s->q = NULL;
-    /* PQcancel interrupts whatever the backend runs when the request lands, so it is sent only
-     * when the orphan is the one statement on the connection; an orphan with neighbours runs to
-     * its end (statement_timeout bounds it) and takes no new work behind it. */
-    if (c->count == 1 && s == &c->slots[c->head])
-        rt__db_conn_cancel_running(c);
-}
-
-/*
- * The connection has nothing the pool must wait for: decide what it does next. With an open
- * transaction left behind (cancelled, failed, abandoned by rt_db_tx_rollback), it rolls back
- * before anyone else may use it; in an unknown state it is discarded; otherwise it takes work.
- */
-void rt__db_conn_settle(db_conn *c)
-{
-    rt_db *db = c->db;
-    PGTransactionStatusType ts;
-
-    if (c->state != CONN_READY || c->tx != NULL)
-        return;
-    if (c->count > 0) {
-        if (!c->held && db->queued > 0)
-            rt__db_dispatch(db);
-        return;
-    }
-    if (c->bound != BOUND_NONE) {
-        uv_timer_stop(&c->timer);
-        c->bound = BOUND_NONE;
-    }
-    ts = PQtransactionStatus(c->pg);
-    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
-        if (db->closing) {
-            /* The server rolls back a transaction whose session ends. */
-            rt__db_conn_close(c);
-            return;
-        }
-        c->held = true;
-        if (rt__db_conn_send(c, SLOT_ROLLBACK, NULL, NULL, "ROLLBACK", 0, NULL) != NULL)
-            rt__db_conn_arm_bound(c, BOUND_ROLLBACK, db->cfg.commit_timeout_ms);
-        return;
-    }
-    if (ts != PQTRANS_IDLE) {
-        rt__db_conn_discard(c, RT_DB_ELOST, "connection in an unknown state");
-        return;
-    }
-    c->held = false;
-    if (db->closing) {
-        if (!c->cancel_job.busy)
-            rt__db_conn_close(c);
-        return;
-    }
-    if (db->queued > 0)
-        rt__db_dispatch(db);
-}
-
-/* Keeps the first error of a slot (a Parse error outranks the Execute it aborted); a success is
- * kept only when nothing else was. */
-static void slot_keep(db_slot *s, PGresult *res, bool is_error)
-{
-    if (s->res == NULL) {
-        s->res = res;
-        s->res_is_error = is_error;
-        return;
-    }
-    if (is_error && !s->res_is_error) {
-        PQclear(s->res);
-        s->res = res;
-        s->res_is_error = true;
-        return;
-    }
-    PQclear(res);
-}
-
-static void conn_slot_done(db_conn *c)
-{
-    db_slot s = c->slots[c->head];
-    db_slot *next;
-
-    memset(&c->slots[c->head], 0, sizeof(db_slot));
-    c->head = (c->head + 1) % conn_cap(c);
-    c->count--;
-    switch (s.kind) {
-    case SLOT_QUERY:
-        s.q->slot = NULL;
-        c->db->in_flight--;
-        rt__db_query_finish(s.q, s.res, 0, NULL);
-        break;
-    case SLOT_BEGIN:
-    case SLOT_STMT:
-    case SLOT_COMMIT:
-        rt__db_tx_on_result(c, &s);
-        return;
-    case SLOT_ROLLBACK:
-        if (s.res == NULL || s.res_is_error) {
-            PQclear(s.res);
-            rt__db_conn_discard(c, RT_DB_ELOST, "ROLLBACK failed");
-            return;
-        }
-        PQclear(s.res);
-        break;
-    default: /* SLOT_ORPHAN, SLOT_DROPPED */
-        PQclear(s.res);
-        break;
-    }
-    next = &c->slots[c->head];
-    if (c->count == 1 && next->kind == SLOT_ORPHAN)
-        rt__db_conn_cancel_running(c);
-    rt__db_conn_settle(c);
-}
-
-/* Reads every result libpq has complete, slot by slot. User code may run inside (a transaction's
- * step callback), so the connection is re-checked after each slot. */
-static void conn_read(db_conn *c)
-{
-    uint64_t gen = c->gen;
-    int nulls = 0;
-
-    while (c->state == CONN_READY && c->gen == gen && c->count > 0) {
-        db_slot *s = &c->slots[c->head];
-        PGresult *res;
-
-        if (PQstatus(c->pg) == CONNECTION_BAD) {
-            rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
-            return;
-        }
-        if (PQisBusy(c->pg))
-            return;
-        res = PQgetResult(c->pg);
-        if (res == NULL) {
-            /* One NULL ends each statement's results; a second one in a row while a slot is
-             * still open means libpq's queue and the ring disagree. */
-            if (++nulls > 1) {
-                rt__db_conn_discard(c, RT_DB_ELOST, "pipeline out of step");
-                return;
-            }
-            continue;
-        }
-        nulls = 0;
-        switch (PQresultStatus(res)) {
-        case PGRES_PIPELINE_SYNC:
-            PQclear(res);
-            conn_slot_done(c);
-            break;
-        case PGRES_TUPLES_OK:
-        case PGRES_COMMAND_OK:
-        case PGRES_EMPTY_QUERY:
-            if (s->prepare) {
-                s->prepare = false;
-                PQclear(res);
-                break;
-            }
-            slot_keep(s, res, false);
-            break;
-        case PGRES_FATAL_ERROR:
-        case PGRES_NONFATAL_ERROR:
-        case PGRES_BAD_RESPONSE:
-        case PGRES_PIPELINE_ABORTED:
-            if (s->prepare) {
-                s->prepare = false;
-                conn_forget_name(c, s->prep_name);
-            }
-            slot_keep(s, res, true);
-            break;
-        default:
-            /* COPY and single-row results are never asked for: the protocol state is unknown. */
-            PQclear(res);
-            rt__db_conn_discard(c, RT_DB_ELOST, "unexpected result from the server");
-            return;
-        }
-    }
-}
-
 static void conn_on_poll(uv_poll_t *h, int status, int events)
 {
     db_watch *w = rt_container_of(h, db_watch, poll);
@@ -758,27 +439,13 @@ static void conn_on_poll(uv_poll_t *h, int status, int events)
             conn_attempt_failed(c, UV_ECONNREFUSED);
             return;
         }
-        err = conn_watch(c, r == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE, true);
+        err = rt__db_conn_watch(c, r == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE, true);
         if (err < 0)
             conn_attempt_failed(c, err);
         return;
     }
     assert(c->state == CONN_READY);
-    if (status < 0) {
-        rt__db_conn_discard(c, RT_DB_ELOST, uv_strerror(status));
-        return;
-    }
-    if ((events & UV_READABLE) && !PQconsumeInput(c->pg)) {
-        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
-        return;
-    }
-    /* libpq's rule for non-blocking sends: after reading, try the flush again. */
-    if ((c->events & UV_WRITABLE) && conn_flush(c) < 0)
-        return;
-    if (c->count > 0)
-        conn_read(c);
-    else if (PQstatus(c->pg) == CONNECTION_BAD)
-        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+    rt__db_conn_on_io(c, status, events);
 }
 
 static void conn_on_timer(uv_timer_t *t)
@@ -806,33 +473,13 @@ static void conn_on_timer(uv_timer_t *t)
     }
 }
 
-/* --- losing and closing ---------------------------------------------------------------------- */
-
-/* Empties the ring: queries fail with err, the transaction learns it lost its connection. */
-static void conn_fail_slots(db_conn *c, int err, const char *detail)
+void rt__db_conn_arm_bound(db_conn *c, uint8_t bound, uint32_t ms)
 {
-    size_t n = c->count;
-    size_t head = c->head;
-
-    c->count = 0;
-    c->head = 0;
-    for (size_t i = 0; i < n; i++) {
-        db_slot *s = &c->slots[(head + i) % conn_cap(c)];
-        db_slot copy = *s;
-
-        memset(s, 0, sizeof(*s));
-        if (copy.kind == SLOT_QUERY) {
-            copy.q->slot = NULL;
-            c->db->in_flight--;
-            rt__db_query_finish(copy.q, copy.res, err, detail);
-        } else {
-            PQclear(copy.res);
-        }
-    }
-    if (c->tx != NULL)
-        rt__db_tx_on_lost(c, err, detail);
+    c->bound = bound;
+    uv_timer_start(&c->timer, conn_on_timer, ms, 0);
 }
 
+/* --- losing and closing ---------------------------------------------------------------------- */
 void rt__db_conn_discard(db_conn *c, int err, const char *detail)
 {
     rt_db *db = c->db;
@@ -848,10 +495,10 @@ void rt__db_conn_discard(db_conn *c, int err, const char *detail)
     c->bound = BOUND_NONE;
     conn_unwatch(c);
     /* detail may point into pg's error buffer: fail the slots before finishing pg. */
-    conn_fail_slots(c, err, detail);
+    rt__db_conn_fail_slots(c, err, detail);
     c->pg = NULL;
     c->held = false;
-    conn_forget_names(c);
+    rt__db_conn_forget_names(c);
     conn_finish_pg(c, pg);
     if (db->closing) {
         conn_closed(c);
@@ -886,7 +533,7 @@ void rt__db_conn_close(db_conn *c)
         conn_unwatch(c);
         c->state = CONN_CLOSED;
         db->ready--;
-        conn_forget_names(c);
+        rt__db_conn_forget_names(c);
         conn_finish_pg(c, c->pg);
         c->pg = NULL;
         rt__db_maybe_closed(db);

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * db_int.h - what the driver's three files share: the pool (db.c), one connection's state
- * machine (db_conn.c) and the transaction task (db_tx.c). Nothing outside runtime/db*.c includes
- * it.
+ * db_int.h - what the driver's files share: the pool and the query task (db.c), one
+ * connection's life (db_conn.c), its pipeline of requests (db_pipe.c), the transaction task
+ * (db_tx.c) and results (db_result.c). Nothing outside runtime/db*.c includes it.
  *
  * A connection's life (db_conn.c draws the details):
  *
@@ -142,19 +142,40 @@ void rt__db_query_finish(rt_db_query *q, PGresult *res, int err, const char *det
 void rt__db_maybe_closed(rt_db *db);
 char *rt__db_strdup(const char *s);
 
-/* db_conn.c */
+static inline size_t db_conn_cap(const db_conn *c)
+{
+    return c->db->cfg.pipeline_depth;
+}
+
+/* db_conn.c: a connection's life. */
+/* (Re)starts watching PQsocket for events; fresh forces libuv to register the socket again. */
+int rt__db_conn_watch(db_conn *c, int events, bool fresh);
 void rt__db_conn_init(db_conn *c, rt_db *db, db_slot *slots);
+/* Starts the first connection attempt. */
 void rt__db_conn_start(db_conn *c);
+/* Pool closing: stops c now, or (READY with work) once it has settled. */
 void rt__db_conn_close(db_conn *c);
+/* PQcancel on the thread pool for the statement running on c, bounded by cancel_timeout_ms. */
+void rt__db_conn_cancel_running(db_conn *c);
+/* Arms c's timer to discard c unless the awaited answer comes within ms. */
+void rt__db_conn_arm_bound(db_conn *c, uint8_t bound, uint32_t ms);
+/* c is in an unknown or broken state: fail what is on it, finish it, reconnect. */
+void rt__db_conn_discard(db_conn *c, int err, const char *detail);
+
+/* db_pipe.c: a READY connection's requests. */
 bool rt__db_conn_is_placeable(const db_conn *c);
 bool rt__db_conn_is_idle(const db_conn *c);
+/* Appends a slot and sends it; NULL when sending failed (c was discarded, the slot failed). */
 db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *name,
                           const char *sql, int nparams, const char *const *params);
+/* The query in s completed early: drop its result when it comes. */
 void rt__db_conn_orphan(db_conn *c, db_slot *s);
-void rt__db_conn_cancel_running(db_conn *c);
-void rt__db_conn_arm_bound(db_conn *c, uint8_t bound, uint32_t ms);
-void rt__db_conn_discard(db_conn *c, int err, const char *detail);
+/* Brings c back to a known state after its work ended, then lets it take queued work. */
 void rt__db_conn_settle(db_conn *c);
+/* Socket events on a READY connection. */
+void rt__db_conn_on_io(db_conn *c, int status, int events);
+void rt__db_conn_fail_slots(db_conn *c, int err, const char *detail);
+void rt__db_conn_forget_names(db_conn *c);
 
 /* db_tx.c */
 void rt__db_tx_place(rt_db_tx *tx, db_conn *c);

@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * db_pipe.c - a READY connection's pipeline: sending requests, reading their results in order,
+ * and deciding when the connection may take new work.
+ *
+ * The main idea: every request is a slot in a FIFO ring that mirrors libpq's own command queue
+ * one to one. A slot is [Parse] + Bind/Execute + Sync, so each has exactly one
+ * PGRES_PIPELINE_SYNC that ends it, and an error aborts nothing but its own slot. Results are
+ * read only while a slot is open, and what libpq returns must match what the ring expects: a
+ * mismatch means the connection's state is unknown, and it is discarded, never guessed at.
+ *
+ * Before a connection takes new work after a transaction, an orphaned statement or a PQcancel,
+ * rt__db_conn_settle makes sure it is back to a known, idle state: it waits for the cancel
+ * request to have landed (so it cannot hit the next statement), rolls back what was left open,
+ * and discards what it cannot explain.
+ */
+#include "db_int.h"
+
+#include <string.h>
+
+/* --- prepared statement names ---------------------------------------------------------------- */
+
+static char *conn_find_name(const db_conn *c, const char *name)
+{
+    for (size_t i = 0; i < c->nnames; i++) {
+        if (strcmp(c->names[i], name) == 0)
+            return c->names[i];
+    }
+    return NULL;
+}
+
+static char *conn_add_name(db_conn *c, const char *name)
+{
+    char *copy;
+
+    if (c->nnames == c->names_cap) {
+        size_t cap = c->names_cap ? c->names_cap * 2 : 8;
+        char **grown = rt_malloc(cap * sizeof(*grown));
+
+        if (grown == NULL)
+            return NULL;
+        if (c->nnames > 0)
+            memcpy(grown, c->names, c->nnames * sizeof(*grown));
+        rt_free(c->names);
+        c->names = grown;
+        c->names_cap = cap;
+    }
+    copy = rt__db_strdup(name);
+    if (copy == NULL)
+        return NULL;
+    c->names[c->nnames++] = copy;
+    return copy;
+}
+
+static void conn_forget_name(db_conn *c, const char *name)
+{
+    for (size_t i = 0; i < c->nnames; i++) {
+        if (c->names[i] == name) {
+            rt_free(c->names[i]);
+            c->names[i] = c->names[--c->nnames];
+            return;
+        }
+    }
+}
+
+void rt__db_conn_forget_names(db_conn *c)
+{
+    for (size_t i = 0; i < c->nnames; i++)
+        rt_free(c->names[i]);
+    rt_free(c->names);
+    c->names = NULL;
+    c->nnames = 0;
+    c->names_cap = 0;
+}
+
+bool rt__db_conn_is_placeable(const db_conn *c)
+{
+    const db_slot *head = &c->slots[c->head];
+
+    return c->state == CONN_READY && !c->held && !c->cancel_job.busy &&
+           c->count < db_conn_cap(c) && !(c->count > 0 && head->kind == SLOT_ORPHAN);
+}
+
+bool rt__db_conn_is_idle(const db_conn *c)
+{
+    return rt__db_conn_is_placeable(c) && c->count == 0;
+}
+
+static int conn_flush(db_conn *c)
+{
+    int r = PQflush(c->pg);
+
+    if (r < 0) {
+        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+        return -1;
+    }
+    if (rt__db_conn_watch(c, r == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE, false) < 0) {
+        rt__db_conn_discard(c, RT_DB_ELOST, "cannot watch the socket");
+        return -1;
+    }
+    return 0;
+}
+
+db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *name,
+                          const char *sql, int nparams, const char *const *params)
+{
+    db_slot *s;
+    const char *prepared = NULL;
+    int ok;
+
+    assert(c->state == CONN_READY && c->count < db_conn_cap(c));
+    s = &c->slots[(c->head + c->count) % db_conn_cap(c)];
+    s->kind = kind;
+    s->q = q;
+    s->res = NULL;
+    s->prepare = false;
+    s->prep_name = NULL;
+    c->count++;
+    if (q != NULL)
+        q->slot = s;
+
+    if (name != NULL) {
+        prepared = conn_find_name(c, name);
+        /* Reserve the name before sending Parse: if the copy cannot be made, run the statement
+         * unnamed rather than risk preparing the same name twice on this connection. */
+        if (prepared == NULL && (s->prep_name = conn_add_name(c, name)) != NULL) {
+            s->prepare = true;
+            prepared = s->prep_name;
+        }
+    }
+    ok = 1;
+    if (s->prepare)
+        ok = PQsendPrepare(c->pg, prepared, sql, nparams, NULL);
+    if (ok && prepared != NULL)
+        ok = PQsendQueryPrepared(c->pg, prepared, nparams, params, NULL, NULL, 0);
+    else if (ok)
+        ok = PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (ok)
+        ok = PQpipelineSync(c->pg);
+    if (!ok) {
+        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+        return NULL;
+    }
+    if (conn_flush(c) < 0)
+        return NULL;
+    return s;
+}
+
+/* The query in s completed early (cancelled): its result will be read and dropped. */
+void rt__db_conn_orphan(db_conn *c, db_slot *s)
+{
+    assert(s->kind == SLOT_QUERY);
+    s->kind = SLOT_ORPHAN;
+    s->q = NULL;
+    /* PQcancel interrupts whatever the backend runs when the request lands, so it is sent only
+     * when the orphan is the one statement on the connection; an orphan with neighbours runs to
+     * its end (statement_timeout bounds it) and takes no new work behind it. */
+    if (c->count == 1 && s == &c->slots[c->head])
+        rt__db_conn_cancel_running(c);
+}
+
+/*
+ * The connection has nothing the pool must wait for: decide what it does next. With an open
+ * transaction left behind (cancelled, failed, abandoned by rt_db_tx_rollback), it rolls back
+ * before anyone else may use it; in an unknown state it is discarded; otherwise it takes work.
+ */
+void rt__db_conn_settle(db_conn *c)
+{
+    rt_db *db = c->db;
+    PGTransactionStatusType ts;
+
+    if (c->state != CONN_READY || c->tx != NULL)
+        return;
+    if (c->count > 0) {
+        if (!c->held && db->queued > 0)
+            rt__db_dispatch(db);
+        return;
+    }
+    if (c->bound != BOUND_NONE) {
+        uv_timer_stop(&c->timer);
+        c->bound = BOUND_NONE;
+    }
+    ts = PQtransactionStatus(c->pg);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        if (db->closing) {
+            /* The server rolls back a transaction whose session ends. */
+            rt__db_conn_close(c);
+            return;
+        }
+        c->held = true;
+        if (rt__db_conn_send(c, SLOT_ROLLBACK, NULL, NULL, "ROLLBACK", 0, NULL) != NULL)
+            rt__db_conn_arm_bound(c, BOUND_ROLLBACK, db->cfg.commit_timeout_ms);
+        return;
+    }
+    if (ts != PQTRANS_IDLE) {
+        rt__db_conn_discard(c, RT_DB_ELOST, "connection in an unknown state");
+        return;
+    }
+    c->held = false;
+    if (db->closing) {
+        if (!c->cancel_job.busy)
+            rt__db_conn_close(c);
+        return;
+    }
+    if (db->queued > 0)
+        rt__db_dispatch(db);
+}
+
+/* Keeps the first error of a slot (a Parse error outranks the Execute it aborted); a success is
+ * kept only when nothing else was. */
+static void slot_keep(db_slot *s, PGresult *res, bool is_error)
+{
+    if (s->res == NULL) {
+        s->res = res;
+        s->res_is_error = is_error;
+        return;
+    }
+    if (is_error && !s->res_is_error) {
+        PQclear(s->res);
+        s->res = res;
+        s->res_is_error = true;
+        return;
+    }
+    PQclear(res);
+}
+
+static void conn_slot_done(db_conn *c)
+{
+    db_slot s = c->slots[c->head];
+    db_slot *next;
+
+    memset(&c->slots[c->head], 0, sizeof(db_slot));
+    c->head = (c->head + 1) % db_conn_cap(c);
+    c->count--;
+    switch (s.kind) {
+    case SLOT_QUERY:
+        s.q->slot = NULL;
+        c->db->in_flight--;
+        rt__db_query_finish(s.q, s.res, 0, NULL);
+        break;
+    case SLOT_BEGIN:
+    case SLOT_STMT:
+    case SLOT_COMMIT:
+        rt__db_tx_on_result(c, &s);
+        return;
+    case SLOT_ROLLBACK:
+        if (s.res == NULL || s.res_is_error) {
+            PQclear(s.res);
+            rt__db_conn_discard(c, RT_DB_ELOST, "ROLLBACK failed");
+            return;
+        }
+        PQclear(s.res);
+        break;
+    default: /* SLOT_ORPHAN, SLOT_DROPPED */
+        PQclear(s.res);
+        break;
+    }
+    next = &c->slots[c->head];
+    if (c->count == 1 && next->kind == SLOT_ORPHAN)
+        rt__db_conn_cancel_running(c);
+    rt__db_conn_settle(c);
+}
+
+/* Reads every result libpq has complete, slot by slot. User code may run inside (a transaction's
+ * step callback), so the connection is re-checked after each slot. */
+static void conn_read(db_conn *c)
+{
+    uint64_t gen = c->gen;
+    int nulls = 0;
+
+    while (c->state == CONN_READY && c->gen == gen && c->count > 0) {
+        db_slot *s = &c->slots[c->head];
+        PGresult *res;
+
+        if (PQstatus(c->pg) == CONNECTION_BAD) {
+            rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+            return;
+        }
+        if (PQisBusy(c->pg))
+            return;
+        res = PQgetResult(c->pg);
+        if (res == NULL) {
+            /* One NULL ends each statement's results; a second one in a row while a slot is
+             * still open means libpq's queue and the ring disagree. */
+            if (++nulls > 1) {
+                rt__db_conn_discard(c, RT_DB_ELOST, "pipeline out of step");
+                return;
+            }
+            continue;
+        }
+        nulls = 0;
+        switch (PQresultStatus(res)) {
+        case PGRES_PIPELINE_SYNC:
+            PQclear(res);
+            conn_slot_done(c);
+            break;
+        case PGRES_TUPLES_OK:
+        case PGRES_COMMAND_OK:
+        case PGRES_EMPTY_QUERY:
+            if (s->prepare) {
+                s->prepare = false;
+                PQclear(res);
+                break;
+            }
+            slot_keep(s, res, false);
+            break;
+        case PGRES_FATAL_ERROR:
+        case PGRES_NONFATAL_ERROR:
+        case PGRES_BAD_RESPONSE:
+        case PGRES_PIPELINE_ABORTED:
+            if (s->prepare) {
+                s->prepare = false;
+                conn_forget_name(c, s->prep_name);
+            }
+            slot_keep(s, res, true);
+            break;
+        default:
+            /* COPY and single-row results are never asked for: the protocol state is unknown. */
+            PQclear(res);
+            rt__db_conn_discard(c, RT_DB_ELOST, "unexpected result from the server");
+            return;
+        }
+    }
+}
+
+
+void rt__db_conn_on_io(db_conn *c, int status, int events)
+{
+    if (status < 0) {
+        rt__db_conn_discard(c, RT_DB_ELOST, uv_strerror(status));
+        return;
+    }
+    if ((events & UV_READABLE) && !PQconsumeInput(c->pg)) {
+        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+        return;
+    }
+    /* libpq's rule for non-blocking sends: after reading, try the flush again. */
+    if ((c->events & UV_WRITABLE) && conn_flush(c) < 0)
+        return;
+    if (c->count > 0)
+        conn_read(c);
+    else if (PQstatus(c->pg) == CONNECTION_BAD)
+        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+}
+
+/* Empties the ring: queries fail with err, the transaction learns it lost its connection. */
+void rt__db_conn_fail_slots(db_conn *c, int err, const char *detail)
+{
+    size_t n = c->count;
+    size_t head = c->head;
+
+    c->count = 0;
+    c->head = 0;
+    for (size_t i = 0; i < n; i++) {
+        db_slot *s = &c->slots[(head + i) % db_conn_cap(c)];
+        db_slot copy = *s;
+
+        memset(s, 0, sizeof(*s));
+        if (copy.kind == SLOT_QUERY) {
+            copy.q->slot = NULL;
+            c->db->in_flight--;
+            rt__db_query_finish(copy.q, copy.res, err, detail);
+        } else {
+            PQclear(copy.res);
+        }
+    }
+    if (c->tx != NULL)
+        rt__db_tx_on_lost(c, err, detail);
+}
