@@ -10,6 +10,9 @@
  *
  * The join never completes before its last child is delivered, fail-fast included: siblings are
  * cancelled, not abandoned, so their guards and callbacks still run before the join's do.
+ *
+ * rt_join_new is the owning variant: one allocation holds the join and a copy of the array, and
+ * its release releases the children, so a join built at run time can be handed to a scope.
  */
 #include "join.h"
 
@@ -62,13 +65,60 @@ static const rt_task_vtable join_vt = {
     .release = NULL,
 };
 
-void rt_join_init(rt_join *j, rt_runtime *rt, rt_task **children, size_t n, unsigned flags)
+typedef struct owned_join {
+    rt_join j;
+    rt_task *children[];
+} owned_join;
+
+static void owned_release(rt_task *t)
 {
-    rt_task_init(&j->task, rt, &join_vt);
+    owned_join *o = rt_container_of(t, owned_join, j.task);
+
+    for (size_t i = 0; i < o->j.n; i++)
+        rt_task_release(o->children[i]);
+    rt_free(o);
+}
+
+static const rt_task_vtable owned_join_vt = {
+    .name = "join",
+    .start = join_start,
+    .cancel = join_cancel,
+    .release = owned_release,
+};
+
+static void join_init(rt_join *j, rt_runtime *rt, const rt_task_vtable *vt, rt_task **children,
+                      size_t n, unsigned flags)
+{
+    rt_task_init(&j->task, rt, vt);
     j->first_error = 0;
     j->children = children;
     j->n = n;
     j->pending = 0;
     j->flags = flags;
     rt_cancel_init(&j->signal, NULL);
+}
+
+void rt_join_init(rt_join *j, rt_runtime *rt, rt_task **children, size_t n, unsigned flags)
+{
+    join_init(j, rt, &join_vt, children, n, flags);
+}
+
+rt_join *rt_join_new(rt_runtime *rt, rt_task **children, size_t n, unsigned flags)
+{
+    owned_join *o;
+
+    if (n > (SIZE_MAX - sizeof(*o)) / sizeof(o->children[0]))
+        goto out_release_children;
+    o = rt_malloc(sizeof(*o) + n * sizeof(o->children[0]));
+    if (o == NULL)
+        goto out_release_children;
+    for (size_t i = 0; i < n; i++)
+        o->children[i] = children[i];
+    join_init(&o->j, rt, &owned_join_vt, o->children, n, flags);
+    return &o->j;
+
+out_release_children:
+    for (size_t i = 0; i < n; i++)
+        rt_task_release(children[i]);
+    return NULL;
 }

@@ -40,4 +40,13 @@ typedef struct rt_join {
  */
 void rt_join_init(rt_join *j, rt_runtime *rt, rt_task **children, size_t n, unsigned flags);
 
+/**
+ * Allocates (through rt_malloc) a join that owns its children: it steals children[0..n) (each
+ * in INIT), even on failure, when they are released at once; the array itself is copied, so it
+ * may live on the caller's stack. Releasing the join's task releases every child, then frees the
+ * join. This is the form to hand to something that steals (a scope, a set, a stream) when n is
+ * only known at run time. Returns the join (new), or NULL when the allocation fails.
+ */
+rt_join *rt_join_new(rt_runtime *rt, rt_task **children, size_t n, unsigned flags);
+
 #endif /* RT_JOIN_H */

@@ -66,13 +66,42 @@ static const rt_task_vtable work_vt = {
     .release = NULL,
 };
 
-void rt_work_init(rt_work *w, rt_runtime *rt, rt_work_fn fn, void *arg)
+/* The request is not a handle: once work_after ran, nothing of libuv's refers to w any more. */
+static void work_free(rt_task *t)
 {
-    rt_task_init(&w->task, rt, &work_vt);
+    rt_free(rt_container_of(t, rt_work, task));
+}
+
+static const rt_task_vtable heap_work_vt = {
+    .name = "work",
+    .start = work_start,
+    .cancel = work_cancel,
+    .release = work_free,
+};
+
+static void work_init(rt_work *w, rt_runtime *rt, const rt_task_vtable *vt, rt_work_fn fn,
+                      void *arg)
+{
+    rt_task_init(&w->task, rt, vt);
     w->arg = arg;
     w->result = 0;
     w->fn = fn;
     w->queued = false;
+}
+
+void rt_work_init(rt_work *w, rt_runtime *rt, rt_work_fn fn, void *arg)
+{
+    work_init(w, rt, &work_vt, fn, arg);
+}
+
+rt_work *rt_work_new(rt_runtime *rt, rt_work_fn fn, void *arg)
+{
+    rt_work *w = rt_malloc(sizeof(*w));
+
+    if (w == NULL)
+        return NULL;
+    work_init(w, rt, &heap_work_vt, fn, arg);
+    return w;
 }
 
 static void sleep_closed(uv_handle_t *h)

@@ -34,6 +34,13 @@ struct rt_work {
 /** Initializes w to run fn(w) on the thread pool. Never fails. w's storage is the caller's. */
 void rt_work_init(rt_work *w, rt_runtime *rt, rt_work_fn fn, void *arg);
 
+/**
+ * Allocates (through rt_malloc) and initializes a work task whose release frees it: new, owned
+ * by the caller until handed to something that steals it. arg is borrowed by fn. Returns NULL
+ * when the allocation fails. Loop thread only.
+ */
+rt_work *rt_work_new(rt_runtime *rt, rt_work_fn fn, void *arg);
+
 typedef struct rt_sleep {
     rt_task task;
     uint64_t ms; /* read-only */
