@@ -132,6 +132,8 @@ struct svc_request {
     const char *method;
     const char *path;           /* without the query string */
     const char *request_id;     /* echoed from the client when sane, else generated */
+    /* The next three are set when the handler's task is started (NULL / RT_NO_DEADLINE while
+     * the handler function itself runs): spawn children from the task's start on. */
     rt_scope *scope;            /* the request scope: its children finish before the response */
     rt_cancel *signal;          /* == &scope->signal: deadline (UV_ETIMEDOUT) or shutdown */
     uint64_t deadline;          /* absolute uv_now() milliseconds (REQUEST_TIMEOUT_MS) */

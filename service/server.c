@@ -95,6 +95,7 @@ struct svc_server {
 };
 
 static void run_mhd(svc_server *s);
+static void on_timer(uv_timer_t *t);
 
 /* --- requests ---------------------------------------------------------------------------- */
 
@@ -168,8 +169,11 @@ static void on_request_scope_closed(rt_scope *scope)
     assert(cr->state == SUSPENDED);
     rt_list_remove(&cr->link);
     cr->state = READY;
-    /* MHD will call the access handler again, which queues the response. */
+    /* MHD calls the access handler again, which queues the response, but only from MHD_run:
+     * its own wake-up (the inter-thread channel) does not reliably reach our poll in external
+     * epoll mode, so ask for a run on the next loop turn (resumes in one turn share it). */
     MHD_resume_connection(cr->in.conn);
+    uv_timer_start(&cr->srv->timer, on_timer, 0, 0);
 }
 
 static void on_task_done(rt_task *t, int status)
