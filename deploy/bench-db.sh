@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The PostgreSQL driver alone (no HTTP) against pgbench, at equal numbers of connections.
+#
+#   deploy/bench-db.sh [seconds]      seconds per run (default 10)
+#
+# Builds a Release tree (HS_BENCH_BUILD, default build-bench/), makes sure the throwaway cluster
+# runs (deploy/pg.sh, or DATABASE_URL), and prepares two databases beside the service's:
+# hindsight_bench (deploy/sql/*.sql: schema and seeded users) and hindsight_pgbench
+# (pgbench -i -s 1). Then, for 1, 8 and 32 concurrent tasks, it runs bench_db (single-row
+# primary-key reads of users, prepared) and right after it `pgbench -S -M prepared` with the same
+# number of connections, and prints both rates and their ratio:
+#   - without pipelining: one connection per task (pool = tasks, depth 1);
+#   - with pipelining: four tasks per connection (pool = tasks / 4, depth 8), compared with
+#     pgbench at that smaller number of connections.
+# pgbench runs with PGBENCH_JOBS threads (default 1: the driver runs on one loop thread too).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+secs=${1:-10}
+build=${HS_BENCH_BUILD:-$root/build-bench}
+jobs=${PGBENCH_JOBS:-1}
+pgbin=/usr/lib/postgresql/15/bin
+
+base=${DATABASE_URL:-$("$root/deploy/pg.sh" start)}
+server=${base%/*}
+bench_url=$server/hindsight_bench
+pgbench_url=$server/hindsight_pgbench
+
+psql() { PGOPTIONS="-c client_min_messages=warning" "$pgbin/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$build" --target bench_db -j2 >/dev/null
+bench_db=$build/tests/bin/bench_db
+
+for db in hindsight_bench hindsight_pgbench; do
+    if ! psql "$server/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" |
+        grep -q 1; then
+        psql "$server/postgres" -c "CREATE DATABASE $db"
+    fi
+done
+for f in "$root"/deploy/sql/*.sql; do
+    psql "$bench_url" -f "$f" >/dev/null
+done
+if ! psql "$pgbench_url" -tAc "SELECT to_regclass('pgbench_accounts') IS NOT NULL" | grep -q t; then
+    "$pgbin/pgbench" -i -s 1 -q "$pgbench_url" >/dev/null 2>&1
+fi
+
+# value of key=value in a bench_db line
+kv() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+
+pgbench_tps() {
+    "$pgbin/pgbench" -n -S -M prepared -c "$1" -j "$(($1 < jobs ? $1 : jobs))" -T "$secs" \
+        "$pgbench_url" 2>/dev/null | awk '/^tps/ { print int($3); exit }'
+}
+
+row() { # tasks conns depth
+    local line qps tps
+    line=$("$bench_db" --url "$bench_url" --tasks "$1" --pool "$2" --depth "$3" --seconds "$secs")
+    qps=$(kv qps "$line")
+    tps=$(pgbench_tps "$2")
+    printf '%5s %5s %5s %12s %12s %6s %8s %8s %9s\n' "$1" "$2" "$3" "$qps" "$tps" \
+        "$(awk -v a="$qps" -v b="$tps" 'BEGIN { printf "%.2f", a / b }')" \
+        "$(kv p50_us "$line")" "$(kv p99_us "$line")" "$(kv pipelined "$line")"
+}
+
+echo "bench-db: $secs s per run, pgbench -j $jobs, $(nproc) CPUs, $(date -u +%FT%TZ)"
+printf '%5s %5s %5s %12s %12s %6s %8s %8s %9s\n' tasks conns depth driver_q/s pgbench_tps \
+    ratio p50_us p99_us pipelined
+for t in 1 8 32; do
+    row "$t" "$t" 1
+done
+for t in 8 32; do
+    row "$t" "$((t / 4))" 8
+done
