@@ -19,11 +19,8 @@ static void inner_done(rt_task *inner, int status)
     rt_race *r = inner->owner;
 
     r->inner_status = status;
-    if (r->signal != NULL) {
-        rt_cancel_unlisten(&r->on_signal);
-        if (rt_cancel_is_fired(r->signal))
-            r->signal_won = true;
-    }
+    /* Listening until now, not until the inner completion, is what makes the signal win ties. */
+    rt_cancel_unlisten(&r->on_signal);
     rt_task_complete(&r->task, r->signal_won ? r->signal->reason : status);
 }
 
