@@ -113,7 +113,9 @@ void rt_runtime_close(rt_runtime *rt, void (*cb)(rt_runtime *rt))
     assert(rt->closing == RT_OPEN);
     rt->closing = RT_CLOSE_REQUESTED;
     rt->close_cb = cb;
-    if (rt_list_is_empty(&rt->posts))
+    /* An active idle handle means a drain is under way or due: it closes the handle when done,
+     * so that posts made by the rest of the batch still find it open. */
+    if (rt_list_is_empty(&rt->posts) && !uv_is_active((uv_handle_t *)&rt->idle))
         close_handle(rt);
 }
 

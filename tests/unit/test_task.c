@@ -409,6 +409,40 @@ static void test_runtime_close_drains(void **state)
     fx->runtime_closed = 0;
 }
 
+typedef struct closer {
+    probe p;
+    probe after; /* started by p's callback, after the close was requested */
+    rt_fixture *fx;
+} closer;
+
+static void close_in_cb(rt_task *t, int status)
+{
+    closer *c = rt_container_of(t, closer, p.task);
+
+    (void)status;
+    rt_runtime_close(&c->fx->rt, fixture_runtime_closed);
+    rt_task_start(&c->after.task, NULL, probe_cb);
+}
+
+/* Closing from inside a delivery still lets that batch, and what it starts, be delivered. */
+static void test_runtime_close_inside_delivery(void **state)
+{
+    rt_fixture *fx = *state;
+    closer c;
+
+    c.fx = fx;
+    probe_init(&c.p, &fx->rt, PROBE_IMMEDIATE, 0);
+    probe_init(&c.after, &fx->rt, PROBE_IMMEDIATE, 0);
+    rt_task_start(&c.p.task, NULL, close_in_cb);
+    run_all(fx);
+    assert_int_equal(c.after.delivered, 1);
+    assert_int_equal(fx->runtime_closed, 1);
+    rt_task_release(&c.p.task);
+    rt_task_release(&c.after.task);
+    assert_int_equal(rt_runtime_init(&fx->rt, &fx->loop), 0);
+    fx->runtime_closed = 0;
+}
+
 /* Completion order follows completion, not start order, and live_tasks tracks the gap. */
 static void test_delivery_order_and_counters(void **state)
 {
@@ -451,6 +485,7 @@ int main(void)
         RT_FIXTURE_TEST(test_free_inside_callback),
         RT_FIXTURE_TEST(test_post_queue),
         RT_FIXTURE_TEST(test_runtime_close_drains),
+        RT_FIXTURE_TEST(test_runtime_close_inside_delivery),
         RT_FIXTURE_TEST(test_delivery_order_and_counters),
     };
 
