@@ -323,6 +323,9 @@ static void conn_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo 
         conn_closed(c);
         return;
     }
+    /* The attempt's deadline may have passed while the resolver could no longer be stopped. */
+    if (status == 0 && !uv_is_active((uv_handle_t *)&c->timer))
+        status = UV_ETIMEDOUT;
     if (status < 0) {
         uv_freeaddrinfo(res);
         conn_attempt_failed(c, status == UV_ECANCELED ? UV_ETIMEDOUT : status);
@@ -506,6 +509,8 @@ void rt__db_conn_discard(db_conn *c, int err, const char *detail)
     }
     if (now - c->ready_at < DB_MIN_HEALTHY_MS)
         c->failures++;
+    else
+        c->failures = 0;
     conn_schedule(c);
 }
 

@@ -147,20 +147,39 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
 }
 
 /* The query in s completed early (cancelled): its result will be read and dropped. */
+/* True when nobody waits for any result on c: every slot in flight is an orphan. */
+static bool conn_only_orphans(const db_conn *c)
+{
+    for (size_t i = 0; i < c->count; i++) {
+        if (c->slots[(c->head + i) % db_conn_cap(c)].kind != SLOT_ORPHAN)
+            return false;
+    }
+    return c->count > 0;
+}
+
+/*
+ * PQcancel interrupts whatever the backend runs when the request lands, which may already be the
+ * next statement in the pipeline. So it is sent only when every statement on the connection is
+ * an orphan: then whichever it hits, nobody loses a result. An orphan with live neighbours runs
+ * to its end (statement_timeout bounds it), and no new work is placed behind an orphan at the
+ * head.
+ */
+static void conn_cancel_orphans(db_conn *c)
+{
+    if (conn_only_orphans(c))
+        rt__db_conn_cancel_running(c);
+}
+
 void rt__db_conn_orphan(db_conn *c, db_slot *s)
 {
     assert(s->kind == SLOT_QUERY);
     s->kind = SLOT_ORPHAN;
     s->q = NULL;
-    /* PQcancel interrupts whatever the backend runs when the request lands, so it is sent only
-     * when the orphan is the one statement on the connection; an orphan with neighbours runs to
-     * its end (statement_timeout bounds it) and takes no new work behind it. */
-    if (c->count == 1 && s == &c->slots[c->head])
-        rt__db_conn_cancel_running(c);
+    conn_cancel_orphans(c);
 }
 
 /*
- * The connection has nothing the pool must wait for: decide what it does next. With an open
+ * The connection's work ended (or some of it did): decide what it does next. With an open
  * transaction left behind (cancelled, failed, abandoned by rt_db_tx_rollback), it rolls back
  * before anyone else may use it; in an unknown state it is discarded; otherwise it takes work.
  */
@@ -176,6 +195,10 @@ void rt__db_conn_settle(db_conn *c)
             rt__db_dispatch(db);
         return;
     }
+    /* A cancel request still on its way could hit the next statement (the ROLLBACK, or someone
+     * else's query): wait for it to land; its completion settles the connection again. */
+    if (c->cancel_job.busy)
+        return;
     if (c->bound != BOUND_NONE) {
         uv_timer_stop(&c->timer);
         c->bound = BOUND_NONE;
@@ -198,8 +221,7 @@ void rt__db_conn_settle(db_conn *c)
     }
     c->held = false;
     if (db->closing) {
-        if (!c->cancel_job.busy)
-            rt__db_conn_close(c);
+        rt__db_conn_close(c);
         return;
     }
     if (db->queued > 0)
@@ -227,7 +249,6 @@ static void slot_keep(db_slot *s, PGresult *res, bool is_error)
 static void conn_slot_done(db_conn *c)
 {
     db_slot s = c->slots[c->head];
-    db_slot *next;
 
     memset(&c->slots[c->head], 0, sizeof(db_slot));
     c->head = (c->head + 1) % db_conn_cap(c);
@@ -255,9 +276,7 @@ static void conn_slot_done(db_conn *c)
         PQclear(s.res);
         break;
     }
-    next = &c->slots[c->head];
-    if (c->count == 1 && next->kind == SLOT_ORPHAN)
-        rt__db_conn_cancel_running(c);
+    conn_cancel_orphans(c);
     rt__db_conn_settle(c);
 }
 

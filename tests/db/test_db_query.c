@@ -267,6 +267,62 @@ static void test_cancel_long_statement_frees_connection(void **state)
     rt_cancel_close(&sig);
 }
 
+/* A pipelined query cancelled between live neighbours completes at once; no PQcancel is sent
+ * (it could hit a neighbour), and the neighbours get their own results. */
+static void test_cancel_pipelined_query_spares_neighbours(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 4);
+    rt_cancel sig;
+    dbt_query q[3];
+    int done = 0;
+    rt_db_stats st;
+
+    dbt_open(fx, &cfg);
+    rt_cancel_init(&sig, NULL);
+    dbt_query_start(&q[0], fx->db, "SELECT pg_sleep(0.3), 1", 0, NULL, NULL);
+    dbt_query_start(&q[1], fx->db, "SELECT pg_sleep(0.3), 2", 0, NULL, &sig);
+    dbt_query_start(&q[2], fx->db, "SELECT pg_sleep(0.3), 3", 0, NULL, NULL);
+    for (int i = 0; i < 3; i++)
+        q[i].counter = &done;
+    dbt_run_for(fx, 100);
+    rt_cancel_fire(&sig, UV_ECANCELED);
+    dbt_wait_count(fx, &done, 1, 1000);
+    assert_int_equal(q[1].status, UV_ECANCELED);
+    dbt_wait_count(fx, &done, 3, 5000);
+    assert_int_equal(q[0].status, 0);
+    assert_int_equal(q[2].status, 0);
+    assert_string_equal(rt_db_result_text(&q[2].q.result, 0, 1), "3");
+    rt_db_stats_get(fx->db, &st);
+    assert_int_equal(st.cancels_sent, 0);
+    assert_true(dbt_run_until(fx, dbt_all_ready, fx, 3000));
+    for (int i = 0; i < 3; i++)
+        rt_task_release(&q[i].q.task);
+    rt_cancel_close(&sig);
+}
+
+/* Closing with several long statements pipelined on one connection: once all are orphans the
+ * connection is cancelled, so the close takes about a round trip, not the statements' time. */
+static void test_close_cancels_pipelined_statements(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 4);
+    dbt_query q[3];
+    uint64_t t0;
+
+    dbt_open(fx, &cfg);
+    for (int i = 0; i < 3; i++)
+        dbt_query_start(&q[i], fx->db, "SELECT pg_sleep(10)", 0, NULL, NULL);
+    dbt_run_for(fx, 100);
+    t0 = dbt_now(fx);
+    dbt_close_db(fx);
+    assert_true(dbt_now(fx) - t0 < 3000);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(q[i].status, UV_ECANCELED);
+        rt_task_release(&q[i].q.task);
+    }
+}
+
 /* statement_timeout is set on every connection: a statement running past it fails with
  * UV_ETIMEDOUT and SQLSTATE 57014, and the connection stays usable. */
 static void test_statement_timeout(void **state)
@@ -377,6 +433,8 @@ int main(void)
         DBT_TEST(test_pipeline_one_failure_in_the_middle),
         DBT_TEST(test_prepared_statements),
         DBT_TEST(test_cancel_long_statement_frees_connection),
+        DBT_TEST(test_cancel_pipelined_query_spares_neighbours),
+        DBT_TEST(test_close_cancels_pipelined_statements),
         DBT_TEST(test_statement_timeout),
         DBT_TEST(test_host_name_resolution),
         DBT_TEST(test_database_down_fails_fast),
