@@ -91,7 +91,8 @@ struct node {
     rt_set set;
     size_t set_next;
     rt_scope scope;
-    bool scope_open;
+    bool scope_open;   /* initialized and not yet completed */
+    bool scope_opened; /* was ever initialized */
     int scope_closed;
     /* streams */
     rt_stream stream;
@@ -396,6 +397,7 @@ static int scope_wrap_start(rt_task *t)
         return err;
     }
     n->scope_open = true;
+    n->scope_opened = true;
     for (size_t i = 0; i < n->nkids; i++)
         CHECK(rt_scope_spawn(&n->scope, n->kids[i]->task, scope_kid_cb) == 0);
     rt_scope_close(&n->scope, scope_closed);
@@ -726,7 +728,7 @@ static void check_tree(tree *tr)
                 CHECK(n->stream.started == n->started_at_stop);
         }
         if (n->kind == K_SCOPE)
-            CHECK(n->scope_closed == (n->scope_open || n->scope_closed ? 1 : 0));
+            CHECK(n->scope_closed == (n->scope_opened ? 1 : 0));
     }
 }
 
