@@ -113,18 +113,17 @@ static int parse_host(rt_db *db, const char *host, const char *hostaddr)
 
 static int build_options(rt_db *db, const char *user_options)
 {
+    unsigned stmt = db->cfg.statement_timeout_ms;
+    unsigned idle = db->cfg.idle_in_tx_timeout_ms;
     char buf[512];
     int n = 0;
 
-    if (db->cfg.statement_timeout_ms > 0)
-        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "-c statement_timeout=%u ",
-                      (unsigned)db->cfg.statement_timeout_ms);
-    if (db->cfg.idle_in_tx_timeout_ms > 0)
+    if (stmt > 0)
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "-c statement_timeout=%u ", stmt);
+    if (idle > 0)
         n += snprintf(buf + n, sizeof(buf) - (size_t)n,
-                      "-c idle_in_transaction_session_timeout=%u ",
-                      (unsigned)db->cfg.idle_in_tx_timeout_ms);
-    if (user_options != NULL &&
-        (size_t)n + strlen(user_options) + 1 > sizeof(buf))
+                      "-c idle_in_transaction_session_timeout=%u ", idle);
+    if (user_options != NULL && (size_t)n + strlen(user_options) + 1 > sizeof(buf))
         return UV_EINVAL;
     snprintf(buf + n, sizeof(buf) - (size_t)n, "%s", user_options != NULL ? user_options : "");
     db->options = rt__db_strdup(buf);
@@ -205,9 +204,8 @@ static int parse_conninfo(rt_db *db, const rt_db_config *cfg)
 static bool config_is_valid(const rt_db_config *cfg)
 {
     return cfg->conninfo != NULL && cfg->pool_size >= 1 && cfg->pool_size <= 1000 &&
-           cfg->pipeline_depth >= 1 && cfg->pipeline_depth <= 1024 &&
-           cfg->connect_timeout_ms > 0 && cfg->commit_timeout_ms > 0 &&
-           cfg->cancel_timeout_ms > 0 && cfg->backoff_min_ms > 0 &&
+           cfg->pipeline_depth >= 1 && cfg->pipeline_depth <= 1024 && cfg->connect_timeout_ms > 0 &&
+           cfg->commit_timeout_ms > 0 && cfg->cancel_timeout_ms > 0 && cfg->backoff_min_ms > 0 &&
            cfg->backoff_max_ms >= cfg->backoff_min_ms;
 }
 
@@ -468,8 +466,8 @@ void rt__db_fail_queue(rt_db *db, int err)
         } else {
             rt_db_query *q = rt_container_of(w, rt_db_query, wait);
 
-            rt__db_result_set(&q->result, NULL, err == RT_DB_EDOWN ? "database unavailable"
-                                                                   : "pool closing");
+            rt__db_result_set(&q->result, NULL,
+                              err == RT_DB_EDOWN ? "database unavailable" : "pool closing");
             rt_task_complete(&q->task, err);
         }
     }

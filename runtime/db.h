@@ -49,16 +49,16 @@ typedef struct rt_db_tx rt_db_tx;
 /*
  * Errors, besides UV_ENOMEM, UV_EINVAL and the cancellation reasons (UV_ECANCELED, UV_ETIMEDOUT):
  *
- * | code               | meaning                                                  | HTTP hint |
- * |--------------------|----------------------------------------------------------|-----------|
- * | RT_DB_EQUEUE_FULL  | queue_limit requests already wait for a connection       | 503 + Retry-After |
- * | RT_DB_EDOWN        | no connection works and the last attempt failed           | 503       |
- * | RT_DB_ELOST        | the connection broke while the statement was on it; for a | 503       |
- * |                    | write outside a transaction the outcome is unknown        |           |
- * | RT_DB_ESQL         | the server answered with an error: see sqlstate, detail   | by SQLSTATE |
- * | RT_DB_ESHUTDOWN    | the pool is closing                                       | 503       |
- * | UV_ETIMEDOUT       | statement_timeout fired on the server (SQLSTATE 57014),   | 504       |
- * |                    | or the task's signal was a deadline                       |           |
+ * | code              | meaning                                                | HTTP hint   |
+ * |-------------------|--------------------------------------------------------|-------------|
+ * | RT_DB_EQUEUE_FULL | queue_limit requests already wait for a connection     | 503, retry  |
+ * | RT_DB_EDOWN       | no connection works and the last attempt failed        | 503         |
+ * | RT_DB_ELOST       | the connection broke while the statement was on it;    | 503         |
+ * |                   | for a write outside a transaction, outcome unknown     |             |
+ * | RT_DB_ESQL        | the server answered with an error: sqlstate, message   | by SQLSTATE |
+ * | RT_DB_ESHUTDOWN   | the pool is closing                                    | 503         |
+ * | UV_ETIMEDOUT      | statement_timeout fired on the server (SQLSTATE 57014) | 504         |
+ * |                   | or the task's signal was a deadline                    |             |
  */
 #define RT_DB_EQUEUE_FULL UV_EBUSY
 #define RT_DB_EDOWN       UV_ECONNREFUSED
@@ -126,7 +126,7 @@ typedef struct rt_db_stats {
     size_t conns_broken;     /* failed or lost, waiting for the backoff timer (or closing) */
     size_t queue_depth;      /* requests waiting for a connection */
     size_t queue_limit;
-    size_t in_flight;        /* queries and transactions placed on a connection */
+    size_t in_flight; /* queries and transactions placed on a connection */
     /* Queries (rt_db_query), by outcome. */
     uint64_t queries_ok;
     uint64_t errors_sql;       /* RT_DB_ESQL */
@@ -146,8 +146,8 @@ typedef struct rt_db_stats {
     /* Connections over time. */
     uint64_t connects_ok;
     uint64_t connects_failed;
-    uint64_t conns_lost;    /* an established connection broke or was discarded */
-    uint64_t cancels_sent;  /* PQcancel requests issued */
+    uint64_t conns_lost;   /* an established connection broke or was discarded */
+    uint64_t cancels_sent; /* PQcancel requests issued */
     /* Time from start to getting a connection: cumulative counts per rt_db_wait_bounds_s. */
     uint64_t wait_le[RT_DB_WAIT_BUCKETS];
     uint64_t wait_count;
@@ -245,10 +245,10 @@ void rt_db_query_prepare_as(rt_db_query *q, const char *name);
 
 /* What a transaction ended as, as far as the database is concerned. */
 enum rt_db_tx_outcome {
-    RT_DB_TX_NONE = 0,      /* not finished (or never got a connection) */
-    RT_DB_TX_COMMITTED,     /* COMMIT acknowledged: everything is durable */
-    RT_DB_TX_ROLLED_BACK,   /* COMMIT never sent or refused: nothing is visible */
-    RT_DB_TX_UNKNOWN        /* COMMIT sent, answer lost (connection broke or commit timeout) */
+    RT_DB_TX_NONE = 0,    /* not finished (or never got a connection) */
+    RT_DB_TX_COMMITTED,   /* COMMIT acknowledged: everything is durable */
+    RT_DB_TX_ROLLED_BACK, /* COMMIT never sent or refused: nothing is visible */
+    RT_DB_TX_UNKNOWN      /* COMMIT sent, answer lost (connection broke or commit timeout) */
 };
 
 /*

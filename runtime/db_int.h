@@ -51,12 +51,12 @@ enum db_slot_kind {
 enum db_bound { BOUND_NONE = 0, BOUND_COMMIT, BOUND_ROLLBACK, BOUND_CANCEL };
 
 typedef struct rt_db__slot {
-    rt_db_query *q;    /* SLOT_QUERY only */
-    PGresult *res;     /* the statement's result, or the first error seen for it */
+    rt_db_query *q;        /* SLOT_QUERY only */
+    PGresult *res;         /* the statement's result, or the first error seen for it */
     const char *prep_name; /* the connection's copy of the name being prepared, or NULL */
-    uint8_t kind;      /* enum db_slot_kind */
-    bool prepare;      /* a Parse was sent and its result is still to come */
-    bool res_is_error; /* res is an error */
+    uint8_t kind;          /* enum db_slot_kind */
+    bool prepare;          /* a Parse was sent and its result is still to come */
+    bool res_is_error;     /* res is an error */
 } db_slot;
 
 typedef struct rt_db__conn db_conn;
@@ -79,22 +79,22 @@ typedef struct db_job {
 
 struct rt_db__conn {
     rt_db *db;
-    uint8_t state;   /* enum db_conn_state */
-    uint8_t bound;   /* enum db_bound, while READY */
+    uint8_t state; /* enum db_conn_state */
+    uint8_t bound; /* enum db_bound, while READY */
     PGconn *pg;
     db_watch *watch;
-    int events;      /* events the watch is started with */
-    uint64_t gen;    /* bumped at every discard: stale callbacks compare it */
+    int events;       /* events the watch is started with */
+    uint64_t gen;     /* bumped at every discard: stale callbacks compare it */
     uv_timer_t timer; /* backoff, connect timeout, or the READY bound */
     uv_getaddrinfo_t resolve;
-    db_slot *slots;  /* ring of cfg.pipeline_depth + 1 */
+    db_slot *slots; /* ring of cfg.pipeline_depth slots, in db->slots */
     size_t head;
     size_t count;
-    rt_db_tx *tx;    /* the transaction holding the connection, or NULL */
-    bool held;       /* a transaction or its cleanup owns the connection */
+    rt_db_tx *tx;      /* the transaction holding the connection, or NULL */
+    bool held;         /* a transaction or its cleanup owns the connection */
     unsigned failures; /* consecutive failed attempts, for the backoff */
     uint64_t ready_at; /* loop time when it last became READY */
-    char **names;    /* statements prepared on this connection (owned copies) */
+    char **names;      /* statements prepared on this connection (owned copies) */
     size_t nnames;
     size_t names_cap;
     db_job cancel_job;
@@ -112,16 +112,16 @@ struct rt_db {
     PQconninfoOption *parsed; /* owns the strings keys/vals point into (libpq's allocation) */
     char *app_name;
     char *options;
-    char *host;           /* a name to resolve before each attempt, or NULL */
-    char *host_literal;   /* host as given when it needs no resolution, or NULL */
-    char *hostaddr;       /* hostaddr as given, or NULL */
+    char *host;         /* a name to resolve before each attempt, or NULL */
+    char *host_literal; /* host as given when it needs no resolution, or NULL */
+    char *hostaddr;     /* hostaddr as given, or NULL */
     db_conn *conns;
     db_slot *slots; /* pool_size rings of pipeline_depth slots */
     rt_list queue;
     size_t queued;
-    size_t ready;   /* connections in CONN_READY */
+    size_t ready; /* connections in CONN_READY */
     size_t in_flight;
-    bool down;      /* the last attempt failed and no connection works */
+    bool down; /* the last attempt failed and no connection works */
     bool closing;
     size_t watches; /* db_watch handles not yet closed */
     size_t timers;  /* connection timers not yet closed */

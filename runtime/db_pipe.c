@@ -77,8 +77,8 @@ bool rt__db_conn_is_placeable(const db_conn *c)
 {
     const db_slot *head = &c->slots[c->head];
 
-    return c->state == CONN_READY && !c->held && !c->cancel_job.busy &&
-           c->count < db_conn_cap(c) && !(c->count > 0 && head->kind == SLOT_ORPHAN);
+    return c->state == CONN_READY && !c->held && !c->cancel_job.busy && c->count < db_conn_cap(c) &&
+           !(c->count > 0 && head->kind == SLOT_ORPHAN);
 }
 
 bool rt__db_conn_is_idle(const db_conn *c)
@@ -341,7 +341,6 @@ static void conn_read(db_conn *c)
         }
     }
 }
-
 
 void rt__db_conn_on_io(db_conn *c, int status, int events)
 {

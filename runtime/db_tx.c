@@ -54,8 +54,8 @@ void rt__db_tx_place(rt_db_tx *tx, db_conn *c)
     tx->phase = TX_BEGIN;
     c->tx = tx;
     c->held = true;
-    rt__db_conn_send(c, SLOT_BEGIN, NULL, NULL, tx->begin_sql != NULL ? tx->begin_sql : "BEGIN",
-                     0, NULL);
+    rt__db_conn_send(c, SLOT_BEGIN, NULL, NULL, tx->begin_sql != NULL ? tx->begin_sql : "BEGIN", 0,
+                     NULL);
 }
 
 void rt__db_tx_on_lost(db_conn *c, int err, const char *detail)

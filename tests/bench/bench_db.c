@@ -44,7 +44,7 @@ struct bench {
     uint64_t measure_start_ns;
     uint64_t measure_ns;
     uint64_t opened_at; /* loop time when the pool was opened */
-    uint32_t *lat_us; /* latencies of the measured queries */
+    uint32_t *lat_us;   /* latencies of the measured queries */
     size_t nlat;
     size_t cap;
     double warmup_s;

@@ -63,8 +63,8 @@ static void test_parameters_and_getters(void **state)
     bool b;
 
     dbt_open(fx, &cfg);
-    dbt_query_start(&q, fx->db, "SELECT $1::bigint + 1, $2::text, $3::text IS NULL, true, NULL",
-                    3, params, NULL);
+    dbt_query_start(&q, fx->db, "SELECT $1::bigint + 1, $2::text, $3::text IS NULL, true, NULL", 3,
+                    params, NULL);
     dbt_wait_query(fx, &q, 5000);
     assert_int_equal(q.status, 0);
     assert_int_equal(rt_db_result_cols(&q.q.result), 5);

@@ -272,8 +272,7 @@ static void test_random_operations_keep_the_bank_invariant(void **state)
     for (int i = 1; i <= ACCOUNTS; i++) {
         char sql[96];
 
-        snprintf(sql, sizeof(sql), "SELECT balance FROM test_db_random.accounts WHERE id = %d",
-                 i);
+        snprintf(sql, sizeof(sql), "SELECT balance FROM test_db_random.accounts WHERE id = %d", i);
         assert_int_equal(dbt_scalar(c, sql), b.expected[i]); /* R3 */
     }
     assert_int_equal(dbt_scalar(c, "SELECT sum(balance) FROM test_db_random.accounts"),

@@ -16,7 +16,7 @@ typedef struct ttx {
     rt_db_tx tx;
     const char *const *stmts; /* run in order, one per step */
     int nstmts;
-    int rollback_status;      /* after the statements: rt_db_tx_rollback with this, if set */
+    int rollback_status;          /* after the statements: rt_db_tx_rollback with this, if set */
     rt_cancel *fire_after_commit; /* fired 100 ms after COMMIT is sent, if set */
     uv_timer_t commit_timer;
     bool timer_open;
@@ -159,8 +159,8 @@ static void chain_step(rt_db_tx *tx)
 
     switch (tx->step) {
     case 0:
-        rt_db_tx_exec(tx, NULL, "INSERT INTO test_db_tx.items VALUES (5, 'five') RETURNING id",
-                      0, NULL);
+        rt_db_tx_exec(tx, NULL, "INSERT INTO test_db_tx.items VALUES (5, 'five') RETURNING id", 0,
+                      NULL);
         break;
     case 1:
         p[0] = rt_db_result_text(&tx->result, 0, 0);

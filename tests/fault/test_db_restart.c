@@ -183,8 +183,7 @@ static void test_server_restart_with_work_in_flight(void **state)
         assert_true(dbt_now(fx) - t0 < 2000);
         done = 0;
         for (int i = 0; i < 4; i++) {
-            dbt_query_start(&after[i], fx->db, "SELECT count(*) FROM fault_items", 0, NULL,
-                            NULL);
+            dbt_query_start(&after[i], fx->db, "SELECT count(*) FROM fault_items", 0, NULL, NULL);
             after[i].counter = &done;
         }
         dbt_wait_count(fx, &done, 4, 5000);
