@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Shared set-up for deploy/run.sh and deploy/test.sh: makes sure every Debian package the build,
+# the service, the tests and the benchmarks use is installed. On a fresh Debian 12 machine (as
+# root) that means one `apt-get update` and one `apt-get install`; when everything is present
+# already, it does nothing and touches no network.
+#
+#   deploy/setup.sh              install what is missing
+#   deploy/setup.sh --deps-only  only what building the binary needs (the Dockerfile's build stage)
+#   source deploy/setup.sh       the same as the first, from another script (defines hs_root and
+#                                hs_jobs)
+set -euo pipefail
+
+hs_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The machine's cores, for make -j; nproc is in coreutils, which every Debian has.
+hs_jobs=$(nproc 2>/dev/null || echo 2)
+
+# What each is for: the build (gcc, libc6-dev, make, cmake, pkg-config and the -dev libraries),
+# the throwaway database (postgresql), the tests (libcmocka-dev, libcurl4-openssl-dev, python3,
+# python3-yaml, procps, curl, docker-compose for the compose check), the benchmarks (wrk,
+# nginx-light, gnuplot-nox, postgresql's pgbench). No recommends: nothing we did not ask for.
+hs_build_packages=(
+    gcc libc6-dev make cmake pkg-config
+    libmicrohttpd-dev libuv1-dev libpq-dev libjansson-dev libcmocka-dev libcurl4-openssl-dev
+)
+hs_packages=(
+    "${hs_build_packages[@]}"
+    postgresql procps curl python3 python3-yaml
+    wrk nginx-light docker-compose gnuplot-nox
+)
+# Only when run as a command: a script sourcing this one has arguments of its own.
+if [ "${BASH_SOURCE[0]}" = "$0" ] && [ "${1:-}" = --deps-only ]; then
+    hs_packages=("${hs_build_packages[@]}")
+fi
+
+hs_missing_packages() {
+    local p
+    for p in "${hs_packages[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+            echo "$p"
+        fi
+    done
+}
+
+hs_setup() {
+    local missing
+    missing=$(hs_missing_packages | tr '\n' ' ')
+    if [ -z "${missing// /}" ]; then
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: missing Debian packages: $missing" >&2
+        echo "setup: run this as root (or: sudo apt-get install --no-install-recommends $missing)" >&2
+        return 1
+    fi
+    echo "setup: installing $missing" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086 # one word per package
+    apt-get install -y -q --no-install-recommends $missing
+}
+
+hs_setup
+
