@@ -9,7 +9,9 @@
  *
  *   1. an idle connection, if there is one (no pipelining while a connection is free);
  *   2. for a query, the placeable connection with the fewest requests in flight, up to
- *      pipeline_depth (the queue then only grows once every connection's pipeline is full);
+ *      pipeline_depth, unless its oldest statement has been running for pipeline_stall_us (a
+ *      slow statement would hold everything behind it, while the queue lets the query take
+ *      whichever connection frees up first);
  *   3. otherwise the tail of the queue, or UV_EBUSY when queue_limit requests already wait.
  *
  * The queue is strictly FIFO: a transaction at its head (which needs an idle connection) holds
@@ -38,6 +40,7 @@ void rt_db_config_default(rt_db_config *cfg)
     cfg->pool_size = 10;
     cfg->queue_limit = 1000;
     cfg->pipeline_depth = 8;
+    cfg->pipeline_stall_us = 5000;
     cfg->statement_timeout_ms = 30000;
     cfg->idle_in_tx_timeout_ms = 60000;
     cfg->connect_timeout_ms = 5000;
@@ -372,6 +375,8 @@ static void record_wait(rt_db *db, rt_db__wait *w)
 /* Where a request can go now (see the file comment), or NULL. */
 static db_conn *pick(rt_db *db, uint8_t kind)
 {
+    uint64_t stall = (uint64_t)db->cfg.pipeline_stall_us * 1000;
+    uint64_t now = 0;
     db_conn *best = NULL;
 
     for (size_t i = 0; i < db->cfg.pool_size; i++) {
@@ -381,8 +386,15 @@ static db_conn *pick(rt_db *db, uint8_t kind)
             continue;
         if (c->count == 0)
             return c;
-        if (kind == DB_WAIT_QUERY && (best == NULL || c->count < best->count))
-            best = c;
+        if (kind != DB_WAIT_QUERY || (best != NULL && c->count >= best->count))
+            continue;
+        if (stall > 0) {
+            if (now == 0)
+                now = uv_hrtime();
+            if (now - c->slots[c->head].sent_ns >= stall)
+                continue;
+        }
+        best = c;
     }
     return best;
 }

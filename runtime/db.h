@@ -9,7 +9,10 @@
  *  - rt_db_query: one parameterized statement (text parameters only, never interpolated SQL),
  *    optionally prepared once per connection under a name. Queries share connections: when every
  *    connection is busy, up to `pipeline_depth` queries are pipelined on one connection, each
- *    with its own sync point, so one failing statement never aborts its neighbours.
+ *    with its own sync point, so one failing statement never aborts its neighbours. Pipelining
+ *    pays for short statements only: a connection whose oldest statement has run for
+ *    `pipeline_stall_us` takes nothing more, and new queries wait in the queue for whichever
+ *    connection frees up first.
  *  - rt_db_tx: a transaction holding one connection alone. BEGIN, then the caller's step
  *    callback chooses the next statement from the previous result, then COMMIT or ROLLBACK.
  *
@@ -81,6 +84,7 @@ typedef struct rt_db_config {
     size_t pool_size;               /* connections, >= 1 */
     size_t queue_limit;             /* requests waiting for a connection, beyond which UV_EBUSY */
     size_t pipeline_depth;          /* queries in flight per connection; 1 disables pipelining */
+    uint32_t pipeline_stall_us;     /* never pipeline behind a statement running this long */
     uint32_t statement_timeout_ms;  /* server-side statement_timeout; 0: none */
     uint32_t idle_in_tx_timeout_ms; /* idle_in_transaction_session_timeout; 0: none */
     uint32_t connect_timeout_ms;    /* bound on one connection attempt (resolve + handshake) */
@@ -90,7 +94,7 @@ typedef struct rt_db_config {
     uint32_t backoff_max_ms;        /* cap of the exponential backoff */
 } rt_db_config;
 
-/** Fills cfg with the defaults (pool 10, queue 1000, depth 8, timeouts in seconds). */
+/** Fills cfg with the defaults (pool 10, queue 1000, depth 8, stall 5 ms, timeouts in seconds). */
 void rt_db_config_default(rt_db_config *cfg);
 
 /**

@@ -53,6 +53,7 @@ enum db_bound { BOUND_NONE = 0, BOUND_COMMIT, BOUND_ROLLBACK, BOUND_CANCEL };
 typedef struct rt_db__slot {
     rt_db_query *q;        /* SLOT_QUERY only */
     PGresult *res;         /* the statement's result, or the first error seen for it */
+    uint64_t sent_ns;      /* uv_hrtime() when it was sent */
     const char *prep_name; /* the connection's copy of the name being prepared, or NULL */
     uint8_t kind;          /* enum db_slot_kind */
     bool prepare;          /* a Parse was sent and its result is still to come */

@@ -113,6 +113,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     s->kind = kind;
     s->q = q;
     s->res = NULL;
+    s->sent_ns = uv_hrtime();
     s->prepare = false;
     s->prep_name = NULL;
     c->count++;

@@ -52,6 +52,38 @@ static void test_concurrent_queries_across_pool(void **state)
     assert_int_equal(st.in_flight, 0);
 }
 
+/* A connection busy with a slow statement takes no pipelined work: the query waits in the queue
+ * and goes to whichever connection frees up first. */
+static void test_no_pipelining_behind_a_slow_statement(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(2, 8);
+    dbt_query slow_a, slow_b, quick;
+    int done = 0;
+    rt_db_stats st;
+
+    cfg.pipeline_stall_us = 5000;
+    dbt_open(fx, &cfg);
+    dbt_query_start(&slow_a, fx->db, "SELECT pg_sleep(1)", 0, NULL, NULL);
+    dbt_query_start(&slow_b, fx->db, "SELECT pg_sleep(0.2)", 0, NULL, NULL);
+    slow_a.counter = slow_b.counter = &done;
+    dbt_run_for(fx, 50);
+    dbt_query_start(&quick, fx->db, "SELECT 3", 0, NULL, NULL);
+    quick.counter = &done;
+    rt_db_stats_get(fx->db, &st);
+    assert_int_equal(st.queue_depth, 1);
+    assert_int_equal(st.pipelined, 0);
+    dbt_wait_count(fx, &done, 2, 3000);
+    /* It ran on the connection that freed up first, long before the 1 s sleep ended. */
+    assert_int_equal(quick.delivered, 1);
+    assert_int_equal(quick.status, 0);
+    assert_int_equal(slow_a.delivered, 0);
+    dbt_wait_count(fx, &done, 3, 3000);
+    rt_task_release(&slow_a.q.task);
+    rt_task_release(&slow_b.q.task);
+    rt_task_release(&quick.q.task);
+}
+
 /* Parameters are bound, never interpolated; results come back typed through the getters. */
 static void test_parameters_and_getters(void **state)
 {
@@ -432,6 +464,7 @@ int main(void)
         DBT_TEST(test_waiter_cancelled_while_queued),
         DBT_TEST(test_pipeline_one_failure_in_the_middle),
         DBT_TEST(test_prepared_statements),
+        DBT_TEST(test_no_pipelining_behind_a_slow_statement),
         DBT_TEST(test_cancel_long_statement_frees_connection),
         DBT_TEST(test_cancel_pipelined_query_spares_neighbours),
         DBT_TEST(test_close_cancels_pipelined_statements),
