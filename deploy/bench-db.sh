@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The PostgreSQL driver alone (no HTTP) against pgbench, at equal numbers of connections.
 #
-#   deploy/bench-db.sh [seconds]      seconds per run (default 10)
+#   deploy/bench-db.sh [seconds] [rounds]   seconds per run (default 5), rounds (default 3)
 #
 # Builds a Release tree (HS_BENCH_BUILD, default build-bench/), makes sure the throwaway cluster
 # runs (deploy/pg.sh, or DATABASE_URL), and prepares two databases beside the service's:
 # hindsight_bench (deploy/sql/*.sql: schema and seeded users) and hindsight_pgbench
 # (pgbench -i -s 1). Then, for 1, 8 and 32 concurrent tasks, it runs bench_db (single-row
 # primary-key reads of users, prepared) and right after it `pgbench -S -M prepared` with the same
-# number of connections, and prints both rates and their ratio:
+# number of connections, alternating the two a few times, and prints the median rates and their
+# ratio:
 #   - without pipelining: one connection per task (pool = tasks, depth 1);
 #   - with pipelining: four tasks per connection (pool = tasks / 4, depth 8), compared with
 #     pgbench at that smaller number of connections.
@@ -16,7 +17,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-secs=${1:-10}
+secs=${1:-5}
+rounds=${2:-3}
 build=${HS_BENCH_BUILD:-$root/build-bench}
 jobs=${PGBENCH_JOBS:-1}
 pgbin=/usr/lib/postgresql/15/bin
@@ -53,17 +55,30 @@ pgbench_tps() {
         "$pgbench_url" 2>/dev/null | awk '/^tps/ { print int($3); exit }'
 }
 
+median() { tr ' ' '\n' | sed '/^$/d' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# One configuration: bench_db and pgbench alternate `rounds` times (the machine is shared, so
+# each side's median is taken over runs interleaved with the other's).
 row() { # tasks conns depth
-    local line qps tps
-    line=$("$bench_db" --url "$bench_url" --tasks "$1" --pool "$2" --depth "$3" --seconds "$secs")
-    qps=$(kv qps "$line")
-    tps=$(pgbench_tps "$2")
-    printf '%5s %5s %5s %12s %12s %6s %8s %8s %9s\n' "$1" "$2" "$3" "$qps" "$tps" \
-        "$(awk -v a="$qps" -v b="$tps" 'BEGIN { printf "%.2f", a / b }')" \
-        "$(kv p50_us "$line")" "$(kv p99_us "$line")" "$(kv pipelined "$line")"
+    local line qs="" ts="" p50s="" p99s="" pipes="" qps tps
+    for _ in $(seq "$rounds"); do
+        line=$("$bench_db" --url "$bench_url" --tasks "$1" --pool "$2" --depth "$3" \
+            --seconds "$secs")
+        qs+=" $(kv qps "$line")"
+        p50s+=" $(kv p50_us "$line")"
+        p99s+=" $(kv p99_us "$line")"
+        pipes+=" $(kv pipelined "$line")"
+        ts+=" $(pgbench_tps "$2")"
+    done
+    qps=$(median <<<"$qs")
+    tps=$(median <<<"$ts")
+    printf '%5s %5s %5s %12s %12s %6s %8s %8s %9s   runs: [%s ] [%s ]\n' "$1" "$2" "$3" \
+        "$qps" "$tps" "$(awk -v a="$qps" -v b="$tps" 'BEGIN { printf "%.2f", a / b }')" \
+        "$(median <<<"$p50s")" "$(median <<<"$p99s")" "$(median <<<"$pipes")" "$qs" "$ts"
 }
 
-echo "bench-db: $secs s per run, pgbench -j $jobs, $(nproc) CPUs, $(date -u +%FT%TZ)"
+echo "bench-db: medians of $rounds alternating runs of $secs s, pgbench -j $jobs, $(nproc) CPUs," \
+    "$(date -u +%FT%TZ)"
 printf '%5s %5s %5s %12s %12s %6s %8s %8s %9s\n' tasks conns depth driver_q/s pgbench_tps \
     ratio p50_us p99_us pipelined
 for t in 1 8 32; do
