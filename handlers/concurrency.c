@@ -1,0 +1,752 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * concurrency.c - pattern 2, concurrency: GET /{before,after}/users/{id}/dashboard and
+ * POST /{before,after}/batch.
+ *
+ * The dashboard needs three independent rows (user, settings, recent transfers), each behind a
+ * slow step (delay_ms). `before` awaits them one after another, so it costs three delays; `after`
+ * starts all three at once under a fail-fast rt_join and costs one: the first failure cancels the
+ * other two, and the join still waits for them, so no query outlives the request.
+ *
+ * The batch fetches each user (slow step) and writes one batch_results row per id. `before` is
+ * the sequential loop: n items cost n delays, and it does not notice a shutdown, so the grace
+ * period runs out under it and it is cancelled without telling the client what it wrote.
+ * `after` pulls items through an rt_stream that keeps at most `concurrency` in flight (about
+ * ceil(n/c) delays, and never more than c pool slots taken by one batch), and whose stop signal
+ * is the service's drain signal in drain mode: at shutdown it starts no new item, lets the
+ * in-flight ones finish, and answers with what it did.
+ *
+ * Accounting is exact by construction: an item is "completed" only once its INSERT has
+ * succeeded, and an INSERT, once sent, is not cancelled (it is short, and cancelling it would
+ * leave the client unsure whether the row exists). Cancellation strikes the fetch only, before
+ * anything is written. So `completed` equals the rows written for the batch_id, and
+ * requested = completed + cancelled + failed.
+ */
+#include "handlers/concurrency.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "handlers/pattern_db_int.h"
+#include "runtime/join.h"
+#include "runtime/stream.h"
+#include "service/config.h"
+#include "service/log.h"
+
+/* --- statements ------------------------------------------------------------------------------ */
+
+enum { PART_USER = 0, PART_SETTINGS, PART_TRANSFERS, PARTS };
+
+#define SETTINGS_SQL                                                                               \
+    HS_SQL_DELAY "SELECT s.theme, s.locale, s.notifications"                                       \
+                 " FROM d LEFT JOIN settings s ON s.user_id = $1::bigint"
+
+/*
+ * The ten newest transfers from or to any of the user's accounts. One ordered index scan per
+ * direction (transfers_from_idx, transfers_to_idx), each stopped after ten rows, then merged:
+ * an OR over both columns could use neither index. UNION, not UNION ALL, so a transfer between
+ * two accounts of the same user is listed once.
+ */
+#define TRANSFERS_SQL                                                                              \
+    HS_SQL_DELAY                                                                                   \
+    ", acct AS (SELECT id FROM accounts WHERE user_id = $1::bigint),"                              \
+    " recent AS ((SELECT id, from_account, to_account, amount, created_at FROM transfers"          \
+    "   WHERE from_account IN (SELECT id FROM acct) ORDER BY id DESC LIMIT 10)"                    \
+    "  UNION (SELECT id, from_account, to_account, amount, created_at FROM transfers"              \
+    "   WHERE to_account IN (SELECT id FROM acct) ORDER BY id DESC LIMIT 10))"                     \
+    " SELECT t.id, t.from_account, t.to_account, t.amount, " HS_SQL_RFC3339("t.created_at")        \
+    " FROM d LEFT JOIN (SELECT * FROM recent ORDER BY id DESC LIMIT 10) t ON true"                 \
+    " ORDER BY t.id DESC"
+
+static const char *const part_sql[PARTS] = {HS_USER_SQL, SETTINGS_SQL, TRANSFERS_SQL};
+static const char *const part_stmt[PARTS] = {HS_USER_STMT, "hs_dashboard_settings",
+                                             "hs_dashboard_transfers"};
+
+#define BATCH_INSERT_SQL                                                                           \
+    "INSERT INTO batch_results (batch_id, user_id, variant) VALUES ($1, $2::bigint, $3)"
+#define BATCH_INSERT_STMT "hs_batch_insert"
+
+#define BATCH_MAX_IDS         1000
+#define BATCH_MAX_CONCURRENCY 100
+
+/* --- the dashboard ------------------------------------------------------------------------- */
+
+typedef struct dashboard {
+    rt_task task; /* what the handler hands to the server */
+    svc_request *req;
+    bool concurrent; /* after: a join; before: one part after another */
+    size_t step;     /* before: the part in flight */
+    int64_t id;
+    uint64_t t0;
+    rt_db_query parts[PARTS];
+    rt_task *children[PARTS];
+    rt_join join;
+    char id_txt[HS_INT_TEXT];
+    char delay_txt[HS_INT_TEXT];
+} dashboard;
+
+static json_t *settings_json(const rt_db_result *r)
+{
+    bool notifications;
+
+    if (rt_db_result_rows(r) < 1 || rt_db_result_is_null(r, 0, 0))
+        return json_null();
+    if (rt_db_result_bool(r, 0, 2, &notifications) < 0)
+        return NULL;
+    return json_pack("{s:s,s:s,s:b}", "theme", rt_db_result_text(r, 0, 0), "locale",
+                     rt_db_result_text(r, 0, 1), "notifications", notifications);
+}
+
+static json_t *transfers_json(const rt_db_result *r)
+{
+    json_t *list = json_array();
+    int64_t v[4];
+
+    for (int row = 0; list != NULL && row < rt_db_result_rows(r); row++) {
+        /* The all-NULL row: the user has no transfers (the delay's LEFT JOIN). */
+        if (rt_db_result_is_null(r, row, 0))
+            continue;
+        for (int col = 0; col < 4; col++) {
+            if (rt_db_result_int64(r, row, col, &v[col]) < 0)
+                goto out_free_list;
+        }
+        if (json_array_append_new(list, json_pack("{s:I,s:I,s:I,s:I,s:s}", "id", (json_int_t)v[0],
+                                                  "from", (json_int_t)v[1], "to",
+                                                  (json_int_t)v[2], "amount", (json_int_t)v[3],
+                                                  "created_at", rt_db_result_text(r, row, 4))) < 0)
+            goto out_free_list;
+    }
+    return list;
+
+out_free_list:
+    json_decref(list);
+    return NULL;
+}
+
+/* Responds 200 with the three parts, or 404 when the user does not exist. */
+static void dashboard_respond(dashboard *d)
+{
+    json_t *body;
+    json_t *user;
+    bool missing;
+
+    user = hs__user_json_result(&d->parts[PART_USER].result, &missing);
+    if (missing) {
+        svc_respond_error(d->req, 404, "not_found", "user %" PRId64 " does not exist", d->id);
+        return;
+    }
+    /* "o" steals each part even when packing fails, so nothing leaks on the way to a 503. */
+    body = json_pack("{s:o,s:o,s:o}", "user", user, "settings",
+                     settings_json(&d->parts[PART_SETTINGS].result), "recent_transfers",
+                     transfers_json(&d->parts[PART_TRANSFERS].result));
+    if (body == NULL)
+        svc_respond_uv_error(d->req, UV_ENOMEM);
+    else
+        svc_respond_json(d->req, 200, body);
+}
+
+static void dashboard_finish(dashboard *d, int status)
+{
+    svc_request_add_db_time(d->req, uv_hrtime() - d->t0);
+    /* Parts never started are released from INIT; the one whose callback we are in, later. */
+    for (size_t i = 0; i < PARTS; i++)
+        rt_task_release(&d->parts[i].task);
+    rt_task_complete(&d->task, status);
+}
+
+/* before: the part in d->step has been delivered; start the next one or answer. */
+static void on_part_done(rt_task *t, int status)
+{
+    dashboard *d = t->data;
+
+    if (status == 0 && rt_task_is_cancel_requested(&d->task))
+        status = rt_task_cancel_reason(&d->task);
+    if (status < 0) {
+        hs__respond_db_error(d->req, status, &d->parts[d->step].result);
+        dashboard_finish(d, status);
+        return;
+    }
+    /* A sequential handler stops at the first missing piece: no user, no dashboard. */
+    if (d->step == PART_USER && (rt_db_result_rows(&d->parts[PART_USER].result) < 1 ||
+                                 rt_db_result_is_null(&d->parts[PART_USER].result, 0, 0))) {
+        svc_respond_error(d->req, 404, "not_found", "user %" PRId64 " does not exist", d->id);
+        dashboard_finish(d, 0);
+        return;
+    }
+    if (++d->step == PARTS) {
+        dashboard_respond(d);
+        dashboard_finish(d, 0);
+        return;
+    }
+    rt_task_start(&d->parts[d->step].task, NULL, on_part_done);
+}
+
+/* after: all three parts have been delivered (or the first failure cancelled the others). */
+static void on_parts_joined(rt_task *t, int status)
+{
+    dashboard *d = rt_container_of(t, dashboard, join.task);
+    const rt_db_result *failed = NULL;
+
+    if (status < 0) {
+        for (size_t i = 0; i < PARTS && failed == NULL; i++) {
+            if (d->parts[i].task.status == status)
+                failed = &d->parts[i].result;
+        }
+        hs__respond_db_error(d->req, status, failed);
+    } else {
+        dashboard_respond(d);
+    }
+    dashboard_finish(d, status);
+}
+
+static int dashboard_start(rt_task *t)
+{
+    dashboard *d = rt_container_of(t, dashboard, task);
+    const char *params[2] = {d->id_txt, d->delay_txt};
+
+    for (size_t i = 0; i < PARTS; i++) {
+        rt_db_query_init(&d->parts[i], d->req->app->db, part_sql[i], 2, params, NULL);
+        rt_db_query_prepare_as(&d->parts[i], part_stmt[i]);
+        d->parts[i].task.data = d;
+        d->children[i] = &d->parts[i].task;
+    }
+    d->t0 = uv_hrtime();
+    /* No signals below: dashboard_cancel forwards the request's cancellation. */
+    if (d->concurrent) {
+        rt_join_init(&d->join, d->req->app->rt, d->children, PARTS, RT_JOIN_FAIL_FAST);
+        rt_task_start(&d->join.task, NULL, on_parts_joined);
+    } else {
+        d->step = PART_USER;
+        rt_task_start(&d->parts[PART_USER].task, NULL, on_part_done);
+    }
+    return 0;
+}
+
+static void dashboard_cancel(rt_task *t, int reason)
+{
+    dashboard *d = rt_container_of(t, dashboard, task);
+
+    if (d->concurrent)
+        rt_task_cancel(&d->join.task, reason);
+    else
+        rt_task_cancel(&d->parts[d->step].task, reason);
+}
+
+/* The parts were released by dashboard_finish, or never initialized if we never started. */
+static void dashboard_release(rt_task *t)
+{
+    free(rt_container_of(t, dashboard, task));
+}
+
+static const rt_task_vtable dashboard_vt = {
+    .name = "dashboard",
+    .start = dashboard_start,
+    .cancel = dashboard_cancel,
+    .release = dashboard_release,
+};
+
+static int dashboard_handler(svc_request *req, bool concurrent, rt_task **task_out)
+{
+    dashboard *d;
+    int64_t id;
+    int64_t delay;
+
+    if (svc_request_param_id(req, "id", &id) < 0 ||
+        svc_query_int(req, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay) < 0)
+        return 0;
+    if (req->app->db == NULL)
+        return RT_DB_EDOWN;
+    d = malloc(sizeof(*d));
+    if (d == NULL)
+        return UV_ENOMEM;
+    rt_task_init(&d->task, req->app->rt, &dashboard_vt);
+    d->req = req;
+    d->concurrent = concurrent;
+    d->step = PART_USER;
+    d->id = id;
+    hs__int_text(d->id_txt, id);
+    hs__int_text(d->delay_txt, delay);
+    *task_out = &d->task;
+    return 0;
+}
+
+static int before_dashboard(svc_request *req, void *state, rt_task **task_out)
+{
+    (void)state;
+    return dashboard_handler(req, false, task_out);
+}
+
+static int after_dashboard(svc_request *req, void *state, rt_task **task_out)
+{
+    (void)state;
+    return dashboard_handler(req, true, task_out);
+}
+
+/* --- the batch ----------------------------------------------------------------------------- */
+
+typedef struct batch {
+    rt_task task; /* what the handler hands to the server */
+    svc_request *req;
+    bool bounded;     /* after: an rt_stream; before: a sequential loop */
+    const char *variant; /* "before" or "after", written into each row */
+    int64_t *ids;     /* owned; n of them */
+    size_t n;
+    size_t next;      /* the next id to hand out */
+    size_t concurrency;
+    size_t in_flight;
+    size_t max_in_flight;
+    uint64_t completed;
+    int64_t *failed;  /* owned; room for n ids, so recording a failure never allocates */
+    size_t nfailed;
+    uint64_t db_errors;
+    uint64_t t0;
+    rt_stream stream;             /* after */
+    struct batch_item *current;   /* before: the item in flight, or NULL */
+    char batch_id[33];
+    char delay_txt[HS_INT_TEXT];
+} batch;
+
+/* One id: fetch the user (the slow, cancellable step), then insert its row (not cancellable). */
+typedef struct batch_item {
+    rt_task task;
+    batch *b;
+    int64_t user_id;
+    rt_db_query fetch;
+    rt_db_query insert;
+    bool started;   /* item_start ran (a child cancelled before its start never runs it) */
+    bool inserting; /* the INSERT has been sent: cancellation no longer strikes */
+    bool missing;   /* no such user: nothing to insert */
+    char id_txt[HS_INT_TEXT];
+} batch_item;
+
+static void on_item_inserted(rt_task *t, int status)
+{
+    batch_item *it = rt_container_of(t, batch_item, insert.task);
+
+    rt_task_complete(&it->task, status);
+}
+
+static void on_item_fetched(rt_task *t, int status)
+{
+    batch_item *it = rt_container_of(t, batch_item, fetch.task);
+
+    /* Cancelled while the answer was on its way: nothing was written yet, so stop here. */
+    if (status == 0 && rt_task_is_cancel_requested(&it->task))
+        status = rt_task_cancel_reason(&it->task);
+    if (status < 0) {
+        rt_task_complete(&it->task, status);
+        return;
+    }
+    if (rt_db_result_rows(&it->fetch.result) < 1 || rt_db_result_is_null(&it->fetch.result, 0, 0)) {
+        it->missing = true;
+        rt_task_complete(&it->task, 0);
+        return;
+    }
+    it->inserting = true;
+    rt_task_start(&it->insert.task, NULL, on_item_inserted);
+}
+
+static int item_start(rt_task *t)
+{
+    batch_item *it = rt_container_of(t, batch_item, task);
+
+    it->started = true;
+    if (++it->b->in_flight > it->b->max_in_flight)
+        it->b->max_in_flight = it->b->in_flight;
+    rt_task_start(&it->fetch.task, NULL, on_item_fetched);
+    return 0;
+}
+
+static void item_cancel(rt_task *t, int reason)
+{
+    batch_item *it = rt_container_of(t, batch_item, task);
+
+    /* Once sent, the INSERT is awaited: the item then completes, and is counted, normally. */
+    if (!it->inserting)
+        rt_task_cancel(&it->fetch.task, reason);
+}
+
+static void item_release(rt_task *t)
+{
+    batch_item *it = rt_container_of(t, batch_item, task);
+
+    rt_task_release(&it->fetch.task);
+    rt_task_release(&it->insert.task);
+    free(it);
+}
+
+static const rt_task_vtable item_vt = {
+    .name = "batch_item",
+    .start = item_start,
+    .cancel = item_cancel,
+    .release = item_release,
+};
+
+/* A new item for id, in INIT; NULL without memory. Both statements are ready to start. */
+static batch_item *item_new(batch *b, int64_t id)
+{
+    batch_item *it = malloc(sizeof(*it));
+    const char *fetch_params[2];
+    const char *insert_params[3];
+    rt_db *db = b->req->app->db;
+
+    if (it == NULL)
+        return NULL;
+    rt_task_init(&it->task, b->req->app->rt, &item_vt);
+    it->b = b;
+    it->user_id = id;
+    it->started = false;
+    it->inserting = false;
+    it->missing = false;
+    hs__int_text(it->id_txt, id);
+    fetch_params[0] = it->id_txt;
+    fetch_params[1] = b->delay_txt;
+    rt_db_query_init(&it->fetch, db, HS_USER_SQL, 2, fetch_params, NULL);
+    rt_db_query_prepare_as(&it->fetch, HS_USER_STMT);
+    insert_params[0] = b->batch_id;
+    insert_params[1] = it->id_txt;
+    insert_params[2] = b->variant;
+    rt_db_query_init(&it->insert, db, BATCH_INSERT_SQL, 3, insert_params, NULL);
+    rt_db_query_prepare_as(&it->insert, BATCH_INSERT_STMT);
+    return it;
+}
+
+/* Counts a delivered item. Cancelled items are not recorded: they are what is left over. */
+static void batch_record(batch *b, batch_item *it, int status)
+{
+    if (it->started)
+        b->in_flight--;
+    if (status == 0 && !it->missing) {
+        b->completed++;
+        return;
+    }
+    if (status == UV_ECANCELED || status == UV_ETIMEDOUT)
+        return;
+    b->failed[b->nfailed++] = it->user_id;
+    if (status < 0 && b->db_errors++ == 0) {
+        const rt_db_result *r = it->inserting ? &it->insert.result : &it->fetch.result;
+
+        hs__log_db_error(b->req, status, r->sqlstate, rt_db_result_error(r));
+    }
+}
+
+/* The batch's account so far; new, or NULL without memory. */
+static json_t *batch_report(const batch *b)
+{
+    json_t *failed = json_array();
+    uint64_t cancelled = b->n - b->completed - b->nfailed;
+
+    for (size_t i = 0; failed != NULL && i < b->nfailed; i++) {
+        if (json_array_append_new(failed, json_integer(b->failed[i])) < 0) {
+            json_decref(failed);
+            failed = NULL;
+        }
+    }
+    return json_pack("{s:s,s:I,s:I,s:I,s:o,s:I,s:I,s:I}", "batch_id", b->batch_id, "requested",
+                     (json_int_t)b->n, "completed", (json_int_t)b->completed, "cancelled",
+                     (json_int_t)cancelled, "failed", failed, "db_errors",
+                     (json_int_t)b->db_errors, "max_in_flight", (json_int_t)b->max_in_flight,
+                     "elapsed_ms", (json_int_t)((uv_hrtime() - b->t0) / 1000000u));
+}
+
+static void log_batch_end(const batch *b, const char *how)
+{
+    svc_log_line l;
+
+    if (!svc_log_begin(&l, SVC_LOG_INFO, "batch_stopped"))
+        return;
+    svc_log_str(&l, "request_id", b->req->request_id);
+    svc_log_str(&l, "batch_id", b->batch_id);
+    svc_log_str(&l, "variant", b->variant);
+    svc_log_str(&l, "cause", how);
+    svc_log_int(&l, "requested", (int64_t)b->n);
+    svc_log_int(&l, "completed", (int64_t)b->completed);
+    svc_log_int(&l, "cancelled", (int64_t)(b->n - b->completed - b->nfailed));
+    svc_log_int(&l, "failed", (int64_t)b->nfailed);
+    svc_log_end(&l);
+}
+
+/*
+ * Answers with the account and completes the batch. A batch stopped by the drain signal answers
+ * 200: what it did is exactly what it reports. One cut short by the request's deadline or a
+ * shutdown's hard cancellation answers 504/503, with the same account beside the error.
+ */
+static void batch_finish(batch *b, int status)
+{
+    json_t *body;
+
+    svc_request_add_db_time(b->req, uv_hrtime() - b->t0);
+    body = batch_report(b);
+    if (body == NULL) {
+        svc_respond_uv_error(b->req, UV_ENOMEM);
+    } else if (status == 0) {
+        if (b->completed + b->nfailed < b->n)
+            log_batch_end(b, "drain");
+        svc_respond_json(b->req, 200, body);
+    } else {
+        bool timeout = status == UV_ETIMEDOUT;
+
+        log_batch_end(b, uv_err_name(status));
+        json_object_set_new(body, "error",
+                            json_pack("{s:s,s:s}", "code", timeout ? "timeout" : "unavailable",
+                                      "message", timeout ? "the request's deadline passed"
+                                                         : "the batch was interrupted"));
+        svc_respond_json(b->req, timeout ? 504 : 503, body);
+        if (status == UV_ENOMEM)
+            svc_respond_header(b->req, "Retry-After", "1");
+    }
+    rt_task_complete(&b->task, status);
+}
+
+/* after: the stream's source, a cursor over the ids. */
+static int batch_next(rt_stream *s, rt_task **out)
+{
+    batch *b = rt_container_of(s, batch, stream);
+    batch_item *it;
+
+    if (b->next == b->n)
+        return 0;
+    it = item_new(b, b->ids[b->next]);
+    if (it == NULL)
+        return UV_ENOMEM;
+    b->next++;
+    *out = &it->task;
+    return 1;
+}
+
+static void on_stream_item(rt_stream *s, rt_task *child, int status)
+{
+    batch_record(rt_container_of(s, batch, stream), rt_container_of(child, batch_item, task),
+                 status);
+}
+
+static void on_stream_done(rt_task *t, int status)
+{
+    batch_finish(rt_container_of(t, batch, stream.task), status);
+}
+
+/* before: one item at a time, blind to the drain signal. */
+static void on_seq_item_done(rt_task *t, int status);
+
+static void seq_start_next(batch *b)
+{
+    batch_item *it;
+
+    if (b->next == b->n) {
+        batch_finish(b, 0);
+        return;
+    }
+    it = item_new(b, b->ids[b->next]);
+    if (it == NULL) {
+        batch_finish(b, UV_ENOMEM);
+        return;
+    }
+    b->next++;
+    b->current = it;
+    rt_task_start(&it->task, NULL, on_seq_item_done);
+}
+
+static void on_seq_item_done(rt_task *t, int status)
+{
+    batch_item *it = rt_container_of(t, batch_item, task);
+    batch *b = it->b;
+
+    batch_record(b, it, status);
+    b->current = NULL;
+    rt_task_release(t);
+    /* The naive loop just gives up: the client learns nothing of the rows already written. */
+    if (rt_task_is_cancel_requested(&b->task)) {
+        svc_request_add_db_time(b->req, uv_hrtime() - b->t0);
+        rt_task_complete(&b->task, rt_task_cancel_reason(&b->task));
+        return;
+    }
+    seq_start_next(b);
+}
+
+static int batch_start(rt_task *t)
+{
+    batch *b = rt_container_of(t, batch, task);
+
+    b->t0 = uv_hrtime();
+    if (!b->bounded) {
+        seq_start_next(b);
+        return 0;
+    }
+    /* DRAIN: at shutdown no new item starts and the ones in flight finish (see the top). */
+    rt_stream_init(&b->stream, b->req->app->rt, b->concurrency, batch_next, on_stream_item,
+                   b->req->app->drain, RT_STREAM_STOP_DRAIN);
+    rt_task_start(&b->stream.task, NULL, on_stream_done);
+    return 0;
+}
+
+static void batch_cancel(rt_task *t, int reason)
+{
+    batch *b = rt_container_of(t, batch, task);
+
+    if (b->bounded)
+        rt_task_cancel(&b->stream.task, reason);
+    else if (b->current != NULL)
+        rt_task_cancel(&b->current->task, reason);
+}
+
+static void batch_release(rt_task *t)
+{
+    batch *b = rt_container_of(t, batch, task);
+
+    free(b->ids);
+    free(b->failed);
+    free(b);
+}
+
+static const rt_task_vtable batch_vt = {
+    .name = "batch",
+    .start = batch_start,
+    .cancel = batch_cancel,
+    .release = batch_release,
+};
+
+/* Reads body.ids into a new array (*out, *n); on anything but 1..1000 positive integers, a 400. */
+static int parse_ids(svc_request *req, const json_t *body, int64_t **out, size_t *n)
+{
+    const json_t *ids = json_object_get(body, "ids");
+    size_t count = json_array_size(ids);
+    int64_t *v;
+
+    if (!json_is_array(ids) || count < 1 || count > BATCH_MAX_IDS)
+        goto out_invalid;
+    v = malloc(count * sizeof(*v));
+    if (v == NULL)
+        return UV_ENOMEM;
+    for (size_t i = 0; i < count; i++) {
+        const json_t *id = json_array_get(ids, i);
+
+        if (!json_is_integer(id) || json_integer_value(id) < 1) {
+            free(v);
+            goto out_invalid;
+        }
+        v[i] = json_integer_value(id);
+    }
+    *out = v;
+    *n = count;
+    return 0;
+
+out_invalid:
+    svc_respond_error(req, 400, "bad_request", "ids must be an array of 1..%d positive integers",
+                      BATCH_MAX_IDS);
+    return UV_EINVAL;
+}
+
+/* A fresh batch id: 128 random bits in hex, so batches of any client or instance never mix. */
+static int new_batch_id(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[16];
+    int err = uv_random(NULL, NULL, raw, sizeof(raw), 0, NULL);
+
+    if (err < 0)
+        return err;
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[32] = '\0';
+    return 0;
+}
+
+static int batch_handler(svc_request *req, bool bounded, rt_task **task_out)
+{
+    int64_t dflt = req->app->config->batch_concurrency;
+    json_t *body;
+    int64_t delay;
+    int64_t concurrency;
+    int64_t *ids = NULL;
+    size_t n = 0;
+    batch *b;
+    int err;
+
+    if (dflt > BATCH_MAX_CONCURRENCY)
+        dflt = BATCH_MAX_CONCURRENCY;
+    if (svc_request_json(req, &body) < 0)
+        return 0;
+    err = parse_ids(req, body, &ids, &n);
+    if (err == 0)
+        err = svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay);
+    if (err == 0)
+        err = svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency);
+    json_decref(body);
+    if (err < 0)
+        goto out_free_ids;
+    if (req->app->db == NULL) {
+        err = RT_DB_EDOWN;
+        goto out_free_ids;
+    }
+    b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        err = UV_ENOMEM;
+        goto out_free_ids;
+    }
+    b->failed = malloc(n * sizeof(*b->failed));
+    if (b->failed == NULL) {
+        err = UV_ENOMEM;
+        goto out_free_batch;
+    }
+    err = new_batch_id(b->batch_id);
+    if (err < 0)
+        goto out_free_failed;
+    rt_task_init(&b->task, req->app->rt, &batch_vt);
+    b->req = req;
+    b->bounded = bounded;
+    b->variant = bounded ? "after" : "before";
+    b->ids = ids;
+    b->n = n;
+    b->concurrency = (size_t)concurrency;
+    hs__int_text(b->delay_txt, delay);
+    *task_out = &b->task;
+    return 0;
+
+out_free_failed:
+    free(b->failed);
+out_free_batch:
+    free(b);
+out_free_ids:
+    free(ids);
+    /* A validation failure has set its 400 already; anything else is mapped by the server. */
+    return svc_request_has_response(req) ? 0 : err;
+}
+
+static int before_batch(svc_request *req, void *state, rt_task **task_out)
+{
+    (void)state;
+    return batch_handler(req, false, task_out);
+}
+
+static int after_batch(svc_request *req, void *state, rt_task **task_out)
+{
+    (void)state;
+    return batch_handler(req, true, task_out);
+}
+
+/* --- registration ---------------------------------------------------------------------------- */
+
+int hs_concurrency_register(svc_router *r, svc_app *app)
+{
+    static const svc_route rows[] = {
+        {"GET", "/before/users/{id}/dashboard", SVC_VARIANT_BEFORE,
+         "pattern 2: user, settings and recent transfers, awaited one after another",
+         before_dashboard, NULL, 0},
+        {"GET", "/after/users/{id}/dashboard", SVC_VARIANT_AFTER,
+         "pattern 2: user, settings and recent transfers, fetched concurrently (fail-fast join)",
+         after_dashboard, NULL, 0},
+        {"POST", "/before/batch", SVC_VARIANT_BEFORE,
+         "pattern 2: fetch each user and write a row, one id at a time", before_batch, NULL, 0},
+        {"POST", "/after/batch", SVC_VARIANT_AFTER,
+         "pattern 2: the same batch, at most `concurrency` at once, stopping at shutdown",
+         after_batch, NULL, 0},
+    };
+    int err = 0;
+
+    (void)app;
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
+        err = svc_router_add(r, &rows[i]);
+    return err;
+}

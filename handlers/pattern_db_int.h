@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pattern_db_int.h - what the pattern handlers share about the database: the user statement and
+ * its JSON, the way `delay_ms` is played, and how a database error becomes a response.
+ *
+ * Patterns 0 and 2 read the same user row in four places (both users routes, the dashboard, the
+ * batch). Keeping the statement text in one place is what makes `before` and `after` comparable:
+ * they differ in how they wait for the row, never in what they ask for.
+ */
+#ifndef HS_PATTERN_DB_INT_H
+#define HS_PATTERN_DB_INT_H
+
+#include <stdint.h>
+
+#include "runtime/db.h"
+#include "service/http.h"
+
+/* delay_ms is 0..5000 on every route that takes it (API.md). */
+#define HS_DELAY_MAX_MS 5000
+
+/* Room for any int64 in decimal, sign and NUL included. */
+#define HS_INT_TEXT 24
+
+/*
+ * Timestamps leave the database as RFC 3339 UTC text, so no handler parses a timestamptz. The
+ * argument is a column expression.
+ */
+#define HS_SQL_RFC3339(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+
+/*
+ * The delay of a database step: a one-row CTE that sleeps $2 milliseconds on the server. The
+ * statements that use it LEFT JOIN their table to it, so the CTE is always the preserved side and
+ * the sleep runs even when the row asked for does not exist (an inner join would let the planner
+ * skip the CTE once the table side comes up empty).
+ */
+#define HS_SQL_DELAY "WITH d AS MATERIALIZED (SELECT pg_sleep($2::float8 / 1000)) "
+
+/*
+ * The user statement: $1 the id, $2 the delay in ms. Always one row: columns id, name, email,
+ * created_at, all NULL when the user does not exist. Prepared under HS_USER_STMT by the pool.
+ */
+#define HS_USER_SQL                                                                                \
+    HS_SQL_DELAY "SELECT u.id, u.name, u.email, " HS_SQL_RFC3339("u.created_at")                   \
+                 " FROM d LEFT JOIN users u ON u.id = $1::bigint"
+#define HS_USER_STMT "hs_user_by_id"
+
+/** Writes v in decimal into buf (HS_INT_TEXT bytes) and returns buf. */
+const char *hs__int_text(char *buf, int64_t v);
+
+/**
+ * The user object {"id","name","email","created_at"} from the four columns of HS_USER_SQL as
+ * text (borrowed for the call). Returns new, or NULL without memory.
+ */
+json_t *hs__user_json(const char *id, const char *name, const char *email,
+                      const char *created_at);
+
+/**
+ * The user object from row 0 of an HS_USER_SQL result (borrowed). *missing is set when the row
+ * is the all-NULL one (no such user), and NULL is returned; NULL with *missing false means out
+ * of memory.
+ */
+json_t *hs__user_json_result(const rt_db_result *r, bool *missing);
+
+/**
+ * Sets the response for a failed database step: the pool's errors as svc_respond_uv_error maps
+ * them (queue full -> 503 with Retry-After, database down or connection lost -> 503, timeouts ->
+ * 504), and a server-side SQL error -> 500, logged with its SQLSTATE and message (which the
+ * client never sees). r (may be NULL) is borrowed for the call.
+ */
+void hs__respond_db_error(svc_request *req, int status, const rt_db_result *r);
+
+/** Logs a failed database step of req (what hs__respond_db_error logs), without responding. */
+void hs__log_db_error(const svc_request *req, int status, const char *sqlstate,
+                      const char *message);
+
+#endif /* HS_PATTERN_DB_INT_H */
