@@ -23,6 +23,8 @@
 
 #include <uv.h>
 
+#include "handlers/blocking.h"
+#include "handlers/concurrency.h"
 #include "handlers/probes.h"
 #include "runtime/db.h"
 #include "service/config.h"
@@ -60,7 +62,13 @@ typedef struct hs_main {
 /* Registers every handler file's rows, in the order /routes lists them. */
 static int register_handlers(svc_router *r, svc_app *app)
 {
-    return hs_probes_register(r, app);
+    int err = hs_probes_register(r, app);
+
+    if (err == 0)
+        err = hs_blocking_register(r, app);
+    if (err == 0)
+        err = hs_concurrency_register(r, app);
+    return err;
 }
 
 static void on_lag_tick(uv_timer_t *t)
