@@ -26,6 +26,8 @@
 #include "handlers/blocking.h"
 #include "handlers/concurrency.h"
 #include "handlers/probes.h"
+#include "handlers/structured.h"
+#include "handlers/transfers.h"
 #include "runtime/db.h"
 #include "service/config.h"
 #include "service/http.h"
@@ -68,6 +70,10 @@ static int register_handlers(svc_router *r, svc_app *app)
         err = hs_blocking_register(r, app);
     if (err == 0)
         err = hs_concurrency_register(r, app);
+    if (err == 0)
+        err = hs_structured_register(r, app);
+    if (err == 0)
+        err = hs_transfers_register(r, app);
     return err;
 }
 

@@ -1,0 +1,615 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * structured.c - pattern 3: POST /{before,after}/users/{id}/welcome, background work that writes
+ * `events` rows to audit_events, one per `delay_ms`.
+ *
+ * Both variants answer the same way up front: the request's own task checks that the user exists
+ * (404 otherwise, before anything is started), then hands the writing to background work and
+ * answers. What differs is who owns that work.
+ *
+ * before: a detached chain of queries (`detached`), started with no scope and no signal. Nothing
+ * waits for it and nothing can stop it; it is visible only as the difference between two
+ * counters (started, stopped) and in the runtime's detached-task gauge. At shutdown the server
+ * drains its scopes, finds nothing, and closes the pool: the chain's pending query fails and the
+ * chain frees itself without a word, and the events it had not written yet are simply lost.
+ * Staying memory-safe while being wrong is the whole art here: the chain owns copies of
+ * everything it uses, reaches the pool only through app->db (which main sets to NULL once the
+ * pool is gone), and always has either a query in the pool or a post queued, so the pool's close
+ * (or the post) is guaranteed to reach it before the runtime closes. It holds no handle, so the
+ * loop can close.
+ *
+ * after: a task (`writer`) spawned into a scope. With ?wait=true, into the request's scope: the
+ * response is sent only once the writer is done (and it is cancelled by the request's deadline).
+ * Otherwise into the service scope: the response is sent at once, and shutdown drains the scope
+ * for SHUTDOWN_GRACE_MS, then cancels it. A writer in the service scope outlives its request, so
+ * it copies what it needs and never touches the request.
+ *
+ * Each event of the writer is its own transaction (BEGIN; the INSERT with its pg_sleep; COMMIT),
+ * which is what makes the account of a cancellation exact: the driver cancels a transaction only
+ * before COMMIT is sent (then nothing of it is visible), and awaits COMMIT's answer otherwise. So
+ * every event is either counted as written (COMMIT acknowledged) or as cancelled (never
+ * committed), and the log line and counters written at cancellation add up with the rows in the
+ * table to exactly the number requested. A plain autocommit INSERT could not promise that: a
+ * statement interrupted at the wrong moment may or may not have committed.
+ */
+#include "handlers/structured.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/db.h"
+#include "service/log.h"
+#include "service/metrics.h"
+
+#define EVENTS_DEFAULT   5
+#define EVENTS_MAX       100
+#define DELAY_DEFAULT_MS 50
+#define DELAY_MAX_MS     5000
+#define TASK_ID_MAX      48
+
+static const char sql_user[] = "SELECT 1 FROM users WHERE id = $1::bigint";
+
+/* One event: the delay is played inside the statement, as every database step of the API. */
+static const char sql_event[] = "WITH d AS (SELECT pg_sleep($4::float8 / 1000)) "
+                                "INSERT INTO audit_events (task_id, user_id, seq, variant) "
+                                "SELECT $1::text, $2::bigint, $3::int, $5::text FROM d";
+
+enum { SCOPE_REQUEST = 0, SCOPE_SERVICE = 1 };
+
+/* Where a counter that could not be registered counts instead. */
+static uint64_t counter_sink;
+
+/* The pattern's own series in /metrics; pointers into the registry, which outlives the loop. */
+typedef struct welcome_counters {
+    uint64_t *written_before;
+    uint64_t *written_after;
+    uint64_t *detached_started;
+    uint64_t *detached_stopped;
+    uint64_t *tasks_cancelled[2];  /* by SCOPE_* */
+    uint64_t *events_cancelled[2]; /* by SCOPE_* */
+} welcome_counters;
+
+typedef struct structured {
+    svc_app *app;
+    welcome_counters c;
+    bool registered;
+    uint64_t next_id;
+    char id_prefix[17];
+    rt_guard free_guard;
+} structured;
+
+typedef struct welcome_args {
+    int64_t user_id;
+    int events;
+    int delay_ms;
+    bool wait;
+} welcome_args;
+
+/* The request's own task: the user lookup, then the hand-off to background work. */
+typedef struct welcome_req {
+    rt_task task;
+    rt_db_query q;
+    structured *s;
+    svc_request *req;
+    svc_variant variant;
+    welcome_args a;
+    uint64_t q_started;
+    char user_s[24];
+} welcome_req;
+
+/* before: the detached chain of queries. Owns copies of everything; never freed by anyone else. */
+typedef struct detached {
+    rt_db_query q;
+    rt_post next;
+    svc_app *app;
+    uint64_t *written;
+    uint64_t *stopped;
+    int events;
+    int seq;
+    bool stop;
+    char task_id[TASK_ID_MAX];
+    char user_s[24];
+    char delay_s[16];
+    char seq_s[16];
+} detached;
+
+/* after: the scoped writer, one transaction per event. */
+typedef struct writer {
+    rt_task task;
+    rt_db_tx tx;
+    rt_post next;
+    rt_db *db;
+    svc_request *req; /* request scope only; NULL in the service scope, which outlives it */
+    int scope;        /* SCOPE_* */
+    uint64_t *written_total;
+    uint64_t *tasks_cancelled;
+    uint64_t *events_cancelled;
+    int events;
+    int written;
+    int last_status;
+    bool unknown; /* a COMMIT whose answer never came */
+    uint64_t tx_started;
+    char task_id[TASK_ID_MAX];
+    char user_s[24];
+    char delay_s[16];
+    char seq_s[16];
+} writer;
+
+static const char *const scope_names[] = {"request", "service"};
+
+/* --- metrics ------------------------------------------------------------------------------ */
+
+static uint64_t *counter(svc_metrics *m, const char *name, const char *labels, const char *help)
+{
+    uint64_t *c = m != NULL ? svc_metrics_counter(m, name, labels, help) : NULL;
+
+    return c != NULL ? c : &counter_sink;
+}
+
+/*
+ * The registry is sized by the handler table, so it is created only after every row has been
+ * added, and it does not exist yet when hs_structured_register runs. The series are therefore
+ * registered by the first request, on the loop thread like every other use of the registry.
+ */
+static void counters_ensure(structured *s)
+{
+    svc_metrics *m = s->app->metrics;
+    welcome_counters *c = &s->c;
+    static const char written_help[] = "Audit events written by welcome tasks.";
+    static const char tasks_help[] = "Scoped welcome tasks cancelled before writing every event.";
+    static const char events_help[] = "Events a cancelled welcome task did not write.";
+
+    if (s->registered)
+        return;
+    s->registered = true;
+    c->written_before =
+        counter(m, "hs_welcome_events_written_total", "variant=\"before\"", written_help);
+    c->written_after =
+        counter(m, "hs_welcome_events_written_total", "variant=\"after\"", written_help);
+    c->detached_started = counter(m, "hs_welcome_detached_started_total", "",
+                                  "Detached welcome tasks started (before); minus the stopped "
+                                  "ones, the detached tasks alive.");
+    c->detached_stopped = counter(m, "hs_welcome_detached_stopped_total", "",
+                                  "Detached welcome tasks that stopped, finished or not.");
+    c->tasks_cancelled[SCOPE_REQUEST] =
+        counter(m, "hs_welcome_cancelled_total", "scope=\"request\"", tasks_help);
+    c->tasks_cancelled[SCOPE_SERVICE] =
+        counter(m, "hs_welcome_cancelled_total", "scope=\"service\"", tasks_help);
+    c->events_cancelled[SCOPE_REQUEST] =
+        counter(m, "hs_welcome_events_cancelled_total", "scope=\"request\"", events_help);
+    c->events_cancelled[SCOPE_SERVICE] =
+        counter(m, "hs_welcome_events_cancelled_total", "scope=\"service\"", events_help);
+}
+
+/* --- before: the detached chain ------------------------------------------------------------ */
+
+static void detached_on_event(rt_task *t, int status);
+static void detached_on_released(rt_db_query *q);
+
+static void detached_send(detached *d)
+{
+    const char *params[5] = {d->task_id, d->user_s, d->seq_s, d->delay_s, "before"};
+
+    snprintf(d->seq_s, sizeof(d->seq_s), "%d", d->seq + 1);
+    rt_db_query_init(&d->q, d->app->db, sql_event, 5, params, detached_on_released);
+    rt_db_query_prepare_as(&d->q, "hs_welcome_event");
+    /* No signal: nothing can ask this chain to stop. That is the anti-pattern. */
+    rt_task_start(&d->q.task, NULL, detached_on_event);
+}
+
+static void detached_free(detached *d)
+{
+    (*d->stopped)++;
+    free(d);
+}
+
+static void detached_on_next(rt_post *p)
+{
+    detached *d = rt_container_of(p, detached, next);
+
+    /* main clears app->db once the pool is gone: the chain must not touch it after that. */
+    if (d->app->db == NULL) {
+        detached_free(d);
+        return;
+    }
+    detached_send(d);
+}
+
+/* The query's storage is reusable only once it has been released, which happens after its
+ * completion callback has returned; so the next step is decided here. */
+static void detached_on_released(rt_db_query *q)
+{
+    detached *d = rt_container_of(q, detached, q);
+
+    if (d->stop)
+        detached_free(d);
+    else
+        rt_post_submit(d->app->rt, &d->next, detached_on_next);
+}
+
+static void detached_on_event(rt_task *t, int status)
+{
+    detached *d = rt_container_of(t, detached, q.task);
+
+    if (status == 0) {
+        d->seq++;
+        (*d->written)++;
+    }
+    /* A failure (the pool closing at shutdown, above all) ends the chain silently: whatever was
+     * not written yet is lost, and nobody is told. */
+    d->stop = status < 0 || d->seq == d->events;
+    rt_task_release(t);
+}
+
+/* Starts the chain. Returns 0 or UV_ENOMEM. */
+static int detached_start(welcome_req *w, const char *task_id)
+{
+    structured *s = w->s;
+    detached *d = calloc(1, sizeof(*d));
+
+    if (d == NULL)
+        return UV_ENOMEM;
+    d->app = s->app;
+    d->written = s->c.written_before;
+    d->stopped = s->c.detached_stopped;
+    d->events = w->a.events;
+    rt_post_init(&d->next);
+    snprintf(d->task_id, sizeof(d->task_id), "%s", task_id);
+    snprintf(d->user_s, sizeof(d->user_s), "%" PRId64, w->a.user_id);
+    snprintf(d->delay_s, sizeof(d->delay_s), "%d", w->a.delay_ms);
+    (*s->c.detached_started)++;
+    detached_send(d);
+    return 0;
+}
+
+/* --- after: the scoped writer --------------------------------------------------------------- */
+
+static void writer_step(rt_db_tx *tx)
+{
+    writer *w = rt_container_of(tx, writer, tx);
+
+    if (tx->step == 0) {
+        const char *params[5] = {w->task_id, w->user_s, w->seq_s, w->delay_s, "after"};
+
+        snprintf(w->seq_s, sizeof(w->seq_s), "%d", w->written + 1);
+        rt_db_tx_exec(tx, "hs_welcome_event", sql_event, 5, params);
+    } else {
+        rt_db_tx_commit(tx);
+    }
+}
+
+/* Completes the writer; an early end is logged and counted, so every event is accounted for. */
+static void writer_finish(writer *w, int status)
+{
+    int not_written = w->events - w->written - (w->unknown ? 1 : 0);
+    bool cancelled = status == UV_ECANCELED || status == UV_ETIMEDOUT;
+    svc_log_line l;
+
+    if (status < 0) {
+        if (cancelled) {
+            (*w->tasks_cancelled)++;
+            (*w->events_cancelled) += (uint64_t)not_written;
+        }
+        if (svc_log_begin(&l, SVC_LOG_WARN, cancelled ? "task_cancelled" : "task_failed")) {
+            svc_log_str(&l, "task", "welcome");
+            svc_log_str(&l, "task_id", w->task_id);
+            svc_log_str(&l, "scope", scope_names[w->scope]);
+            svc_log_str(&l, "reason", uv_err_name(status));
+            svc_log_int(&l, "events_written", w->written);
+            svc_log_int(&l, "events_cancelled", not_written);
+            if (w->unknown)
+                svc_log_int(&l, "events_unknown", 1);
+            svc_log_end(&l);
+        }
+    }
+    rt_task_complete(&w->task, status);
+}
+
+static void writer_on_tx(rt_task *t, int status);
+static void writer_on_released(rt_db_tx *tx);
+
+static void writer_send(writer *w)
+{
+    rt_db_tx_init(&w->tx, w->db, NULL, writer_step, writer_on_released);
+    w->tx_started = uv_hrtime();
+    /* No signal here: the writer's own cancel forwards to the transaction, so that it has
+     * exactly one source of cancellation and the writer always sees how it ended. */
+    rt_task_start(&w->tx.task, NULL, writer_on_tx);
+}
+
+static void writer_on_next(rt_post *p)
+{
+    writer *w = rt_container_of(p, writer, next);
+
+    if (rt_task_is_cancel_requested(&w->task))
+        writer_finish(w, rt_task_cancel_reason(&w->task));
+    else
+        writer_send(w);
+}
+
+static void writer_on_released(rt_db_tx *tx)
+{
+    writer *w = rt_container_of(tx, writer, tx);
+
+    if (w->last_status < 0)
+        writer_finish(w, w->last_status);
+    else if (w->written == w->events)
+        writer_finish(w, 0);
+    else
+        rt_post_submit(w->task.rt, &w->next, writer_on_next);
+}
+
+static void writer_on_tx(rt_task *t, int status)
+{
+    writer *w = rt_container_of(t, writer, tx.task);
+
+    if (w->req != NULL)
+        svc_request_add_db_time(w->req, uv_hrtime() - w->tx_started);
+    if (w->tx.outcome == RT_DB_TX_COMMITTED) {
+        /* Committed counts as written even when a cancellation came after COMMIT was sent. */
+        w->written++;
+        (*w->written_total)++;
+        status = rt_task_is_cancel_requested(&w->task) && w->written < w->events
+                     ? rt_task_cancel_reason(&w->task)
+                     : 0;
+    } else {
+        w->unknown = w->tx.outcome == RT_DB_TX_UNKNOWN;
+        if (status == 0)
+            status = UV_EPROTO;
+        if (status == RT_DB_ESQL && svc_log_enabled(SVC_LOG_WARN)) {
+            svc_log_line l;
+
+            svc_log_begin(&l, SVC_LOG_WARN, "db_error");
+            svc_log_str(&l, "task_id", w->task_id);
+            svc_log_str(&l, "sqlstate", w->tx.result.sqlstate);
+            svc_log_str(&l, "detail", rt_db_result_error(&w->tx.result));
+            svc_log_end(&l);
+        }
+    }
+    w->last_status = status;
+    rt_task_release(t);
+}
+
+static int writer_start(rt_task *t)
+{
+    writer_send(rt_container_of(t, writer, task));
+    return 0;
+}
+
+static void writer_cancel(rt_task *t, int reason)
+{
+    writer *w = rt_container_of(t, writer, task);
+
+    /* Between two events (a post is queued) the post sees the request and stops. */
+    if (w->tx.task.state == RT_TASK_RUNNING)
+        rt_task_cancel(&w->tx.task, reason);
+}
+
+static void writer_release(rt_task *t)
+{
+    free(rt_container_of(t, writer, task));
+}
+
+static const rt_task_vtable writer_vt = {
+    .name = "welcome.writer",
+    .start = writer_start,
+    .cancel = writer_cancel,
+    .release = writer_release,
+};
+
+/* The request-scope writer's end decides the response that waited for it. */
+static void writer_done_in_request(rt_task *t, int status)
+{
+    writer *w = rt_container_of(t, writer, task);
+
+    if (status < 0)
+        svc_respond_uv_error(w->req, status);
+}
+
+/* Spawns the writer into the request scope (wait) or the service scope. Returns 0 or an error
+ * (UV_ESHUTDOWN when the service scope is closing, UV_ENOMEM). */
+static int writer_spawn(welcome_req *wr, const char *task_id)
+{
+    structured *s = wr->s;
+    int scope = wr->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE;
+    writer *w = calloc(1, sizeof(*w));
+
+    if (w == NULL)
+        return UV_ENOMEM;
+    rt_task_init(&w->task, s->app->rt, &writer_vt);
+    rt_post_init(&w->next);
+    w->db = s->app->db;
+    w->req = scope == SCOPE_REQUEST ? wr->req : NULL;
+    w->scope = scope;
+    w->written_total = s->c.written_after;
+    w->tasks_cancelled = s->c.tasks_cancelled[scope];
+    w->events_cancelled = s->c.events_cancelled[scope];
+    w->events = wr->a.events;
+    snprintf(w->task_id, sizeof(w->task_id), "%s", task_id);
+    snprintf(w->user_s, sizeof(w->user_s), "%" PRId64, wr->a.user_id);
+    snprintf(w->delay_s, sizeof(w->delay_s), "%d", wr->a.delay_ms);
+    if (scope == SCOPE_REQUEST)
+        return rt_scope_spawn(wr->req->scope, &w->task, writer_done_in_request);
+    return rt_scope_spawn(s->app->service_scope, &w->task, NULL);
+}
+
+/* --- the request's task ------------------------------------------------------------------- */
+
+static void respond_started(welcome_req *w, const char *task_id, const char *scope)
+{
+    json_t *body =
+        json_pack("{s:s, s:s, s:i}", "task_id", task_id, "scope", scope, "events", w->a.events);
+
+    if (body == NULL)
+        svc_respond_uv_error(w->req, UV_ENOMEM);
+    else
+        svc_respond_json(w->req, w->a.wait ? 200 : 202, body);
+}
+
+static void welcome_on_user(rt_task *t, int status)
+{
+    welcome_req *w = rt_container_of(t, welcome_req, q.task);
+    structured *s = w->s;
+    char task_id[TASK_ID_MAX];
+    int err;
+
+    svc_request_add_db_time(w->req, uv_hrtime() - w->q_started);
+    if (status < 0) {
+        svc_respond_uv_error(w->req, status);
+        rt_task_complete(&w->task, status);
+    } else if (rt_db_result_rows(&w->q.result) == 0) {
+        svc_respond_error(w->req, 404, "not_found", "user %" PRId64 " does not exist",
+                          w->a.user_id);
+        rt_task_complete(&w->task, 0);
+    } else if (rt_cancel_is_fired(w->req->signal)) {
+        /* The lookup won its race with the deadline by a hair: starting the work now would only
+         * have it cancelled before its first event. */
+        svc_respond_uv_error(w->req, w->req->signal->reason);
+        rt_task_complete(&w->task, w->req->signal->reason);
+    } else {
+        snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
+        if (w->variant == SVC_VARIANT_BEFORE)
+            err = detached_start(w, task_id);
+        else
+            err = writer_spawn(w, task_id);
+        if (err < 0)
+            svc_respond_uv_error(w->req, err);
+        else if (w->variant == SVC_VARIANT_BEFORE)
+            respond_started(w, task_id, "detached");
+        else
+            respond_started(w, task_id, scope_names[w->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE]);
+        rt_task_complete(&w->task, err);
+    }
+    rt_task_release(t);
+}
+
+static int welcome_start(rt_task *t)
+{
+    welcome_req *w = rt_container_of(t, welcome_req, task);
+    const char *params[1] = {w->user_s};
+
+    rt_db_query_init(&w->q, w->req->app->db, sql_user, 1, params, NULL);
+    rt_db_query_prepare_as(&w->q, "hs_welcome_user");
+    w->q_started = uv_hrtime();
+    rt_task_start(&w->q.task, w->req->signal, welcome_on_user);
+    return 0;
+}
+
+static void welcome_release(rt_task *t)
+{
+    free(rt_container_of(t, welcome_req, task));
+}
+
+/* No cancel: the lookup listens to the request's signal itself, and the hand-off that follows
+ * it does not wait for anything. */
+static const rt_task_vtable welcome_vt = {
+    .name = "welcome",
+    .start = welcome_start,
+    .cancel = NULL,
+    .release = welcome_release,
+};
+
+/* Reads and checks every input; on failure the 400 is set and UV_EINVAL returned. */
+static int parse_args(svc_request *req, svc_variant variant, welcome_args *a)
+{
+    json_t *body;
+    int64_t events;
+    int64_t delay;
+    int err;
+
+    err = svc_request_param_id(req, "id", &a->user_id);
+    if (err < 0)
+        return err;
+    a->wait = false;
+    if (variant == SVC_VARIANT_AFTER) {
+        err = svc_query_bool(req, "wait", false, &a->wait);
+        if (err < 0)
+            return err;
+    }
+    err = svc_request_json(req, &body);
+    if (err < 0)
+        return err;
+    err = svc_json_int(req, body, "events", 1, EVENTS_MAX, EVENTS_DEFAULT, &events);
+    if (err == 0)
+        err = svc_json_int(req, body, "delay_ms", 0, DELAY_MAX_MS, DELAY_DEFAULT_MS, &delay);
+    json_decref(body);
+    if (err < 0)
+        return err;
+    a->events = (int)events;
+    a->delay_ms = (int)delay;
+    return 0;
+}
+
+static int welcome(svc_request *req, structured *s, svc_variant variant, rt_task **task_out)
+{
+    welcome_args a;
+    welcome_req *w;
+
+    if (parse_args(req, variant, &a) < 0)
+        return 0;
+    if (s->app->db == NULL) {
+        svc_respond_error(req, 503, "unavailable", "no database is configured");
+        return 0;
+    }
+    counters_ensure(s);
+    w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return UV_ENOMEM;
+    rt_task_init(&w->task, s->app->rt, &welcome_vt);
+    w->s = s;
+    w->req = req;
+    w->variant = variant;
+    w->a = a;
+    snprintf(w->user_s, sizeof(w->user_s), "%" PRId64, a.user_id);
+    *task_out = &w->task;
+    return 0;
+}
+
+static int welcome_before(svc_request *req, void *state, rt_task **task_out)
+{
+    return welcome(req, state, SVC_VARIANT_BEFORE, task_out);
+}
+
+static int welcome_after(svc_request *req, void *state, rt_task **task_out)
+{
+    return welcome(req, state, SVC_VARIANT_AFTER, task_out);
+}
+
+int hs_structured_register(svc_router *r, svc_app *app)
+{
+    structured *s = calloc(1, sizeof(*s));
+    unsigned char rnd[8];
+    int err = 0;
+
+    if (s == NULL)
+        return UV_ENOMEM;
+    s->app = app;
+    /* Task ids must not repeat across restarts (audit_events keeps them), so each process
+     * numbers its tasks under a random prefix. */
+    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) != 0) {
+        uint64_t t = uv_hrtime();
+
+        memcpy(rnd, &t, sizeof(rnd));
+    }
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(s->id_prefix + 2 * i, 3, "%02x", rnd[i]);
+    /* Requests and scoped writers are gone before the root scope closes; detached chains only
+     * hold copies and pointers into the metrics registry, never this state. */
+    s->free_guard.fn = free;
+    s->free_guard.arg = s;
+    rt_scope_defer(app->root_scope, &s->free_guard);
+    const svc_route rows[] = {
+        {"POST", "/before/users/{id}/welcome", SVC_VARIANT_BEFORE,
+         "fire-and-forget: writes audit events from a detached task that shutdown silently drops",
+         welcome_before, s, 0},
+        {"POST", "/after/users/{id}/welcome", SVC_VARIANT_AFTER,
+         "scoped background work: ?wait=true in the request scope, else the service scope, "
+         "drained then cancelled (and reported) at shutdown",
+         welcome_after, s, 0},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
+        err = svc_router_add(r, &rows[i]);
+    return err;
+}
