@@ -32,6 +32,7 @@ struct svc_config {
     int max_connections;           /* MAX_CONNECTIONS: open connections, all clients together */
     int max_connections_per_ip;    /* MAX_CONNECTIONS_PER_IP: open connections from one address */
     int connection_timeout_s;      /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */
+    int connection_memory_bytes;   /* CONNECTION_MEMORY_BYTES: per-connection header buffer */
     bool before_routes;            /* BEFORE_ROUTES: serve the anti-pattern routes */
     svc_log_level log_level;       /* LOG_LEVEL: debug|info|warn|error */
     svc_log_format log_format;     /* LOG_FORMAT: json|text */

@@ -17,6 +17,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -268,6 +269,63 @@ static void test_grace_period_bounds_the_wait(void **state)
     unlink(p.log_path);
 }
 
+/* Resident memory of a process, in kB (VmRSS), or -1. */
+static long rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    long kb = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+            break;
+    }
+    fclose(f);
+    return kb;
+}
+
+/* DESIGN.md: peak RSS under 64 MB with 10,000 idle keep-alive connections. */
+static void test_idle_connections_memory(void **state)
+{
+    enum { N = 10000 };
+    static int fds[N];
+    struct rlimit rl;
+    e2e_proc p;
+    char buf[512];
+    long kb;
+    int n;
+
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    /* The sanitizer's shadow memory and quarantine are not the service's footprint. */
+    skip();
+#endif
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_max < N + 64)
+        skip();
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    e2e_start(&p, NULL, NULL, true);
+    for (n = 0; n < N; n++) {
+        fds[n] = e2e_connect(&p);
+        assert_true(fds[n] >= 0);
+        /* One request each: a connection that served a request is the idle keep-alive kind. */
+        send_all(fds[n], "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    for (n = 0; n < N; n++)
+        assert_true(read(fds[n], buf, sizeof(buf)) > 0);
+    kb = rss_kb(p.pid);
+    fprintf(stderr, "peak RSS with %d idle keep-alive connections: %ld kB\n", N, kb);
+    assert_true(kb > 0 && kb < 64 * 1024);
+    for (n = 0; n < N; n++)
+        close(fds[n]);
+    e2e_stop(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -277,6 +335,7 @@ int main(void)
         cmocka_unit_test(test_shutdown_sequence),
         cmocka_unit_test(test_second_signal_skips_ahead),
         cmocka_unit_test(test_grace_period_bounds_the_wait),
+        cmocka_unit_test(test_idle_connections_memory),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
