@@ -11,8 +11,9 @@
 # number of connections, alternating the two a few times, and prints the median rates and their
 # ratio:
 #   - without pipelining: one connection per task (pool = tasks, depth 1);
-#   - with pipelining: four tasks per connection (pool = tasks / 4, depth 8), compared with
-#     pgbench at that smaller number of connections.
+#   - four tasks per connection (pool = tasks / 4), without pipelining (depth 1: the extra tasks
+#     wait in the pool's queue) and with it (depth 8), compared with pgbench at that smaller
+#     number of connections.
 # pgbench runs with PGBENCH_JOBS threads (default 1: the driver runs on one loop thread too).
 set -euo pipefail
 
@@ -84,6 +85,8 @@ printf '%5s %5s %5s %12s %12s %6s %8s %8s %9s\n' tasks conns depth driver_q/s pg
 for t in 1 8 32; do
     row "$t" "$t" 1
 done
+# Pipelining, at equal tasks and connections: without it the extra tasks wait in the queue.
 for t in 8 32; do
+    row "$t" "$((t / 4))" 1
     row "$t" "$((t / 4))" 8
 done
