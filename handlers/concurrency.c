@@ -460,6 +460,8 @@ static void log_batch_end(const batch *b, const char *how)
     svc_log_str(&l, "variant", b->variant);
     svc_log_str(&l, "cause", how);
     svc_log_int(&l, "requested", (int64_t)b->n);
+    /* Items handed out; in a drained batch every one of them is completed or failed. */
+    svc_log_int(&l, "started", (int64_t)b->next);
     svc_log_int(&l, "completed", (int64_t)b->completed);
     svc_log_int(&l, "cancelled", (int64_t)(b->n - b->completed - b->nfailed));
     svc_log_int(&l, "failed", (int64_t)b->nfailed);

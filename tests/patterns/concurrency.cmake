@@ -1,0 +1,20 @@
+# Pattern 2 (handlers/concurrency.c): the dashboard (sequential vs joined) and the batch
+# (sequential vs a bounded stream that drains at shutdown), against the built binary.
+# The batch tests count rows of batch_results, so they never run at the same time as each other.
+if(CURL_FOUND)
+    find_package(Threads REQUIRED)
+    foreach(t dashboard:e2e batch:e2e batch_shutdown:fault)
+        string(REPLACE ":" ";" parts ${t})
+        list(GET parts 0 name)
+        list(GET parts 1 label)
+        hs_add_test(test_pattern_${name} LABEL ${label}
+                    SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_pattern_${name}.c
+                            ${CMAKE_CURRENT_LIST_DIR}/pt_async.c
+                            ${CMAKE_SOURCE_DIR}/tests/e2e/e2e.c
+                    LIBS PkgConfig::CURL PkgConfig::JANSSON PkgConfig::PQ Threads::Threads
+                    TIMEOUT 180)
+        add_dependencies(test_pattern_${name} hindsight)
+    endforeach()
+    set_tests_properties(test_pattern_batch test_pattern_batch_shutdown
+                         PROPERTIES RESOURCE_LOCK hs_batch_results)
+endif()
