@@ -24,9 +24,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
 duration=10s
-# Eight connections keep the multi-query patterns below the pool's 16 connections (DB_POOL_SIZE):
-# with more, a dashboard's three queries or a batch's twenty queue for the pool in both variants
-# and the throughputs converge on what the pool allows, hiding the difference being measured.
+# Eight connections keep the database pool (DB_POOL_SIZE, 16 by default) from limiting both
+# variants at once: with 32, a dashboard's three queries or a batch's twenty queue for the pool
+# either way, and both throughputs converge on what the pool allows, hiding the difference.
 conns=8
 threads=2
 delay=20
