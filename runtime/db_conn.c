@@ -135,25 +135,34 @@ static int job_finish_fn(rt_work *w)
     return 0;
 }
 
-static void job_done(rt_task *t, int status)
+static void job_after(rt_post *p)
 {
-    db_job *j = rt_container_of(t, db_job, work.task);
+    db_job *j = rt_container_of(p, db_job, after);
     db_conn *c = j->conn;
     rt_db *db = c->db;
     bool was_cancel = j->cancel != NULL;
 
-    (void)status;
     if (j->cancel != NULL)
         PQfreeCancel(j->cancel);
     j->cancel = NULL;
     j->pg = NULL;
     j->busy = false;
-    rt_task_release(t);
     db->jobs--;
     /* The connection was not placeable while its cancel was in flight; it may be now. */
     if (was_cancel && c->state == CONN_READY)
         rt__db_conn_settle(c);
     rt__db_maybe_closed(db);
+}
+
+/* The job's task may be started again only once its delivery has returned (its storage is
+ * reused), so the rest of the job's end runs from a post on a later turn. */
+static void job_done(rt_task *t, int status)
+{
+    db_job *j = rt_container_of(t, db_job, work.task);
+
+    (void)status;
+    rt_task_release(t);
+    rt_post_submit(t->rt, &j->after, job_after);
 }
 
 static void job_start(db_conn *c, db_job *j, rt_work_fn fn)
@@ -190,13 +199,14 @@ void rt__db_conn_cancel_running(db_conn *c)
     assert(c->state == CONN_READY);
     if (c->cancel_job.busy)
         return;
+    /* Armed first: without memory for the cancel request, the bound still ends the wait. */
+    rt__db_conn_arm_bound(c, BOUND_CANCEL, c->db->cfg.cancel_timeout_ms);
     pc = PQgetCancel(c->pg);
     if (pc == NULL)
-        return; /* out of memory: the bound below still discards the connection in time */
+        return;
     c->cancel_job.cancel = pc;
     job_start(c, &c->cancel_job, job_cancel_fn);
     c->db->st.cancels_sent++;
-    rt__db_conn_arm_bound(c, BOUND_CANCEL, c->db->cfg.cancel_timeout_ms);
 }
 
 /* --- connecting ------------------------------------------------------------------------------ */
@@ -408,6 +418,8 @@ void rt__db_conn_init(db_conn *c, rt_db *db, db_slot *slots)
     c->db = db;
     c->slots = slots;
     c->state = CONN_BACKOFF;
+    rt_post_init(&c->cancel_job.after);
+    rt_post_init(&c->finish_job.after);
     /* Cannot fail on Linux; the pool counts the handle so that its close is awaited. */
     uv_timer_init(db->loop, &c->timer);
     db->timers++;

@@ -72,6 +72,7 @@ typedef struct db_watch {
 /* A blocking libpq call run on the thread pool: PQcancel or PQfinish. */
 typedef struct db_job {
     rt_work work;
+    rt_post after; /* the job's end, handled once its task has been fully delivered */
     db_conn *conn;
     PGcancel *cancel; /* PQcancel job */
     PGconn *pg;       /* PQfinish job */

@@ -147,7 +147,6 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     return s;
 }
 
-/* The query in s completed early (cancelled): its result will be read and dropped. */
 /* True when nobody waits for any result on c: every slot in flight is an orphan. */
 static bool conn_only_orphans(const db_conn *c)
 {
@@ -171,6 +170,7 @@ static void conn_cancel_orphans(db_conn *c)
         rt__db_conn_cancel_running(c);
 }
 
+/* The query in s completed early (cancelled): its result will be read and dropped. */
 void rt__db_conn_orphan(db_conn *c, db_slot *s)
 {
     assert(s->kind == SLOT_QUERY);

@@ -21,8 +21,11 @@
 
 typedef struct bench bench;
 
+/* Two queries per worker, used in turn: a task's storage may be initialized again only once its
+ * delivery has returned, so the next query of a worker is always the other one. */
 typedef struct worker {
-    rt_db_query q;
+    rt_db_query q[2];
+    int next;
     bench *b;
     char id[24];
     uint64_t started_ns;
@@ -56,13 +59,14 @@ static void start_query(worker *w);
 
 static void on_done(rt_task *t, int status)
 {
-    worker *w = rt_container_of(t, worker, q.task);
+    worker *w = t->data;
+    rt_db_query *q = rt_container_of(t, rt_db_query, task);
     bench *b = w->b;
 
-    if (status != 0 || rt_db_result_rows(&w->q.result) != 1) {
+    if (status != 0 || rt_db_result_rows(&q->result) != 1) {
         if (b->errors++ == 0)
             fprintf(stderr, "bench_db: query failed: %s %s\n", uv_strerror(status),
-                    rt_db_result_error(&w->q.result));
+                    rt_db_result_error(&q->result));
     }
     if (b->measuring) {
         b->queries++;
@@ -82,15 +86,18 @@ static void start_query(worker *w)
 {
     bench *b = w->b;
     const char *params[1] = {w->id};
+    rt_db_query *q = &w->q[w->next];
 
     b->rng ^= b->rng << 13;
     b->rng ^= b->rng >> 7;
     b->rng ^= b->rng << 17;
     snprintf(w->id, sizeof(w->id), "%llu", (unsigned long long)(1 + b->rng % 10000));
-    rt_db_query_init(&w->q, b->db, SQL, 1, params, NULL);
-    rt_db_query_prepare_as(&w->q, "bench_user_by_id");
+    w->next ^= 1;
+    rt_db_query_init(q, b->db, SQL, 1, params, NULL);
+    rt_db_query_prepare_as(q, "bench_user_by_id");
+    q->task.data = w;
     w->started_ns = uv_hrtime();
-    rt_task_start(&w->q.task, NULL, on_done);
+    rt_task_start(&q->task, NULL, on_done);
 }
 
 static void on_end(uv_timer_t *t)

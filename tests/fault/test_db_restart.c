@@ -4,18 +4,43 @@
  * statements and a transaction in flight: clean errors, fail-fast while it is down, automatic
  * recovery once it is back, and nothing leaked.
  *
- * It runs its own private cluster (deploy/pg.sh with HS_PG_PORT=54340 and its data under the
- * build tree), never the shared one other tests use. pg.sh runs on the thread pool (rt_work), so
- * the loop keeps turning while the server goes down, as it would in the service.
+ * It runs its own private cluster (deploy/pg.sh with HS_PG_PORT=54340, or the next free port,
+ * and its data under the build tree), never the shared one other tests use. pg.sh runs on the
+ * thread pool (rt_work), so the loop keeps turning while the server goes down, as it would in the
+ * service.
  */
 #include "db_test.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "runtime/work.h"
 
-#define FAULT_PORT "54340"
-#define FAULT_URL  "postgresql://postgres@127.0.0.1:" FAULT_PORT "/hindsight"
+/* The first free port from 54340 on: another tree's run of this test may hold 54340. Each port
+ * gets its own data directory, because pg.sh writes the port into the cluster at initdb. */
+#define FAULT_PORT_FIRST 54340
+#define FAULT_PORT_LAST  54359
 
 static char pg_sh[1024];
+static char fault_url[128];
+
+static bool port_is_free(int port)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    bool ok;
+
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
 
 static int pg_ctl(const char *verb)
 {
@@ -28,15 +53,25 @@ static int pg_ctl(const char *verb)
 static int group_setup(void **state)
 {
     const char *src = getenv("HS_SOURCE_DIR");
+    char port[16];
+    char data[1024];
+    int p;
 
     (void)state;
     if (src == NULL)
         fail_msg("HS_SOURCE_DIR is not set (ctest sets it)");
+    for (p = FAULT_PORT_FIRST; p <= FAULT_PORT_LAST && !port_is_free(p); p++)
+        ;
+    if (p > FAULT_PORT_LAST)
+        fail_msg("no free port in %d..%d", FAULT_PORT_FIRST, FAULT_PORT_LAST);
     snprintf(pg_sh, sizeof(pg_sh), "%s/deploy/pg.sh", src);
-    setenv("HS_PG_PORT", FAULT_PORT, 1);
-    setenv("HS_PG_DATA", HS_BINARY_DIR "/pgfault", 1);
+    snprintf(port, sizeof(port), "%d", p);
+    snprintf(data, sizeof(data), "%s/pgfault-%d", HS_BINARY_DIR, p);
+    snprintf(fault_url, sizeof(fault_url), "postgresql://postgres@127.0.0.1:%d/hindsight", p);
+    setenv("HS_PG_PORT", port, 1);
+    setenv("HS_PG_DATA", data, 1);
     if (pg_ctl("start") != 0)
-        fail_msg("cannot start the private cluster with %s", pg_sh);
+        fail_msg("cannot start the private cluster with %s (port %d)", pg_sh, p);
     return 0;
 }
 
@@ -125,7 +160,7 @@ static void test_server_restart_with_work_in_flight(void **state)
     rt_db_stats st;
     PGconn *plain;
 
-    plain = PQconnectdb(FAULT_URL);
+    plain = PQconnectdb(fault_url);
     if (PQstatus(plain) != CONNECTION_OK)
         fail_msg("cannot reach the private cluster: %s", PQerrorMessage(plain));
     dbt_exec(plain, "SET client_min_messages = warning");
@@ -133,7 +168,7 @@ static void test_server_restart_with_work_in_flight(void **state)
     dbt_exec(plain, "CREATE TABLE fault_items (id int PRIMARY KEY)");
     PQfinish(plain);
 
-    cfg.conninfo = FAULT_URL;
+    cfg.conninfo = fault_url;
     cfg.backoff_min_ms = 50;
     cfg.backoff_max_ms = 400;
     dbt_open(fx, &cfg);
