@@ -235,7 +235,9 @@ struct rt_db_query {
  * Initializes q to run sql with nparams text parameters ($1..$n; a NULL entry is SQL NULL).
  * sql and each parameter string are borrowed until q's completion is delivered; the params array
  * itself is copied. release_cb (may be NULL) runs when q->task is released, after the result has
- * been freed, so that q's own storage can be freed there. Never allocates, never fails.
+ * been freed, so that q's own storage can be freed there. Never allocates, never fails. Like any
+ * task, q may be initialized again only once it has been released and its completion callback
+ * has returned (not from inside that callback: use a second query, or a post).
  */
 void rt_db_query_init(rt_db_query *q, rt_db *db, const char *sql, int nparams,
                       const char *const *params, rt_db_query_release_cb release_cb);
