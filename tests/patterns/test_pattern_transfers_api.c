@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_pattern_transfers_api.c - pattern 4's contract: validation, 404 and 409 refusals,
+ * idempotency keys (replay, reuse with another body, a key still in use), opposite transfers
+ * that must not deadlock, and GET /accounts/invariant; on a database of its own.
+ *
+ * Money is checked in the database after each step, not only in the responses: a replay that
+ * answered correctly but moved the money twice must fail.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pattern_fault.h"
+
+typedef struct fixture {
+    e2e_proc p;
+    pf_db d;
+} fixture;
+
+static int setup(void **state)
+{
+    static fixture fx;
+
+    pf_db_create(&fx.d, "transfers_api");
+    pf_start(&fx.p, &fx.d, NULL);
+    *state = &fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+
+    e2e_stop(&fx->p);
+    pf_db_drop(&fx->d);
+    return 0;
+}
+
+static int64_t balance(const fixture *fx, int id)
+{
+    char sql[80];
+
+    snprintf(sql, sizeof(sql), "SELECT balance FROM accounts WHERE id = %d", id);
+    return pf_db_int(&fx->d, sql);
+}
+
+static int64_t transfers_from(const fixture *fx, int id)
+{
+    char sql[96];
+
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM transfers WHERE from_account = %d", id);
+    return pf_db_int(&fx->d, sql);
+}
+
+/* POST path with body and an optional Idempotency-Key (NULL for none). */
+static void post(const fixture *fx, const char *path, const char *body, const char *key,
+                 e2e_resp *r)
+{
+    char header[200];
+    const char *headers[2] = {header, NULL};
+
+    if (key != NULL)
+        snprintf(header, sizeof(header), "Idempotency-Key: %s", key);
+    e2e_request(&fx->p, "POST", path, body, key != NULL ? headers : NULL, r);
+}
+
+static void expect_error(const fixture *fx, const char *path, const char *body, const char *key,
+                         long status, const char *code)
+{
+    char needle[64];
+    e2e_resp r;
+
+    post(fx, path, body, key, &r);
+    snprintf(needle, sizeof(needle), "\"code\":\"%s\"", code);
+    if (r.status != status || strstr(r.body, needle) == NULL)
+        fail_msg("%s %s (key %s): expected %ld %s, got %ld %s", path, body ? body : "(none)",
+                 key ? key : "-", status, code, r.status, r.body);
+    e2e_resp_free(&r);
+}
+
+static void test_refusals_move_nothing(void **state)
+{
+    static const char *const routes[] = {"/before/transfers", "/after/transfers"};
+    static const char *const bad_bodies[] = {
+        "{\"from\":1,\"to\":1,\"amount\":5}",
+        "{\"from\":1,\"to\":2,\"amount\":0}",
+        "{\"from\":1,\"to\":2,\"amount\":1000001}",
+        "{\"from\":1,\"to\":2,\"amount\":\"5\"}",
+        "{\"from\":1,\"to\":2}",
+        "{\"to\":2,\"amount\":5}",
+        "{\"from\":1,\"to\":0,\"amount\":5}",
+        "{\"from\":1,\"to\":2,\"amount\":5,\"delay_ms\":5001}",
+        "{\"from\":1,\"to\":2,\"amount\":5,\"delay_ms\":-1}",
+        "{\"from\":1,",
+        NULL,
+    };
+    char long_key[140];
+    fixture *fx = *state;
+
+    memset(long_key, 'k', 129);
+    long_key[129] = '\0';
+    for (int v = 0; v < 2; v++) {
+        for (size_t i = 0; i < sizeof(bad_bodies) / sizeof(bad_bodies[0]); i++)
+            expect_error(fx, routes[v], bad_bodies[i], NULL, 400, "bad_request");
+        expect_error(fx, routes[v], "{\"from\":1,\"to\":2,\"amount\":5}", "has space", 400,
+                     "bad_request");
+        expect_error(fx, routes[v], "{\"from\":1,\"to\":2,\"amount\":5}", long_key, 400,
+                     "bad_request");
+        expect_error(fx, routes[v], "{\"from\":999999,\"to\":2,\"amount\":5}", NULL, 404,
+                     "not_found");
+        expect_error(fx, routes[v], "{\"from\":1,\"to\":999999,\"amount\":5}", NULL, 404,
+                     "not_found");
+        expect_error(fx, routes[v], "{\"from\":11,\"to\":12,\"amount\":1001}", NULL, 409,
+                     "insufficient_funds");
+    }
+    assert_int_equal(pf_db_int(&fx->d, "SELECT count(*) FROM transfers"), 0);
+    assert_int_equal(balance(fx, 1), 1000);
+    assert_int_equal(balance(fx, 11), 1000);
+    assert_int_equal(balance(fx, 12), 1000);
+}
+
+static void test_idempotent_replay(void **state)
+{
+    static const char body[] = "{\"from\":21,\"to\":22,\"amount\":100}";
+    fixture *fx = *state;
+    char replayed[16];
+    e2e_resp first;
+    e2e_resp again;
+
+    post(fx, "/after/transfers", body, "order-21.a", &first);
+    assert_int_equal(first.status, 200);
+    assert_non_null(strstr(first.body, "\"status\":\"committed\""));
+    assert_false(e2e_header(&first, "Idempotent-Replayed", replayed, sizeof(replayed)));
+    post(fx, "/after/transfers", body, "order-21.a", &again);
+    assert_int_equal(again.status, 200);
+    assert_string_equal(again.body, first.body);
+    assert_true(e2e_header(&again, "Idempotent-Replayed", replayed, sizeof(replayed)));
+    assert_string_equal(replayed, "true");
+    e2e_resp_free(&first);
+    e2e_resp_free(&again);
+    /* The money moved once. */
+    assert_int_equal(balance(fx, 21), 900);
+    assert_int_equal(balance(fx, 22), 1100);
+    assert_int_equal(transfers_from(fx, 21), 1);
+
+    /* The same key with another body is refused, and moves nothing. */
+    expect_error(fx, "/after/transfers", "{\"from\":21,\"to\":22,\"amount\":101}", "order-21.a",
+                 422, "idempotency_key_reused");
+    assert_int_equal(balance(fx, 21), 900);
+    assert_int_equal(transfers_from(fx, 21), 1);
+}
+
+static void test_key_in_use_is_a_conflict(void **state)
+{
+    fixture *fx = *state;
+    pf_req reqs[2];
+    size_t ok;
+    e2e_resp r;
+
+    /* Both at once: one claims the key and runs for a while, the other is told so at once. */
+    for (int i = 0; i < 2; i++) {
+        memset(&reqs[i], 0, sizeof(reqs[i]));
+        reqs[i].method = "POST";
+        snprintf(reqs[i].path, sizeof(reqs[i].path), "/after/transfers");
+        snprintf(reqs[i].body, sizeof(reqs[i].body),
+                 "{\"from\":31,\"to\":32,\"amount\":50,\"delay_ms\":1500}");
+        snprintf(reqs[i].key, sizeof(reqs[i].key), "slow-31");
+    }
+    pf_burst(&fx->p, reqs, 2, -1, 0);
+    ok = reqs[0].status == 200 ? 0 : 1;
+    assert_int_equal(reqs[ok].status, 200);
+    assert_false(reqs[ok].replayed);
+    assert_int_equal(reqs[1 - ok].status, 409);
+    assert_non_null(strstr(reqs[1 - ok].resp, "\"code\":\"idempotency_in_progress\""));
+    /* The refusal came while the first was still running. */
+    assert_true(reqs[1 - ok].elapsed_ms < reqs[ok].elapsed_ms);
+
+    post(fx, "/after/transfers", reqs[ok].body, "slow-31", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, reqs[ok].resp);
+    e2e_resp_free(&r);
+    assert_int_equal(balance(fx, 31), 950);
+    assert_int_equal(transfers_from(fx, 31), 1);
+}
+
+/* before has no idempotency: a retry moves the money again. That is its documented flaw. */
+static void test_before_ignores_keys(void **state)
+{
+    static const char body[] = "{\"from\":41,\"to\":42,\"amount\":10}";
+    fixture *fx = *state;
+    char replayed[16];
+    e2e_resp r;
+
+    for (int i = 0; i < 2; i++) {
+        post(fx, "/before/transfers", body, "retry-41", &r);
+        assert_int_equal(r.status, 200);
+        assert_false(e2e_header(&r, "Idempotent-Replayed", replayed, sizeof(replayed)));
+        e2e_resp_free(&r);
+    }
+    assert_int_equal(balance(fx, 41), 980);
+    assert_int_equal(transfers_from(fx, 41), 2);
+}
+
+/* Transfers both ways between the same two accounts all complete: rows are locked in id order. */
+static void test_opposite_transfers_never_deadlock(void **state)
+{
+    enum { PAIRS = 30 };
+    fixture *fx = *state;
+    pf_req reqs[2 * PAIRS];
+
+    for (int i = 0; i < 2 * PAIRS; i++) {
+        memset(&reqs[i], 0, sizeof(reqs[i]));
+        reqs[i].method = "POST";
+        snprintf(reqs[i].path, sizeof(reqs[i].path), "/after/transfers");
+        snprintf(reqs[i].body, sizeof(reqs[i].body),
+                 "{\"from\":%d,\"to\":%d,\"amount\":7,\"delay_ms\":20}", i % 2 ? 52 : 51,
+                 i % 2 ? 51 : 52);
+    }
+    pf_burst(&fx->p, reqs, 2 * PAIRS, -1, 0);
+    for (int i = 0; i < 2 * PAIRS; i++) {
+        if (reqs[i].status != 200)
+            fail_msg("transfer %d: %ld %s", i, reqs[i].status, reqs[i].resp);
+    }
+    assert_int_equal(balance(fx, 51), 1000);
+    assert_int_equal(balance(fx, 52), 1000);
+    assert_int_equal(transfers_from(fx, 51), PAIRS);
+    assert_int_equal(transfers_from(fx, 52), PAIRS);
+}
+
+/* Runs last: everything above left the books balanced. */
+static void test_invariant_route(void **state)
+{
+    fixture *fx = *state;
+    e2e_resp r;
+
+    e2e_get(&fx->p, "/accounts/invariant", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"accounts\":10000,\"total\":10000000,\"expected\":10000000,"
+                                "\"ok\":true,\"partial_transfers\":0}");
+    e2e_resp_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refusals_move_nothing),
+        cmocka_unit_test(test_idempotent_replay),
+        cmocka_unit_test(test_key_in_use_is_a_conflict),
+        cmocka_unit_test(test_before_ignores_keys),
+        cmocka_unit_test(test_opposite_transfers_never_deadlock),
+        cmocka_unit_test(test_invariant_route),
+    };
+
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
