@@ -15,7 +15,7 @@ import sys
 
 import yaml
 
-from deploylib import Checks, allowed_vars, duration_ms, path, skip
+from deploylib import CANCEL_WAIT_MS, Checks, allowed_vars, duration_ms, path, skip
 
 COMPOSE = path("deploy", "docker-compose.yml")
 
@@ -74,9 +74,9 @@ def main():
     grace = int(env.get("SHUTDOWN_GRACE_MS", 0))
     drain = int(env.get("DRAIN_DELAY_MS", 0))
     stop = duration_ms(app.get("stop_grace_period", "10s"))
-    c.expect(grace > 0 and stop > drain + grace,
-             "stop_grace_period (%d ms) > DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS (%d + %d ms)"
-             % (stop, drain, grace))
+    c.expect(grace > 0 and stop > drain + grace + CANCEL_WAIT_MS,
+             "stop_grace_period (%d ms) > DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for "
+             "cancellations (%d + %d + %d ms)" % (stop, drain, grace, CANCEL_WAIT_MS))
 
     c.expect(load.get("profiles") == ["load"], "the load run is only in the `load` profile")
     c.expect(load.get("depends_on", {}).get("hindsight", {}).get("condition") == "service_healthy",

@@ -4,7 +4,8 @@
 least-privilege deployment needs.
 
 Every YAML file must parse and name its kind; the Deployment's shutdown timings must add up
-(preStop + DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS < terminationGracePeriodSeconds); probes, security
+(preStop + DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the 5 s the service waits for cancellations
+< terminationGracePeriodSeconds); probes, security
 context, resources and the env names (DESIGN.md's list, DATABASE_URL only from a Secret) are
 checked; and the Service, PodDisruptionBudget and HorizontalPodAutoscaler must select or target
 that Deployment. When HINDSIGHT_BIN is set, the binary's --help must name every variable the
@@ -17,7 +18,7 @@ import sys
 
 import yaml
 
-from deploylib import CONFIG_VARS, Checks, allowed_vars, path, service_help
+from deploylib import CANCEL_WAIT_MS, CONFIG_VARS, Checks, allowed_vars, path, service_help
 
 K8S = path("deploy", "k8s")
 
@@ -116,9 +117,10 @@ def main():
     c.expect(pre_ms is not None and drain > 0 and pre_ms == drain,
              "preStop is `sleep` for DRAIN_DELAY_MS (%d ms), got %r" % (drain, pre))
     term = pod.get("terminationGracePeriodSeconds", 30) * 1000
-    c.expect(grace > 0 and term > (pre_ms or 0) + drain + grace,
+    c.expect(grace > 0 and term > (pre_ms or 0) + drain + grace + CANCEL_WAIT_MS,
              "terminationGracePeriodSeconds (%d ms) > preStop + DRAIN_DELAY_MS + "
-             "SHUTDOWN_GRACE_MS (%d + %d + %d ms)" % (term, pre_ms or 0, drain, grace))
+             "SHUTDOWN_GRACE_MS + the wait for cancellations (%d + %d + %d + %d ms)"
+             % (term, pre_ms or 0, drain, grace, CANCEL_WAIT_MS))
 
     res = ctr.get("resources", {})
     for r in ("cpu", "memory"):

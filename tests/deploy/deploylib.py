@@ -20,6 +20,11 @@ CONFIG_VARS = {
     "MAX_CONNECTIONS", "BEFORE_ROUTES", "LOG_LEVEL", "LOG_FORMAT", "WORKERS",
 }
 
+# After SHUTDOWN_GRACE_MS the service cancels what is left and waits up to this long for the
+# cancellations to land before it gives up with exit 1 (README, "Shutdown"). Orchestrators must
+# not kill it before that, or a slow cancellation becomes a SIGKILL instead of a logged exit.
+CANCEL_WAIT_MS = 5000
+
 # ctest's SKIP_RETURN_CODE for the checks: a missing tool is reported as skipped, not passed.
 SKIP = 77
 
