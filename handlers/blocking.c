@@ -220,8 +220,7 @@ int hs_blocking_register(svc_router *r, svc_app *app)
     rt_scope_defer(app->root_scope, &b->free_guard);
     const svc_route rows[] = {
         {"GET", "/before/users/{id}", SVC_VARIANT_BEFORE,
-         "pattern 0: one user, queried synchronously on the event-loop thread", before_user, b,
-         0},
+         "pattern 0: one user, queried synchronously on the event-loop thread", before_user, b, 0},
         {"GET", "/after/users/{id}", SVC_VARIANT_AFTER,
          "pattern 0: one user, queried through the asynchronous pool", after_user, b, 0},
     };

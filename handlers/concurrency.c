@@ -54,7 +54,8 @@ enum { PART_USER = 0, PART_SETTINGS, PART_TRANSFERS, PARTS };
     "   WHERE from_account IN (SELECT id FROM acct) ORDER BY id DESC LIMIT 10)"                    \
     "  UNION (SELECT id, from_account, to_account, amount, created_at FROM transfers"              \
     "   WHERE to_account IN (SELECT id FROM acct) ORDER BY id DESC LIMIT 10))"                     \
-    " SELECT t.id, t.from_account, t.to_account, t.amount, " HS_SQL_RFC3339("t.created_at")        \
+    " SELECT t.id, t.from_account, t.to_account, t.amount,"                                        \
+    "  to_char(t.created_at AT TIME ZONE 'UTC', " HS_SQL_RFC3339 ")"                               \
     " FROM d LEFT JOIN (SELECT * FROM recent ORDER BY id DESC LIMIT 10) t ON true"                 \
     " ORDER BY t.id DESC"
 
@@ -111,9 +112,9 @@ static json_t *transfers_json(const rt_db_result *r)
                 goto out_free_list;
         }
         if (json_array_append_new(list, json_pack("{s:I,s:I,s:I,s:I,s:s}", "id", (json_int_t)v[0],
-                                                  "from", (json_int_t)v[1], "to",
-                                                  (json_int_t)v[2], "amount", (json_int_t)v[3],
-                                                  "created_at", rt_db_result_text(r, row, 4))) < 0)
+                                                  "from", (json_int_t)v[1], "to", (json_int_t)v[2],
+                                                  "amount", (json_int_t)v[3], "created_at",
+                                                  rt_db_result_text(r, row, 4))) < 0)
             goto out_free_list;
     }
     return list;
@@ -167,8 +168,7 @@ static void on_part_done(rt_task *t, int status)
         return;
     }
     /* A sequential handler stops at the first missing piece: no user, no dashboard. */
-    if (d->step == PART_USER && (rt_db_result_rows(&d->parts[PART_USER].result) < 1 ||
-                                 rt_db_result_is_null(&d->parts[PART_USER].result, 0, 0))) {
+    if (d->step == PART_USER && hs__user_is_missing(&d->parts[PART_USER].result)) {
         svc_respond_error(d->req, 404, "not_found", "user %" PRId64 " does not exist", d->id);
         dashboard_finish(d, 0);
         return;
@@ -287,21 +287,21 @@ static int after_dashboard(svc_request *req, void *state, rt_task **task_out)
 typedef struct batch {
     rt_task task; /* what the handler hands to the server */
     svc_request *req;
-    bool bounded;     /* after: an rt_stream; before: a sequential loop */
+    bool bounded;        /* after: an rt_stream; before: a sequential loop */
     const char *variant; /* "before" or "after", written into each row */
-    int64_t *ids;     /* owned; n of them */
+    int64_t *ids;        /* owned; n of them */
     size_t n;
-    size_t next;      /* the next id to hand out */
+    size_t next; /* the next id to hand out */
     size_t concurrency;
     size_t in_flight;
     size_t max_in_flight;
     uint64_t completed;
-    int64_t *failed;  /* owned; room for n ids, so recording a failure never allocates */
+    int64_t *failed; /* owned; room for n ids, so recording a failure never allocates */
     size_t nfailed;
     uint64_t db_errors;
     uint64_t t0;
-    rt_stream stream;             /* after */
-    struct batch_item *current;   /* before: the item in flight, or NULL */
+    rt_stream stream;           /* after */
+    struct batch_item *current; /* before: the item in flight, or NULL */
     char batch_id[33];
     char delay_txt[HS_INT_TEXT];
 } batch;
@@ -337,7 +337,7 @@ static void on_item_fetched(rt_task *t, int status)
         rt_task_complete(&it->task, status);
         return;
     }
-    if (rt_db_result_rows(&it->fetch.result) < 1 || rt_db_result_is_null(&it->fetch.result, 0, 0)) {
+    if (hs__user_is_missing(&it->fetch.result)) {
         it->missing = true;
         rt_task_complete(&it->task, 0);
         return;
@@ -444,9 +444,9 @@ static json_t *batch_report(const batch *b)
     }
     return json_pack("{s:s,s:I,s:I,s:I,s:o,s:I,s:I,s:I}", "batch_id", b->batch_id, "requested",
                      (json_int_t)b->n, "completed", (json_int_t)b->completed, "cancelled",
-                     (json_int_t)cancelled, "failed", failed, "db_errors",
-                     (json_int_t)b->db_errors, "max_in_flight", (json_int_t)b->max_in_flight,
-                     "elapsed_ms", (json_int_t)((uv_hrtime() - b->t0) / 1000000u));
+                     (json_int_t)cancelled, "failed", failed, "db_errors", (json_int_t)b->db_errors,
+                     "max_in_flight", (json_int_t)b->max_in_flight, "elapsed_ms",
+                     (json_int_t)((uv_hrtime() - b->t0) / 1000000u));
 }
 
 static void log_batch_end(const batch *b, const char *how)
@@ -489,10 +489,10 @@ static void batch_finish(batch *b, int status)
         bool timeout = status == UV_ETIMEDOUT;
 
         log_batch_end(b, uv_err_name(status));
-        json_object_set_new(body, "error",
-                            json_pack("{s:s,s:s}", "code", timeout ? "timeout" : "unavailable",
-                                      "message", timeout ? "the request's deadline passed"
-                                                         : "the batch was interrupted"));
+        json_object_set_new(
+            body, "error",
+            json_pack("{s:s,s:s}", "code", timeout ? "timeout" : "unavailable", "message",
+                      timeout ? "the request's deadline passed" : "the batch was interrupted"));
         svc_respond_json(b->req, timeout ? 504 : 503, body);
         if (status == UV_ENOMEM)
             svc_respond_header(b->req, "Retry-After", "1");

@@ -21,24 +21,27 @@ const char *hs__int_text(char *buf, int64_t v)
     return buf;
 }
 
-json_t *hs__user_json(const char *id, const char *name, const char *email,
-                      const char *created_at)
+json_t *hs__user_json(const char *id, const char *name, const char *email, const char *created_at)
 {
     return json_pack("{s:I,s:s,s:s,s:s}", "id", (json_int_t)strtoll(id, NULL, 10), "name", name,
                      "email", email, "created_at", created_at);
 }
 
+bool hs__user_is_missing(const rt_db_result *r)
+{
+    return rt_db_result_rows(r) < 1 || rt_db_result_is_null(r, 0, 0);
+}
+
 json_t *hs__user_json_result(const rt_db_result *r, bool *missing)
 {
-    *missing = rt_db_result_rows(r) < 1 || rt_db_result_is_null(r, 0, 0);
+    *missing = hs__user_is_missing(r);
     if (*missing)
         return NULL;
     return hs__user_json(rt_db_result_text(r, 0, 0), rt_db_result_text(r, 0, 1),
                          rt_db_result_text(r, 0, 2), rt_db_result_text(r, 0, 3));
 }
 
-void hs__log_db_error(const svc_request *req, int status, const char *sqlstate,
-                      const char *message)
+void hs__log_db_error(const svc_request *req, int status, const char *sqlstate, const char *message)
 {
     svc_log_line l;
 

@@ -22,10 +22,10 @@
 #define HS_INT_TEXT 24
 
 /*
- * Timestamps leave the database as RFC 3339 UTC text, so no handler parses a timestamptz. The
- * argument is a column expression.
+ * Timestamps leave the database as RFC 3339 UTC text (to_char(ts AT TIME ZONE 'UTC', this)), so
+ * no handler parses a timestamptz.
  */
-#define HS_SQL_RFC3339(col) "to_char((" col ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+#define HS_SQL_RFC3339 "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'"
 
 /*
  * The delay of a database step: a one-row CTE that sleeps $2 milliseconds on the server. The
@@ -40,8 +40,9 @@
  * created_at, all NULL when the user does not exist. Prepared under HS_USER_STMT by the pool.
  */
 #define HS_USER_SQL                                                                                \
-    HS_SQL_DELAY "SELECT u.id, u.name, u.email, " HS_SQL_RFC3339("u.created_at")                   \
-                 " FROM d LEFT JOIN users u ON u.id = $1::bigint"
+    HS_SQL_DELAY                                                                                   \
+    "SELECT u.id, u.name, u.email, to_char(u.created_at AT TIME ZONE 'UTC', " HS_SQL_RFC3339 ")"   \
+    " FROM d LEFT JOIN users u ON u.id = $1::bigint"
 #define HS_USER_STMT "hs_user_by_id"
 
 /** Writes v in decimal into buf (HS_INT_TEXT bytes) and returns buf. */
@@ -51,8 +52,10 @@ const char *hs__int_text(char *buf, int64_t v);
  * The user object {"id","name","email","created_at"} from the four columns of HS_USER_SQL as
  * text (borrowed for the call). Returns new, or NULL without memory.
  */
-json_t *hs__user_json(const char *id, const char *name, const char *email,
-                      const char *created_at);
+json_t *hs__user_json(const char *id, const char *name, const char *email, const char *created_at);
+
+/** True when an HS_USER_SQL result (borrowed) is the all-NULL row: no such user. */
+bool hs__user_is_missing(const rt_db_result *r);
 
 /**
  * The user object from row 0 of an HS_USER_SQL result (borrowed). *missing is set when the row

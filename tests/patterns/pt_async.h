@@ -58,10 +58,10 @@ void pt_assert_error(const e2e_resp *r, long status, const char *code);
  */
 double pt_metric(const char *metrics, const char *series);
 
-/** Connects to TEST_DATABASE_URL (deploy/pg.sh's default when unset); fails the test if it can't. */
+/** Connects to TEST_DATABASE_URL (else deploy/pg.sh's default); fails the test if it can't. */
 PGconn *pt_db_connect(void);
 
-/** Runs sql with up to one text parameter (param may be NULL) and returns the integer in row 0, column 0. */
+/** Runs sql with one text parameter (or none: NULL) and returns the integer at row 0, col 0. */
 int64_t pt_db_int(PGconn *db, const char *sql, const char *param);
 
 /** A batch body: ids first..first+n-1, delay_ms and concurrency. Owned by the caller (free). */

@@ -26,8 +26,8 @@
 
 #include "pt_async.h"
 
-#define N_IDS 60
-#define DELAY_MS 200
+#define N_IDS       60
+#define DELAY_MS    200
 #define CONCURRENCY 5
 
 /* The log line of event batch_stopped for batch_id (new), or NULL. */
@@ -89,9 +89,9 @@ static void test_after_batch_drains_on_sigterm(void **state)
     assert_true(cancelled >= CONCURRENCY);
     /* The rest of the batch would take (N_IDS - completed) / CONCURRENCY more delays. */
     assert_true(call.end_ms - signalled < 3 * DELAY_MS);
-    assert_int_equal(pt_db_int(db, "SELECT count(*) FROM batch_results WHERE batch_id = $1",
-                               batch_id),
-                     completed);
+    assert_int_equal(
+        pt_db_int(db, "SELECT count(*) FROM batch_results WHERE batch_id = $1", batch_id),
+        completed);
     /* Whatever was in flight at the signal finished: nothing started was cancelled. */
     stop = find_stop_line(&p, batch_id);
     assert_non_null(stop);

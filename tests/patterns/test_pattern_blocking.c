@@ -23,7 +23,7 @@
 
 #include "pt_async.h"
 
-#define DELAY_MS 400
+#define DELAY_MS   400
 #define SLOW_CALLS 4
 
 static int setup(void **state)
@@ -194,11 +194,12 @@ static void test_before_reconnects(void **state)
     /* Ours is the before connection sleeping right now (other instances may hold idle ones). */
     pt_call_start(&slow, p, "GET", "/before/users/42?delay_ms=800", NULL);
     e2e_sleep_ms(300);
-    snprintf(pid, sizeof(pid), "%lld",
-             (long long)pt_db_int(db,
-                                  "SELECT coalesce(min(pid), 0) FROM pg_stat_activity WHERE "
-                                  "application_name = 'hindsight-before' AND wait_event = 'PgSleep'",
-                                  NULL));
+    snprintf(
+        pid, sizeof(pid), "%lld",
+        (long long)pt_db_int(db,
+                             "SELECT coalesce(min(pid), 0) FROM pg_stat_activity WHERE "
+                             "application_name = 'hindsight-before' AND wait_event = 'PgSleep'",
+                             NULL));
     pt_call_join(&slow);
     check_user_42(&slow.resp);
     e2e_resp_free(&slow.resp);

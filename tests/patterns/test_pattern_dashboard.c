@@ -78,7 +78,6 @@ static bool check_dashboard(PGconn *db, const e2e_resp *r, int id)
     char got[512] = "";
     size_t len = 0;
     size_t i;
-    json_t *t;
 
     assert_int_equal(r->status, 200);
     snprintf(name, sizeof(name), "User %d", id);
@@ -93,7 +92,8 @@ static bool check_dashboard(PGconn *db, const e2e_resp *r, int id)
     assert_int_equal(json_is_true(json_object_get(settings, "notifications")), id % 3 != 0);
     assert_true(json_is_array(transfers));
     assert_true(json_array_size(transfers) <= 10);
-    json_array_foreach(transfers, i, t) {
+    for (i = 0; i < json_array_size(transfers); i++) {
+        json_t *t = json_array_get(transfers, i);
         int64_t from = json_integer_value(json_object_get(t, "from"));
         int64_t to = json_integer_value(json_object_get(t, "to"));
 
