@@ -273,6 +273,11 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, req);
     svc_request_set_body(req, cr->body, cr->body_len);
     err = req->route->handler(req, req->route->state, &task);
+    if (err < 0 && task != NULL) {
+        /* The contract says no task with an error; keep the promise that the task is stolen. */
+        rt_task_release(task);
+        task = NULL;
+    }
     if (err == 0 && task != NULL) {
         err = start_task(cr, task, conn);
         if (err == 0)
@@ -349,9 +354,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return dispatch(cr, conn);
     case READY:
         return queue_response(cr, conn);
+    case ANSWERED:
+        /* A 413 queued before the body was read: nothing is left to do. */
+        return MHD_YES;
     default:
-        /* MHD calls again only after a resume, and a resume always follows READY. */
-        assert(!"access handler called for a suspended or answered request");
+        /* MHD never calls for a suspended connection. */
+        assert(!"access handler called for a suspended request");
         return MHD_NO;
     }
 }
