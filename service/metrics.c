@@ -271,7 +271,7 @@ static void on_scope(rt_scope *s, int depth, void *arg)
     if (i == w->n) {
         if (w->n == MAX_SCOPE_NAMES)
             return;
-        w->groups[w->n++].name = name;
+        w->groups[w->n++] = (scope_group){.name = name};
     }
     w->groups[i].scopes++;
     w->groups[i].live += s->live;
