@@ -37,6 +37,7 @@ typedef struct counter {
     const char *name;
     const char *labels;
     const char *help;
+    const char *type; /* "counter" or "gauge" */
     uint64_t value;
 } counter;
 
@@ -85,8 +86,8 @@ void svc_metrics_free(svc_metrics *m)
     free(m);
 }
 
-uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labels,
-                              const char *help)
+static uint64_t *add_series(svc_metrics *m, const char *name, const char *labels,
+                           const char *help, const char *type)
 {
     counter *c = calloc(1, sizeof(*c));
 
@@ -95,9 +96,22 @@ uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labe
     c->name = name;
     c->labels = labels != NULL ? labels : "";
     c->help = help;
+    c->type = type;
     *m->counters_tail = c;
     m->counters_tail = &c->next;
     return &c->value;
+}
+
+uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labels,
+                              const char *help)
+{
+    return add_series(m, name, labels, help, "counter");
+}
+
+uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels,
+                            const char *help)
+{
+    return add_series(m, name, labels, help, "gauge");
 }
 
 void svc_metrics_request_begin(svc_metrics *m)
@@ -395,7 +409,7 @@ static void render_counters(buf *b, const svc_metrics *m)
             seen = strcmp(p->name, c->name) == 0;
         if (seen)
             continue;
-        header(b, c->name, "counter", c->help);
+        header(b, c->name, c->type, c->help);
         for (const counter *s = c; s != NULL; s = s->next) {
             if (strcmp(s->name, c->name) != 0)
                 continue;

@@ -37,6 +37,14 @@ void svc_metrics_free(svc_metrics *m);
 uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labels,
                               const char *help);
 
+/**
+ * Registers a gauge series, like svc_metrics_counter but rendered as a gauge: the handler
+ * increments and decrements the returned value (never below zero), e.g. tasks alive that no
+ * scope tracks. The name carries no _total. Loop thread only.
+ */
+uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels,
+                            const char *help);
+
 /** A request has arrived (in-flight gauge). */
 void svc_metrics_request_begin(svc_metrics *m);
 
