@@ -8,12 +8,11 @@
  * answers. What differs is who owns that work.
  *
  * before: a detached chain of queries (`detached`), started with no scope and no signal. Nothing
- * waits for it and nothing can stop it; it is visible only as the difference between two
- * counters (started, stopped) and in the runtime's detached-task gauge. At shutdown the server
- * drains its scopes, finds nothing, and closes the pool: the chain's pending query fails and the
- * chain frees itself without a word, and the events it had not written yet are simply lost.
- * Staying memory-safe while being wrong is the whole art here: the chain owns copies of
- * everything it uses, reaches the pool only through app->db (which main sets to NULL once the
+ * waits for it and nothing can stop it; it is visible only in a gauge of detached tasks alive. At
+ * shutdown the server drains its scopes, finds nothing, and closes the pool: the chain's pending
+ * query fails and the chain frees itself without a word, and the events it had not written yet are
+ * simply lost. Staying memory-safe while being wrong is the whole art here: the chain owns copies
+ * of everything it uses, reaches the pool only through app->db (which main sets to NULL once the
  * pool is gone), and always has either a query in the pool or a post queued, so the pool's close
  * (or the post) is guaranteed to reach it before the runtime closes. It holds no handle, so the
  * loop can close.
@@ -65,8 +64,7 @@ static uint64_t counter_sink;
 typedef struct welcome_counters {
     uint64_t *written_before;
     uint64_t *written_after;
-    uint64_t *detached_started;
-    uint64_t *detached_stopped;
+    uint64_t *detached_alive;      /* a gauge */
     uint64_t *tasks_cancelled[2];  /* by SCOPE_* */
     uint64_t *events_cancelled[2]; /* by SCOPE_* */
 } welcome_counters;
@@ -105,7 +103,7 @@ typedef struct detached {
     rt_post next;
     svc_app *app;
     uint64_t *written;
-    uint64_t *stopped;
+    uint64_t *alive;
     int events;
     int seq;
     bool stop;
@@ -148,6 +146,13 @@ static uint64_t *counter(svc_metrics *m, const char *name, const char *labels, c
     return c != NULL ? c : &counter_sink;
 }
 
+static uint64_t *gauge(svc_metrics *m, const char *name, const char *help)
+{
+    uint64_t *g = m != NULL ? svc_metrics_gauge(m, name, "", help) : NULL;
+
+    return g != NULL ? g : &counter_sink;
+}
+
 /*
  * The registry is sized by the handler table, so it is created only after every row has been
  * added, and it does not exist yet when hs_structured_register runs. The series are therefore
@@ -168,11 +173,9 @@ static void counters_ensure(structured *s)
         counter(m, "hs_welcome_events_written_total", "variant=\"before\"", written_help);
     c->written_after =
         counter(m, "hs_welcome_events_written_total", "variant=\"after\"", written_help);
-    c->detached_started = counter(m, "hs_welcome_detached_started_total", "",
-                                  "Detached welcome tasks started (before); minus the stopped "
-                                  "ones, the detached tasks alive.");
-    c->detached_stopped = counter(m, "hs_welcome_detached_stopped_total", "",
-                                  "Detached welcome tasks that stopped, finished or not.");
+    c->detached_alive = gauge(m, "hs_welcome_detached_alive",
+                              "Detached welcome tasks (before) still running: nothing waits for "
+                              "them, and shutdown drops them.");
     c->tasks_cancelled[SCOPE_REQUEST] =
         counter(m, "hs_welcome_cancelled_total", "scope=\"request\"", tasks_help);
     c->tasks_cancelled[SCOPE_SERVICE] =
@@ -201,7 +204,7 @@ static void detached_send(detached *d)
 
 static void detached_free(detached *d)
 {
-    (*d->stopped)++;
+    (*d->alive)--;
     free(d);
 }
 
@@ -253,13 +256,13 @@ static int detached_start(welcome_req *w, const char *task_id)
         return UV_ENOMEM;
     d->app = s->app;
     d->written = s->c.written_before;
-    d->stopped = s->c.detached_stopped;
+    d->alive = s->c.detached_alive;
     d->events = w->a.events;
     rt_post_init(&d->next);
     snprintf(d->task_id, sizeof(d->task_id), "%s", task_id);
     snprintf(d->user_s, sizeof(d->user_s), "%" PRId64, w->a.user_id);
     snprintf(d->delay_s, sizeof(d->delay_s), "%d", w->a.delay_ms);
-    (*s->c.detached_started)++;
+    (*d->alive)++;
     detached_send(d);
     return 0;
 }
