@@ -23,8 +23,9 @@
  *
  * Cancellation (the task's signal, or rt_task_cancel) completes the task at once with the reason;
  * the connection it was using is cleaned up by the pool before anyone else gets it:
- *  - a statement running alone on its connection is interrupted with PQcancel, which blocks and
- *    therefore runs on the thread pool (rt_work), never on the loop;
+ *  - a statement whose connection carries nothing anyone still waits for is interrupted with
+ *    PQcancel, which blocks and therefore runs on the thread pool (rt_work), never on the loop;
+ *    one pipelined between live neighbours runs to its end, and its result is dropped;
  *  - a transaction cancelled before COMMIT is sent is rolled back (COMMIT is never sent, so
  *    nothing it wrote is ever visible); once COMMIT is sent, cancellation no longer strikes: the
  *    outcome is awaited, bounded by `commit_timeout_ms`, and reported;
