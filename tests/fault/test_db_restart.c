@@ -206,7 +206,7 @@ static void test_server_restart_with_work_in_flight(void **state)
         dbt_query_start(&down, fx->db, "SELECT 1", 0, NULL, NULL);
         dbt_wait_query(fx, &down, 1000);
         assert_int_equal(down.status, RT_DB_EDOWN);
-        assert_true(down.done_at - t0 < 50);
+        assert_true(down.done_at - t0 < 300);
         rt_task_release(&down.q.task);
 
         /* Back: the pool recovers by itself within the backoff cap (plus start-up). */
