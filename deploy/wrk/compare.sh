@@ -87,12 +87,22 @@ family_args() {
     esac
 }
 
-# Waits until the service has worked off what the previous run left queued (a `before` run can
-# leave dozens of loop-blocking requests behind when wrk stops): five /healthz answers in a row
-# under 10 ms, for at most 30 s. Without it the next run's first second measures the last one.
+# Waits until the service has worked off what the previous run left behind (a `before` run can
+# leave dozens of loop-blocking requests queued when wrk stops, and welcome runs leave background
+# tasks): /metrics shows no request in flight but its own and no live task, and five /healthz
+# answers in a row come under 10 ms. At most 60 s. Without it the next run measures the last one.
 settle() {
-    local fast=0 tries=0 t
-    while [ $fast -lt 5 ] && [ $tries -lt 300 ]; do
+    local fast=0 end=$((SECONDS + 60)) t m
+    while [ $SECONDS -lt $end ]; do
+        m=$(curl -s --max-time 5 "$url/metrics" || true)
+        if awk '$1 == "hs_http_requests_in_flight" && $2 > 1 { busy = 1 }
+                $1 == "hs_tasks_live" && $2 > 0 { busy = 1 }
+                END { exit busy }' <<<"$m"; then
+            break
+        fi
+        sleep 0.2
+    done
+    while [ $fast -lt 5 ] && [ $SECONDS -lt $end ]; do
         t=$(curl -s -o /dev/null -w '%{time_total}' --max-time 5 "$url/healthz" || echo 5)
         if awk -v t="$t" 'BEGIN { exit !(t < 0.010) }'; then
             fast=$((fast + 1))
@@ -100,7 +110,6 @@ settle() {
             fast=0
             sleep 0.1
         fi
-        tries=$((tries + 1))
     done
 }
 
@@ -124,7 +133,7 @@ for fam in "${fams[@]}"; do
         settle
         log=$out/$fam-$variant.txt
         probe=$out/$fam-$variant-healthz.txt
-        wrk -t1 -c4 -d"$duration" --latency -s "$here/healthz.lua" "$url" >"$probe" 2>&1 &
+        wrk -t1 -c4 -d"$duration" --timeout 60s --latency -s "$here/healthz.lua" "$url" >"$probe" 2>&1 &
         probe_pid=$!
         # shellcheck disable=SC2046 # family_args is a list of words on purpose
         wrk -t"$threads" -c"$conns" -d"$duration" --timeout 10s --latency -s "$here/$fam.lua" \
