@@ -62,7 +62,7 @@ static const setting settings[] = {
     {"LOG_LEVEL", K_LEVEL, AT(log_level), 0, 0, "info", "debug|info|warn|error"},
     {"LOG_FORMAT", K_FORMAT, AT(log_format), 0, 0, "json", "json|text"},
     {"WORKERS", K_INT, AT(workers), 1, 1, "1",
-     "event loops serving the port (one loop serves more than nginx's one worker)"},
+     "event loops serving the port (this version runs one)"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))

@@ -374,6 +374,22 @@ static void test_request_log(void **state)
     free(log);
 }
 
+static void test_server_timing_db(void **state)
+{
+    e2e_resp r;
+    char v[128];
+
+    (void)state;
+    if (!have_db())
+        skip();
+    /* A route that queries the database reports the time spent there. */
+    e2e_get(&svc, "/after/users/1", &r);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "Server-Timing", v, sizeof(v)));
+    assert_true(matches("^total;dur=[0-9]+\\.[0-9]+, db;dur=[0-9]+\\.[0-9]+$", v));
+    e2e_resp_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -387,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_request_log),
+        cmocka_unit_test(test_server_timing_db),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -269,6 +269,30 @@ static void test_grace_period_bounds_the_wait(void **state)
     unlink(p.log_path);
 }
 
+static void test_before_routes_off(void **state)
+{
+    static const char *const off[] = {"BEFORE_ROUTES=off", NULL};
+    e2e_proc p;
+    e2e_resp r;
+
+    (void)state;
+    e2e_start(&p, NULL, NULL, true);
+    e2e_get(&p, "/routes", &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"variant\":\"before\""));
+    e2e_resp_free(&r);
+    e2e_stop(&p);
+
+    e2e_start(&p, off, NULL, true);
+    e2e_get(&p, "/routes", &r);
+    assert_int_equal(r.status, 200);
+    assert_null(strstr(r.body, "\"variant\":\"before\""));
+    assert_non_null(strstr(r.body, "\"variant\":\"after\""));
+    e2e_resp_free(&r);
+    assert_int_equal(status_of(&p, "/before/users/1"), 404);
+    e2e_stop(&p);
+}
+
 /* Resident memory of a process, in kB (VmRSS), or -1. */
 static long rss_kb(pid_t pid)
 {
@@ -335,6 +359,7 @@ int main(void)
         cmocka_unit_test(test_shutdown_sequence),
         cmocka_unit_test(test_second_signal_skips_ahead),
         cmocka_unit_test(test_grace_period_bounds_the_wait),
+        cmocka_unit_test(test_before_routes_off),
         cmocka_unit_test(test_idle_connections_memory),
     };
 
