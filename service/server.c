@@ -203,6 +203,11 @@ static void on_deadline(rt_cancel_listener *l, int reason)
     rt_scope_cancel(&cr->scope, reason);
 }
 
+static void on_unused_scope_closed(rt_scope *scope)
+{
+    req_unref(rt_container_of(scope, conn_req, scope));
+}
+
 /* Runs the handler's task in a new request scope with its own deadline. */
 static int start_task(conn_req *cr, rt_task *task, struct MHD_Connection *conn)
 {
@@ -219,7 +224,9 @@ static int start_task(conn_req *cr, rt_task *task, struct MHD_Connection *conn)
     err = rt_deadline_init(&cr->deadline, s->app->rt, NULL, req->deadline);
     if (err < 0) {
         rt_task_release(task);
-        rt_scope_close(&cr->scope, NULL);
+        /* The scope lives in cr and closes on a later turn: keep cr until it has. */
+        cr->refs++;
+        rt_scope_close(&cr->scope, on_unused_scope_closed);
         return err;
     }
     rt_cancel_listener_init(&cr->on_deadline);
