@@ -114,7 +114,7 @@ static int64_t json_field(const char *body, const char *key)
 /* The two blows, then the reading of the database. */
 static void run(const char *variant, outcome *o)
 {
-    const char *env[] = {"REQUEST_TIMEOUT_MS=700", "SHUTDOWN_GRACE_MS=200", NULL};
+    const char *env[] = {"REQUEST_TIMEOUT_MS=1000", "SHUTDOWN_GRACE_MS=200", NULL};
     const char *cancel_line[] = {"\"transfer_cancelled\"", NULL};
     static pf_req reqs[N];
     e2e_proc p;
