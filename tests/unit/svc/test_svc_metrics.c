@@ -1,0 +1,153 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_svc_metrics.c - the Prometheus exposition: request counts by row and status, cumulative
+ * histogram buckets, the unmatched slot, scopes grouped by name (counted from zero), handler
+ * counters and gauges grouped under one HELP/TYPE, and loop lag.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "service/metrics.h"
+#include "service/router.h"
+
+static int dummy(svc_request *req, void *state, rt_task **task_out)
+{
+    (void)req;
+    (void)state;
+    (void)task_out;
+    return 0;
+}
+
+static bool has_line(const char *text, const char *line)
+{
+    size_t n = strlen(line);
+
+    for (const char *p = text; (p = strstr(p, line)) != NULL; p += n) {
+        if ((p == text || p[-1] == '\n') && (p[n] == '\n' || p[n] == '\0'))
+            return true;
+    }
+    return false;
+}
+
+static int count(const char *text, const char *needle)
+{
+    int n = 0;
+
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+static void test_render(void **state)
+{
+    svc_route rows[] = {
+        {"GET", "/healthz", SVC_VARIANT_NONE, "", dummy, NULL, 0},
+        {"GET", "/after/users/{id}", SVC_VARIANT_AFTER, "", dummy, NULL, 0},
+    };
+    svc_router *router = svc_router_new(true);
+    svc_metrics *m;
+    uv_loop_t loop;
+    rt_runtime rt;
+    rt_scope root, service, requests, req[3];
+    svc_app app = {0};
+    svc_match match;
+    uint64_t *a, *b, *g;
+    char *text;
+    size_t len;
+
+    (void)state;
+    for (size_t i = 0; i < 2; i++)
+        assert_int_equal(svc_router_add(router, &rows[i]), 0);
+    m = svc_metrics_new(router);
+    assert_non_null(m);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(rt_runtime_init(&rt, &loop), 0);
+    rt_scope_init(&root, &rt, NULL, "root");
+    rt_scope_init(&service, &rt, &root, "service");
+    rt_scope_init(&requests, &rt, &root, "requests");
+    for (int i = 0; i < 3; i++)
+        rt_scope_init(&req[i], &rt, &requests, "request");
+    app.rt = &rt;
+
+    svc_router_match(router, "GET", "/after/users/5", &match);
+    for (int i = 0; i < 3; i++) {
+        svc_metrics_request_begin(m);
+        svc_metrics_request_end(m, match.route, 200, 3000000); /* 3 ms */
+    }
+    svc_metrics_request_begin(m);
+    svc_metrics_request_end(m, match.route, 504, 2000000000ull); /* 2 s */
+    svc_metrics_request_begin(m);
+    svc_metrics_request_end(m, NULL, 404, 100000);
+    svc_metrics_request_begin(m); /* still in flight */
+    svc_metrics_loop_lag(m, 1500000);
+    svc_metrics_shutdown_cancelled(m, 2);
+    a = svc_metrics_counter(m, "hs_test_events_total", "variant=\"after\"", "Test events.");
+    g = svc_metrics_gauge(m, "hs_test_alive", "", "Test gauge.");
+    b = svc_metrics_counter(m, "hs_test_events_total", "variant=\"before\"", "Test events.");
+    *a = 7;
+    *b = 9;
+    *g = 4;
+
+    text = svc_metrics_render(m, &app, &root, &len);
+    assert_non_null(text);
+    assert_int_equal(strlen(text), len);
+    assert_true(has_line(text, "hs_http_requests_total{route=\"/after/users/{id}\",method=\"GET\","
+                               "variant=\"after\",status=\"200\"} 3"));
+    assert_true(has_line(text, "hs_http_requests_total{route=\"/after/users/{id}\",method=\"GET\","
+                               "variant=\"after\",status=\"504\"} 1"));
+    assert_true(has_line(text, "hs_http_requests_total{route=\"(unmatched)\",method=\"any\","
+                               "variant=\"none\",status=\"404\"} 1"));
+    /* No traffic on /healthz: no series for it. */
+    assert_null(strstr(text, "hs_http_requests_total{route=\"/healthz\""));
+    /* Buckets are cumulative: 3 requests of 3 ms are under 5 ms, all 4 under +Inf. */
+    assert_true(has_line(text, "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
+                               "method=\"GET\",variant=\"after\",le=\"0.0025\"} 0"));
+    assert_true(has_line(text, "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
+                               "method=\"GET\",variant=\"after\",le=\"0.005\"} 3"));
+    assert_true(has_line(text, "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
+                               "method=\"GET\",variant=\"after\",le=\"2.5\"} 4"));
+    assert_true(has_line(text, "hs_http_request_duration_seconds_count{route=\"/after/users/{id}\","
+                               "method=\"GET\",variant=\"after\"} 4"));
+    assert_true(has_line(text, "hs_http_requests_in_flight 1"));
+    /* Scopes grouped by name, counted from zero. */
+    assert_true(has_line(text, "hs_scopes_open{scope=\"request\"} 3"));
+    assert_true(has_line(text, "hs_scope_tasks{scope=\"request\"} 0"));
+    assert_true(has_line(text, "hs_scopes_open{scope=\"service\"} 1"));
+    assert_true(has_line(text, "hs_shutdown_cancelled_tasks_total 2"));
+    assert_true(has_line(text, "hs_event_loop_lag_seconds 0.001500"));
+    /* Two series of one counter under one HELP/TYPE, and the gauge typed as a gauge. */
+    assert_int_equal(count(text, "# TYPE hs_test_events_total counter"), 1);
+    assert_true(has_line(text, "hs_test_events_total{variant=\"after\"} 7"));
+    assert_true(has_line(text, "hs_test_events_total{variant=\"before\"} 9"));
+    assert_int_equal(count(text, "# TYPE hs_test_alive gauge"), 1);
+    assert_true(has_line(text, "hs_test_alive 4"));
+    /* No database: no pool series. */
+    assert_null(strstr(text, "hs_db_"));
+    free(text);
+
+    for (int i = 0; i < 3; i++)
+        rt_scope_close(&req[i], NULL);
+    rt_scope_close(&requests, NULL);
+    rt_scope_close(&service, NULL);
+    rt_scope_close(&root, NULL);
+    rt_runtime_close(&rt, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    svc_metrics_free(m);
+    svc_router_free(router);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_render),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
