@@ -21,10 +21,14 @@
  *     the request's deadline passes (UV_ETIMEDOUT) or when shutdown cancels what is left
  *     (UV_ECANCELED). The task sets the response before it completes. Once the task has been
  *     delivered AND every other child spawned into req->scope has finished (the scope closed),
- *     the response is sent. If the task set none, its status picks one: UV_ETIMEDOUT -> 504,
- *     UV_ECANCELED / UV_ESHUTDOWN -> 503, UV_EBUSY -> 503 with Retry-After, anything else -> 500.
+ *     the response is sent. If the task set none, its status picks one (svc_respond_uv_error):
+ *     UV_ETIMEDOUT -> 504, UV_ECANCELED / UV_ESHUTDOWN -> 503, UV_EBUSY -> 503 with Retry-After,
+ *     a database that is down -> 503, anything else -> 500 (and 0 without a response -> 500).
  *  3. Fail before starting anything: return a negative UV_E* code (*task_out NULL); it is mapped
  *     like a task status (UV_ENOMEM -> 503).
+ *
+ * The handler function and everything the server calls into handlers from run inside MHD's
+ * callbacks or the runtime's posts, on the loop thread; none of it may block.
  *
  * Lifetimes: req and everything it hands out (params, query values, body) are borrowed until the
  * response has been sent, which is never before req->scope has closed; so a task spawned into
