@@ -27,8 +27,9 @@
  *  3. Fail before starting anything: return a negative UV_E* code (*task_out NULL); it is mapped
  *     like a task status (UV_ENOMEM -> 503).
  *
- * The handler function and everything the server calls into handlers from run inside MHD's
- * callbacks or the runtime's posts, on the loop thread; none of it may block.
+ * Handlers and their tasks run on the loop thread, inside MHD's callbacks or the runtime's
+ * posts: whatever blocks there stalls every connection (the `before` route of pattern 0 does it
+ * on purpose, to show exactly that).
  *
  * Lifetimes: req and everything it hands out (params, query values, body) are borrowed until the
  * response has been sent, which is never before req->scope has closed; so a task spawned into
