@@ -4,8 +4,8 @@
 # p99 latency (wrk --latency). DESIGN.md's target: the service at least matches nginx, p99 under
 # 2 ms at 64 connections. Absolute numbers drift on shared machines; the ratio is the result.
 #
-#   deploy/bench-http.sh                    64 connections, 2 wrk threads, 10 s each
-#   CONNECTIONS=128 DURATION=20s deploy/bench-http.sh
+#   deploy/bench-http.sh                    64 connections, 2 rounds of 10 s each
+#   CONNECTIONS=128 DURATION=20s ROUNDS=5 PIN=1 THREADS=1 deploy/bench-http.sh
 #
 # It builds build/ in release mode if needed, runs the service without a database (/healthz
 # never touches it) and nginx from a private temporary configuration on free loopback ports.
@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$hs_root"
 
 connections=${CONNECTIONS:-64}
-threads=${THREADS:-2}
+threads=${THREADS:-}
 duration=${DURATION:-10s}
 rounds=${ROUNDS:-2}
 
@@ -57,11 +57,25 @@ wait_http() {
     return 1
 }
 
+# PIN=1 (on a quiet machine with two or more cores): each server gets the last core and wrk the
+# others, the same for both, so the servers do not fight their own load generator for a core. On
+# a machine shared with other work, pinning only ties the server to a busy core: off by default.
+server_cpu=()
+client_cpu=()
+if [ "${PIN:-0}" = 1 ] && [ "$hs_jobs" -ge 2 ] && command -v taskset >/dev/null; then
+    server_cpu=(taskset -c "$((hs_jobs - 1))")
+    client_cpu=(taskset -c "0-$((hs_jobs - 2))")
+fi
+
+# One wrk thread per core it may use, leaving one for the server.
+threads=${threads:-$(( hs_jobs >= 2 ? hs_jobs - 1 : 1 ))}
+
 svc_port=$(free_port)
 nginx_port=$(free_port)
 while [ "$nginx_port" = "$svc_port" ]; do nginx_port=$(free_port); done
 
-env -u DATABASE_URL PORT="$svc_port" LOG_LEVEL=info build/hindsight 2>"$tmp/service.log" &
+env -u DATABASE_URL PORT="$svc_port" LOG_LEVEL=info "${server_cpu[@]}" build/hindsight \
+    2>"$tmp/service.log" &
 svc_pid=$!
 
 mkdir -p "$tmp/nginx"
@@ -88,7 +102,7 @@ http {
     }
 }
 CONF
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx/stderr.log" &
+"${server_cpu[@]}" nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx/stderr.log" &
 nginx_pid=$!
 
 wait_http "$svc_port"
@@ -97,7 +111,8 @@ wait_http "$nginx_port"
 # Prints "<requests/s> <p99 in ms>" for one wrk run.
 measure() {
     local out rps p99
-    out=$(wrk -t"$threads" -c"$connections" -d"$duration" --latency "http://127.0.0.1:$1/healthz")
+    out=$("${client_cpu[@]}" wrk -t"$threads" -c"$connections" -d"$duration" --latency \
+        "http://127.0.0.1:$1/healthz")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v /= 1000}
                             else if (v ~ /ms$/) sub(/ms$/, "", v);
@@ -106,11 +121,13 @@ measure() {
     echo "$rps $p99"
 }
 
-echo "bench: wrk -t$threads -c$connections -d$duration --latency, $rounds alternating rounds" >&2
+echo "bench: wrk -t$threads -c$connections -d$duration --latency, $rounds alternating rounds," \
+    "servers on: ${server_cpu[*]:-any core}, wrk on: ${client_cpu[*]:-any core}" >&2
 # A short warm-up of each, then alternating rounds so that neither side gets the quieter moment
 # of a shared machine; the best round of each is reported.
-wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:$svc_port/healthz" >/dev/null
-wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:$nginx_port/healthz" >/dev/null
+"${client_cpu[@]}" wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:$svc_port/healthz" >/dev/null
+"${client_cpu[@]}" wrk -t"$threads" -c"$connections" -d2s "http://127.0.0.1:$nginx_port/healthz" \
+    >/dev/null
 best_svc=0 best_svc_p99=0 best_nginx=0 best_nginx_p99=0
 for round in $(seq 1 "$rounds"); do
     read -r rps p99 < <(measure "$svc_port")
