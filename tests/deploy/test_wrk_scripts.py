@@ -81,7 +81,9 @@ class Stub:
             f.write(NGINX_CONF.format(dir=tmp, front=self.front, sink=free_port(),
                                       routes=json.dumps(ROUTES)))
         self.log = os.path.join(tmp, "requests.log")
-        self.proc = subprocess.Popen(["nginx", "-p", tmp, "-c", conf, "-g", "daemon off;"])
+        # -e: nginx writes to its compiled-in error log before it reads the configuration.
+        self.proc = subprocess.Popen(["nginx", "-p", tmp, "-e", os.path.join(tmp, "error.log"),
+                                      "-c", conf, "-g", "daemon off;"])
         self.url = "http://127.0.0.1:%d" % self.front
 
     def take(self):
