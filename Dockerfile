@@ -39,13 +39,13 @@ COPY --from=build /build/hindsight /usr/local/bin/hindsight
 
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
-ENV PORT=8080 \
-    LOG_FORMAT=json
+# The HEALTHCHECK below reads PORT too, so it follows a PORT given at run time.
+ENV PORT=8080
 EXPOSE 8080
 
 # Liveness, not readiness: a container whose database is down is alive and must not be restarted
 # for it; readiness (/readyz) is the orchestrator's business (compose healthcheck, k8s probes).
-# The shell form expands PORT, so the probe follows a PORT given at run time.
+# The shell form is what expands ${PORT}.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${PORT}/healthz" || exit 1
 
