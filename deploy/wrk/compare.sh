@@ -57,6 +57,11 @@ out=${out:-$root/out/compare-$(date -u +%Y%m%dT%H%M%SZ)}
 for tool in wrk curl gnuplot; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is not installed" >&2; exit 1; }
 done
+# A service started a moment ago (docker-compose's load run) gets 30 s to come up.
+for _ in $(seq 60); do
+    curl -fs --max-time 2 -o /dev/null "$url/healthz" && break
+    sleep 0.5
+done
 if ! curl -fsS --max-time 5 -o /dev/null "$url/healthz"; then
     echo "compare.sh: $url/healthz does not answer 200; is the service running?" >&2
     exit 1
