@@ -289,6 +289,43 @@ static void test_tx_user_rollback(void **state)
     rt_task_release(&x.tx.task);
 }
 
+/* The step callback itself triggers the cancellation (as a handler whose deadline fires while it
+ * runs would): the statement it chose is sent, then abandoned, and nothing is committed. */
+static void cancel_inside_step(rt_db_tx *tx)
+{
+    rt_cancel *sig = tx->task.data;
+
+    if (tx->step == 0) {
+        rt_db_tx_exec(tx, NULL, "INSERT INTO test_db_tx.items VALUES (70, 'x')", 0, NULL);
+        return;
+    }
+    rt_cancel_fire(sig, UV_ETIMEDOUT);
+    rt_db_tx_exec(tx, NULL, "INSERT INTO test_db_tx.items VALUES (71, 'y')", 0, NULL);
+}
+
+static void test_tx_cancelled_inside_step(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 1);
+    rt_cancel sig;
+    ttx x;
+
+    dbt_open(fx, &cfg);
+    rt_cancel_init(&sig, NULL);
+    memset(&x, 0, sizeof(x));
+    rt_db_tx_init(&x.tx, fx->db, NULL, cancel_inside_step, NULL);
+    x.tx.task.data = &sig;
+    rt_task_start(&x.tx.task, &sig, ttx_cb);
+    ttx_wait(fx, &x, 5000);
+    assert_int_equal(x.status, UV_ETIMEDOUT);
+    assert_int_equal(x.tx.outcome, RT_DB_TX_ROLLED_BACK);
+    assert_true(dbt_run_until(fx, dbt_all_ready, fx, 3000));
+    assert_int_equal(rows_with_id(70), 0);
+    assert_int_equal(rows_with_id(71), 0);
+    rt_task_release(&x.tx.task);
+    rt_cancel_close(&sig);
+}
+
 /* Once COMMIT is sent, cancellation no longer strikes: the outcome is awaited and reported. */
 static void test_tx_cancel_after_commit_sent_is_ignored(void **state)
 {
@@ -425,6 +462,7 @@ int main(void)
         DBT_TEST(test_tx_cancelled_before_commit_leaves_no_row),
         DBT_TEST(test_tx_statement_error_rolls_back),
         DBT_TEST(test_tx_user_rollback),
+        DBT_TEST(test_tx_cancelled_inside_step),
         DBT_TEST(test_tx_cancel_after_commit_sent_is_ignored),
         DBT_TEST(test_tx_commit_timeout_is_unknown),
         DBT_TEST(test_tx_cancelled_while_queued),
