@@ -69,8 +69,9 @@ fi
 routes=$(curl -fsS --max-time 5 "$url/routes")
 mkdir -p "$out"
 
-# The route each family's script requests, as it appears in GET /routes (path templates such as
-# /before/users/{id}/dashboard; only the fixed parts are matched).
+# The route each family's script requests, as GET /routes lists it (an example path such as
+# /before/users/1/dashboard, or the pattern /before/users/{id}/dashboard: only the fixed parts are
+# matched).
 route_regex() {
     case $1 in
     users) echo "\"/$2/users/[^\"/]*\"" ;;
