@@ -80,6 +80,7 @@ void svc_request_set_id(svc_request *req, const char *client_id)
 {
     /* A per-process random prefix and a counter: unique here without a syscall per request,
      * and two replicas are unlikely to share a prefix. The loop thread is the only caller. */
+    static const char hex[] = "0123456789abcdef";
     static uint32_t prefix;
     static uint64_t counter;
 
@@ -94,7 +95,14 @@ void svc_request_set_id(svc_request *req, const char *client_id)
             r = (uint32_t)uv_hrtime() ^ (uint32_t)uv_os_getpid();
         prefix = r;
     }
-    snprintf(req->id_buf, sizeof(req->id_buf), "%08" PRIx32 "-%010" PRIx64, prefix, ++counter);
+    /* "%08x-%010llx", by hand: this runs for every request without an id of its own. */
+    counter++;
+    for (int i = 0; i < 8; i++)
+        req->id_buf[i] = hex[(prefix >> (28 - 4 * i)) & 0xf];
+    req->id_buf[8] = '-';
+    for (int i = 0; i < 10; i++)
+        req->id_buf[9 + i] = hex[(counter >> (36 - 4 * i)) & 0xf];
+    req->id_buf[19] = '\0';
 }
 
 const char *svc_request_param(const svc_request *req, const char *name)

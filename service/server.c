@@ -113,9 +113,34 @@ static void req_unref(conn_req *cr)
     free(cr);
 }
 
-static void format_ms(char *out, size_t cap, const char *name, uint64_t ns)
+/*
+ * Appends "<name>;dur=<ms with three decimals>" at out and returns the end. Written by hand
+ * because it runs for every response and printf's floating-point path costs as much as a fair
+ * share of the rest of a /healthz answer; out must have room for name plus 32 bytes.
+ */
+static char *format_ms(char *out, const char *name, uint64_t ns)
 {
-    snprintf(out, cap, "%s;dur=%.3f", name, (double)ns / 1e6);
+    uint64_t us = ns / 1000;
+    uint64_t whole = us / 1000;
+    char digits[24];
+    int n = 0;
+
+    while (*name != '\0')
+        *out++ = *name++;
+    memcpy(out, ";dur=", 5);
+    out += 5;
+    do {
+        digits[n++] = (char)('0' + whole % 10);
+        whole /= 10;
+    } while (whole != 0);
+    while (n > 0)
+        *out++ = digits[--n];
+    *out++ = '.';
+    *out++ = (char)('0' + (us / 100) % 10);
+    *out++ = (char)('0' + (us / 10) % 10);
+    *out++ = (char)('0' + us % 10);
+    *out = '\0';
+    return out;
 }
 
 /* Builds the MHD response from what the handler set and queues it. */
@@ -125,7 +150,7 @@ static enum MHD_Result queue_response(conn_req *cr, struct MHD_Connection *conn)
     svc_request *req = &cr->req;
     struct MHD_Response *resp;
     char timing[96];
-    size_t n;
+    char *end;
     enum MHD_Result ret;
 
     if (req->status == 0)
@@ -138,11 +163,9 @@ static enum MHD_Result queue_response(conn_req *cr, struct MHD_Connection *conn)
     /* MHD frees the body with the response now. */
     if (!req->resp_static)
         req->resp_body = NULL;
-    format_ms(timing, sizeof(timing), "total", uv_hrtime() - req->start_ns);
-    if (req->db_ns != 0) {
-        n = strlen(timing);
-        format_ms(timing + n, sizeof(timing) - n, ", db", req->db_ns);
-    }
+    end = format_ms(timing, "total", uv_hrtime() - req->start_ns);
+    if (req->db_ns != 0)
+        format_ms(end, ", db", req->db_ns);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             req->resp_type ? req->resp_type : "application/json; charset=utf-8");
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
