@@ -61,3 +61,11 @@ hs_setup() {
 
 hs_setup
 
+
+# As root, the throwaway cluster belongs to the postgres user (initdb refuses root), which cannot
+# enter a checkout under a private home such as /root: keep the cluster in postgres's own home
+# then, unless the caller chose a place.
+if [ "$(id -u)" = 0 ] && [ -z "${HS_PG_DATA:-}" ] && id postgres >/dev/null 2>&1 &&
+    ! runuser -u postgres -- test -x "$hs_root"; then
+    export HS_PG_DATA=/var/lib/postgresql/hindsight-${HS_PG_PORT:-54329}
+fi
