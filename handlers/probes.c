@@ -90,8 +90,8 @@ int hs_probes_register(svc_router *r, svc_app *app)
         {"GET", "/readyz", SVC_VARIANT_NONE,
          "readiness: 503 while draining or when no database connection works", readyz, p,
          SVC_ROUTE_QUIET},
-        {"GET", "/metrics", SVC_VARIANT_NONE, "Prometheus text exposition (format 0.0.4)",
-         metrics, p, SVC_ROUTE_QUIET},
+        {"GET", "/metrics", SVC_VARIANT_NONE, "Prometheus text exposition (format 0.0.4)", metrics,
+         p, SVC_ROUTE_QUIET},
         {"GET", "/routes", SVC_VARIANT_NONE, "this handler table", routes, p, 0},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)

@@ -20,30 +20,30 @@
 typedef struct svc_config svc_config;
 
 struct svc_config {
-    int port;                      /* PORT: TCP port on all interfaces (0 picks a free one) */
-    char *database_url;            /* DATABASE_URL: owned; NULL runs without a database */
-    int db_pool_size;              /* DB_POOL_SIZE: connections in the pool */
-    int db_queue_limit;            /* DB_QUEUE_LIMIT: requests waiting for a connection, then 503 */
-    int batch_concurrency;         /* BATCH_CONCURRENCY: default `concurrency` of after/batch */
-    int request_timeout_ms;        /* REQUEST_TIMEOUT_MS: each request's deadline (504) */
-    int drain_delay_ms;            /* DRAIN_DELAY_MS: keep serving after readiness turns 503 */
-    int shutdown_grace_ms;         /* SHUTDOWN_GRACE_MS: wait for in-flight work, then cancel */
-    int64_t max_body_bytes;        /* MAX_BODY_BYTES: larger bodies get 413 */
-    int max_connections;           /* MAX_CONNECTIONS: open connections, all clients together */
-    int max_connections_per_ip;    /* MAX_CONNECTIONS_PER_IP: open connections from one address */
-    int connection_timeout_s;      /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */
-    int connection_memory_bytes;   /* CONNECTION_MEMORY_BYTES: per-connection header buffer */
-    bool before_routes;            /* BEFORE_ROUTES: serve the anti-pattern routes */
-    svc_log_level log_level;       /* LOG_LEVEL: debug|info|warn|error */
-    svc_log_format log_format;     /* LOG_FORMAT: json|text */
-    int workers;                   /* WORKERS: event loops serving the port */
+    int port;                    /* PORT: TCP port on all interfaces (0 picks a free one) */
+    char *database_url;          /* DATABASE_URL: owned; NULL runs without a database */
+    int db_pool_size;            /* DB_POOL_SIZE: connections in the pool */
+    int db_queue_limit;          /* DB_QUEUE_LIMIT: requests waiting for a connection, then 503 */
+    int batch_concurrency;       /* BATCH_CONCURRENCY: default `concurrency` of after/batch */
+    int request_timeout_ms;      /* REQUEST_TIMEOUT_MS: each request's deadline (504) */
+    int drain_delay_ms;          /* DRAIN_DELAY_MS: keep serving after readiness turns 503 */
+    int shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS: wait for in-flight work, then cancel */
+    int64_t max_body_bytes;      /* MAX_BODY_BYTES: larger bodies get 413 */
+    int max_connections;         /* MAX_CONNECTIONS: open connections, all clients together */
+    int max_connections_per_ip;  /* MAX_CONNECTIONS_PER_IP: open connections from one address */
+    int connection_timeout_s;    /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */
+    int connection_memory_bytes; /* CONNECTION_MEMORY_BYTES: per-connection header buffer */
+    bool before_routes;          /* BEFORE_ROUTES: serve the anti-pattern routes */
+    svc_log_level log_level;     /* LOG_LEVEL: debug|info|warn|error */
+    svc_log_format log_format;   /* LOG_FORMAT: json|text */
+    int workers;                 /* WORKERS: event loops serving the port */
 };
 
 /* What svc_config_parse decided. */
 enum {
-    SVC_CONFIG_RUN = 0,    /* start the service */
-    SVC_CONFIG_EXIT_OK,    /* --help or --version was printed: exit 0 */
-    SVC_CONFIG_EXIT_USAGE  /* an invalid value or flag was reported on err: exit 2 */
+    SVC_CONFIG_RUN = 0,   /* start the service */
+    SVC_CONFIG_EXIT_OK,   /* --help or --version was printed: exit 0 */
+    SVC_CONFIG_EXIT_USAGE /* an invalid value or flag was reported on err: exit 2 */
 };
 
 /**

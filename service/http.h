@@ -69,17 +69,17 @@ typedef struct svc_metrics svc_metrics;
  * the pointer their register function received); every field is read-only to them.
  */
 struct svc_app {
-    void *data;                /* for main.c only */
-    const svc_config *config;  /* the parsed configuration (service/config.h) */
-    uv_loop_t *loop;           /* the one loop every handler runs on */
-    rt_runtime *rt;            /* the task runtime of that loop */
-    rt_db *db;                 /* the PostgreSQL pool; NULL when DATABASE_URL is unset */
-    svc_metrics *metrics;      /* register a handler's own counters here (service/metrics.h) */
-    rt_scope *root_scope;      /* the root of the scope tree: closes last, after the server */
-    rt_scope *service_scope;   /* long-lived background work: drained, then cancelled, at shutdown */
-    rt_cancel *drain;          /* fires at shutdown step 3: batches stop taking new items */
-    rt_cancel *hard_cancel;    /* fires at shutdown step 5: everything left is being cancelled */
-    bool draining;             /* shutdown has begun (step 1): readiness answers 503 */
+    void *data;               /* for main.c only */
+    const svc_config *config; /* the parsed configuration (service/config.h) */
+    uv_loop_t *loop;          /* the one loop every handler runs on */
+    rt_runtime *rt;           /* the task runtime of that loop */
+    rt_db *db;                /* the PostgreSQL pool; NULL when DATABASE_URL is unset */
+    svc_metrics *metrics;     /* register a handler's own counters here (service/metrics.h) */
+    rt_scope *root_scope;     /* the root of the scope tree: closes last, after the server */
+    rt_scope *service_scope;  /* long-lived background work: drained, then cancelled, at shutdown */
+    rt_cancel *drain;         /* fires at shutdown step 3: batches stop taking new items */
+    rt_cancel *hard_cancel;   /* fires at shutdown step 5: everything left is being cancelled */
+    bool draining;            /* shutdown has begun (step 1): readiness answers 503 */
 };
 
 /* Which side of a pattern's before/after pair a row is. */
@@ -106,19 +106,19 @@ enum {
 /* One row of the handler table. svc_router_add copies the row; the strings are borrowed for the
  * process lifetime (use literals). */
 struct svc_route {
-    const char *method;     /* "GET", "POST", ... */
-    const char *pattern;    /* "/after/users/{id}": literal segments and whole-segment {params} */
+    const char *method;  /* "GET", "POST", ... */
+    const char *pattern; /* "/after/users/{id}": literal segments and whole-segment {params} */
     svc_variant variant;
-    const char *summary;    /* one line, shown by GET /routes */
+    const char *summary; /* one line, shown by GET /routes */
     svc_handler_fn handler;
-    void *state;            /* passed back to handler */
-    unsigned flags;         /* SVC_ROUTE_* */
+    void *state;    /* passed back to handler */
+    unsigned flags; /* SVC_ROUTE_* */
 };
 
 /* The most path parameters one pattern may have, and the most query arguments kept. */
-#define SVC_MAX_PARAMS 4
-#define SVC_MAX_QUERY  16
-#define SVC_MAX_HEADERS 8
+#define SVC_MAX_PARAMS     4
+#define SVC_MAX_QUERY      16
+#define SVC_MAX_HEADERS    8
 #define SVC_REQUEST_ID_MAX 64
 
 typedef struct svc_kv {
@@ -131,20 +131,20 @@ typedef struct svc_kv {
  * the storage; it is valid until the response has been sent (see the lifetimes above).
  */
 struct svc_request {
-    void *data;                 /* for the handler */
+    void *data; /* for the handler */
     svc_app *app;
-    const svc_route *route;     /* the matched row */
+    const svc_route *route; /* the matched row */
     const char *method;
-    const char *path;           /* without the query string */
-    const char *request_id;     /* echoed from the client when sane, else generated */
+    const char *path;       /* without the query string */
+    const char *request_id; /* echoed from the client when sane, else generated */
     /* The next three are set when the handler's task is started (NULL / RT_NO_DEADLINE while
      * the handler function itself runs): spawn children from the task's start on. */
-    rt_scope *scope;            /* the request scope: its children finish before the response */
-    rt_cancel *signal;          /* == &scope->signal: deadline (UV_ETIMEDOUT) or shutdown */
-    uint64_t deadline;          /* absolute uv_now() milliseconds (REQUEST_TIMEOUT_MS) */
-    uint64_t start_ns;          /* uv_hrtime() when the request arrived */
+    rt_scope *scope;   /* the request scope: its children finish before the response */
+    rt_cancel *signal; /* == &scope->signal: deadline (UV_ETIMEDOUT) or shutdown */
+    uint64_t deadline; /* absolute uv_now() milliseconds (REQUEST_TIMEOUT_MS) */
+    uint64_t start_ns; /* uv_hrtime() when the request arrived */
     /* private */
-    struct svc_request_int *in;  /* the server's part (service/request_int.h) */
+    struct svc_request_int *in; /* the server's part (service/request_int.h) */
     size_t nparams;
     svc_kv params[SVC_MAX_PARAMS];
     size_t nquery;
@@ -153,10 +153,10 @@ struct svc_request {
     size_t body_len;
     uint64_t db_ns;
     /* the response */
-    int status;                 /* 0 until a response is set */
-    char *resp_body;            /* owned unless resp_static */
+    int status;      /* 0 until a response is set */
+    char *resp_body; /* owned unless resp_static */
     size_t resp_len;
-    const char *resp_type;      /* borrowed literal */
+    const char *resp_type; /* borrowed literal */
     bool resp_static;
     size_t nheaders;
     svc_kv headers[SVC_MAX_HEADERS]; /* owned copies */

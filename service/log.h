@@ -30,10 +30,7 @@ typedef enum svc_log_level {
     SVC_LOG_ERROR
 } svc_log_level;
 
-typedef enum svc_log_format {
-    SVC_LOG_JSON = 0,
-    SVC_LOG_TEXT
-} svc_log_format;
+typedef enum svc_log_format { SVC_LOG_JSON = 0, SVC_LOG_TEXT } svc_log_format;
 
 typedef struct svc_log_line {
     size_t len;

@@ -239,8 +239,8 @@ static int start(hs_main *m)
         return err;
     }
     m->shutdown.data = m;
-    err = svc_shutdown_init(&m->shutdown, &m->app, m->server, m->metrics, &m->requests,
-                            &m->service, on_shutdown_done);
+    err = svc_shutdown_init(&m->shutdown, &m->app, m->server, m->metrics, &m->requests, &m->service,
+                            on_shutdown_done);
     if (err < 0)
         return err;
     err = uv_timer_init(&m->loop, &m->lag_timer);
@@ -277,7 +277,8 @@ int main(int argc, char **argv)
     if (m.cfg.database_url != NULL) {
         err = svc_migrate(m.cfg.database_url, DB_STARTUP_WAIT_MS);
         if (err < 0) {
-            svc_log_msg(SVC_LOG_ERROR, "startup", "the database schema could not be brought up to date");
+            svc_log_msg(SVC_LOG_ERROR, "startup",
+                        "the database schema could not be brought up to date");
             svc_config_free(&m.cfg);
             return 1;
         }

@@ -19,7 +19,7 @@
 
 /* Latency bucket bounds in seconds; +Inf is implicit. */
 static const double latency_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                        0.1,    0.25,  0.5,    1,     2.5,   5,    10};
+                                        0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 #define NBOUNDS (sizeof(latency_bounds) / sizeof(latency_bounds[0]))
 
 #define STATUS_MIN 100
@@ -86,8 +86,8 @@ void svc_metrics_free(svc_metrics *m)
     free(m);
 }
 
-static uint64_t *add_series(svc_metrics *m, const char *name, const char *labels,
-                           const char *help, const char *type)
+static uint64_t *add_series(svc_metrics *m, const char *name, const char *labels, const char *help,
+                            const char *type)
 {
     counter *c = calloc(1, sizeof(*c));
 
@@ -108,8 +108,7 @@ uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labe
     return add_series(m, name, labels, help, "counter");
 }
 
-uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels,
-                            const char *help)
+uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels, const char *help)
 {
     return add_series(m, name, labels, help, "gauge");
 }
@@ -224,9 +223,8 @@ static void route_labels(const svc_metrics *m, size_t i, char *out, size_t cap)
 {
     const svc_route *r = i < m->nroutes ? svc_router_row(m->router, i) : NULL;
 
-    snprintf(out, cap, "route=\"%s\",method=\"%s\",variant=\"%s\"",
-             r ? r->pattern : "(unmatched)", r ? r->method : "any",
-             svc_variant_name(r ? r->variant : SVC_VARIANT_NONE));
+    snprintf(out, cap, "route=\"%s\",method=\"%s\",variant=\"%s\"", r ? r->pattern : "(unmatched)",
+             r ? r->method : "any", svc_variant_name(r ? r->variant : SVC_VARIANT_NONE));
 }
 
 static void render_requests(buf *b, const svc_metrics *m)
@@ -298,7 +296,8 @@ static void render_tasks(buf *b, const svc_metrics *m, const svc_app *app, rt_sc
     w.n = 0;
     if (root != NULL)
         rt_scope_walk(root, on_scope, &w);
-    header(b, "hs_scope_tasks", "gauge", "Tasks running as direct children of scopes, by scope name.");
+    header(b, "hs_scope_tasks", "gauge",
+           "Tasks running as direct children of scopes, by scope name.");
     for (size_t i = 0; i < w.n; i++)
         emit(b, "hs_scope_tasks{scope=\"%s\"} %llu\n", w.groups[i].name,
              (unsigned long long)w.groups[i].live);
@@ -377,7 +376,8 @@ static void render_db(buf *b, const rt_db *db)
     header(b, "hs_db_rollbacks_total", "counter", "Rollbacks by cause.");
     emit(b, "hs_db_rollbacks_total{cause=\"cancel\"} %llu\n",
          (unsigned long long)st.rollbacks_cancel);
-    emit(b, "hs_db_rollbacks_total{cause=\"error\"} %llu\n", (unsigned long long)st.rollbacks_error);
+    emit(b, "hs_db_rollbacks_total{cause=\"error\"} %llu\n",
+         (unsigned long long)st.rollbacks_error);
     emit(b, "hs_db_rollbacks_total{cause=\"user\"} %llu\n", (unsigned long long)st.rollbacks_user);
     header(b, "hs_db_connects_total", "counter", "Connection attempts by outcome.");
     emit(b, "hs_db_connects_total{outcome=\"ok\"} %llu\n", (unsigned long long)st.connects_ok);

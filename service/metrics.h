@@ -42,8 +42,7 @@ uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labe
  * increments and decrements the returned value (never below zero), e.g. tasks alive that no
  * scope tracks. The name carries no _total. Loop thread only.
  */
-uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels,
-                            const char *help);
+uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels, const char *help);
 
 /** A request has arrived (in-flight gauge). */
 void svc_metrics_request_begin(svc_metrics *m);

@@ -125,8 +125,9 @@ static bool run(PGconn *c)
             if (!query_bool(c, seed_needed_sql, NULL, &needed, m->name))
                 return false;
         } else {
-            if (!query_bool(c, "SELECT NOT EXISTS (SELECT 1 FROM schema_migrations"
-                               " WHERE version = $1)",
+            if (!query_bool(c,
+                            "SELECT NOT EXISTS (SELECT 1 FROM schema_migrations"
+                            " WHERE version = $1)",
                             m->name, &needed, m->name))
                 return false;
         }

@@ -257,8 +257,8 @@ int svc_request_json(svc_request *req, json_t **out)
     return 0;
 }
 
-static int json_int(svc_request *req, const json_t *obj, const char *key, int64_t min,
-                    int64_t max, const int64_t *dflt, int64_t *out)
+static int json_int(svc_request *req, const json_t *obj, const char *key, int64_t min, int64_t max,
+                    const int64_t *dflt, int64_t *out)
 {
     const json_t *v = json_object_get(obj, key);
 
@@ -342,8 +342,9 @@ void svc_respond_json(svc_request *req, int status, json_t *body)
         text = json_dumps(body, JSON_COMPACT);
         json_decref(body);
         if (text == NULL) {
-            svc_respond_static(req, 503, "{\"error\":{\"code\":\"unavailable\","
-                                         "\"message\":\"out of memory\"}}");
+            svc_respond_static(req, 503,
+                               "{\"error\":{\"code\":\"unavailable\","
+                               "\"message\":\"out of memory\"}}");
             return;
         }
     }
@@ -382,7 +383,8 @@ void svc_respond_error(svc_request *req, int status, const char *code, const cha
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    svc_respond_json(req, status, json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg));
+    svc_respond_json(req, status,
+                     json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg));
     /* json_pack fails only without memory (or on invalid UTF-8 in msg): say so rather than
      * answer with an empty body. */
     if (req->resp_body == NULL)
@@ -394,7 +396,8 @@ void svc_respond_uv_error(svc_request *req, int err)
 {
     switch (err) {
     case UV_ETIMEDOUT:
-        svc_respond_error(req, 504, "timeout", "the request's deadline passed; its work was cancelled");
+        svc_respond_error(req, 504, "timeout",
+                          "the request's deadline passed; its work was cancelled");
         break;
     case UV_ECANCELED:
     case UV_ESHUTDOWN:

@@ -104,9 +104,8 @@ static bool same_pattern(const row *a, const row *b)
         /* Two parameters in the same place clash whatever their names. */
         if (a->seg[i].is_param != b->seg[i].is_param)
             return false;
-        if (!a->seg[i].is_param &&
-            (a->seg[i].len != b->seg[i].len ||
-             memcmp(a->seg[i].text, b->seg[i].text, a->seg[i].len) != 0))
+        if (!a->seg[i].is_param && (a->seg[i].len != b->seg[i].len ||
+                                    memcmp(a->seg[i].text, b->seg[i].text, a->seg[i].len) != 0))
             return false;
     }
     return true;

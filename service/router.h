@@ -18,9 +18,9 @@
 
 /* The result of a lookup. */
 typedef enum svc_match_result {
-    SVC_MATCH_FOUND = 0,      /* route and params are set */
-    SVC_MATCH_NOT_FOUND,      /* no pattern matches the path: 404 */
-    SVC_MATCH_BAD_METHOD      /* a pattern matches but not for this method: 405, allow is set */
+    SVC_MATCH_FOUND = 0, /* route and params are set */
+    SVC_MATCH_NOT_FOUND, /* no pattern matches the path: 404 */
+    SVC_MATCH_BAD_METHOD /* a pattern matches but not for this method: 405, allow is set */
 } svc_match_result;
 
 /* Longest path parameter value kept (a longer segment does not match a parameter). */
@@ -29,9 +29,9 @@ typedef enum svc_match_result {
 typedef struct svc_match {
     const svc_route *route;
     size_t nparams;
-    svc_kv params[SVC_MAX_PARAMS];  /* values point into buf */
+    svc_kv params[SVC_MAX_PARAMS]; /* values point into buf */
     char buf[SVC_MAX_PARAMS * (SVC_PARAM_MAX + 1)];
-    char allow[64];                 /* "GET, POST" for SVC_MATCH_BAD_METHOD */
+    char allow[64]; /* "GET, POST" for SVC_MATCH_BAD_METHOD */
 } svc_match;
 
 /**

@@ -65,15 +65,15 @@ typedef struct conn_req {
     rt_scope scope;
     rt_deadline deadline;
     rt_cancel_listener on_deadline;
-    rt_list link;        /* in srv->suspended while SUSPENDED */
+    rt_list link; /* in srv->suspended while SUSPENDED */
     char *body;
     size_t body_len;
     size_t body_cap;
     int state;
-    int refs;            /* MHD's, and the async part's */
+    int refs; /* MHD's, and the async part's */
     int task_status;
     bool too_large;
-    bool orphaned;       /* answered by svc_server_close: never touch the connection again */
+    bool orphaned; /* answered by svc_server_close: never touch the connection again */
 } conn_req;
 
 struct svc_server {
@@ -337,8 +337,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         cr->in.conn = conn;
         rt_list_init(&cr->link);
         svc_request_init(&cr->req, s->app, &cr->in, method, url);
-        svc_request_set_id(&cr->req, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                                 "X-Request-Id"));
+        svc_request_set_id(&cr->req,
+                           MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
         *con_cls = cr;
         s->in_flight++;
         svc_metrics_request_begin(s->metrics);
@@ -409,8 +409,8 @@ static void log_request(const conn_req *cr, int status, uint64_t ns)
     svc_log_str(&l, "method", req->method);
     svc_log_str(&l, "path", req->path);
     svc_log_str(&l, "route", req->route ? req->route->pattern : NULL);
-    svc_log_str(&l, "variant", svc_variant_name(req->route ? req->route->variant
-                                                           : SVC_VARIANT_NONE));
+    svc_log_str(&l, "variant",
+                svc_variant_name(req->route ? req->route->variant : SVC_VARIANT_NONE));
     svc_log_int(&l, "status", status);
     svc_log_ms(&l, "duration_ms", (double)ns / 1e6);
     svc_log_ms(&l, "db_ms", (double)req->db_ns / 1e6);
@@ -441,8 +441,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     ns = uv_hrtime() - cr->req.start_ns;
     /* 499 (the client went away before an answer), as nginx logs it. */
-    status = cr->state == ANSWERED && toe != MHD_REQUEST_TERMINATED_CLIENT_ABORT ? cr->req.status
-                                                                                 : 499;
+    status =
+        cr->state == ANSWERED && toe != MHD_REQUEST_TERMINATED_CLIENT_ABORT ? cr->req.status : 499;
     svc_metrics_request_end(s->metrics, cr->req.route, status, ns);
     log_request(cr, status, ns);
     cr->in.conn = NULL;
@@ -525,12 +525,12 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     s->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, (uint16_t)cfg->port, NULL,
         NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->max_connections_per_ip,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections_per_ip, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
     if (s->mhd == NULL) {
         err = UV_EADDRINUSE;
         goto out_free;
@@ -620,7 +620,8 @@ void svc_server_close(svc_server *s, void (*cb)(void *arg), void *arg)
         rt_list_remove(&cr->link);
         cr->orphaned = true;
         cr->state = READY;
-        svc_respond_error(&cr->req, 503, "unavailable", "the service stopped before this request ended");
+        svc_respond_error(&cr->req, 503, "unavailable",
+                          "the service stopped before this request ended");
         MHD_resume_connection(cr->in.conn);
     }
     for (int i = 0; i < 3; i++)

@@ -169,8 +169,8 @@ void svc_shutdown_begin(svc_shutdown *sd, const char *why)
             svc_log_int(&l, "grace_ms", sd->app->config->shutdown_grace_ms);
             svc_log_end(&l);
         }
-        uv_timer_start(&sd->timer, on_drain_delay_over,
-                       (uint64_t)sd->app->config->drain_delay_ms, 0);
+        uv_timer_start(&sd->timer, on_drain_delay_over, (uint64_t)sd->app->config->drain_delay_ms,
+                       0);
         return;
     }
     if (sd->step < 5) {

@@ -23,11 +23,11 @@ typedef struct e2e_proc {
 
 typedef struct e2e_resp {
     long status;
-    char *body;           /* NUL-terminated; owned */
+    char *body; /* NUL-terminated; owned */
     size_t body_len;
-    char *headers;        /* raw header block, NUL-terminated; owned */
+    char *headers; /* raw header block, NUL-terminated; owned */
     double total_s;
-    int curl_error;       /* CURLE_OK when the exchange completed */
+    int curl_error; /* CURLE_OK when the exchange completed */
 } e2e_resp;
 
 /** A TCP port nobody listens on right now (bound to 0, read back, closed). */

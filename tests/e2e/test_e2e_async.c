@@ -40,10 +40,10 @@ typedef struct sleep_task {
     rt_sleep sleep;
     svc_request *req;
     int64_t ms;
-    int result;    /* the status to complete with after sleeping */
-    bool respond;  /* set a 200 before completing */
+    int result;       /* the status to complete with after sleeping */
+    bool respond;     /* set a 200 before completing */
     bool spawn_child; /* spawn a child sleep into the request scope instead of sleeping */
-    int refs;      /* the outer task's, and the inner sleep's once started */
+    int refs;         /* the outer task's, and the inner sleep's once started */
 } sleep_task;
 
 static void sleep_task_unref(sleep_task *st)
@@ -202,8 +202,8 @@ static void harness_start(void)
          (void *)(intptr_t)H_SLEEP, 0},
         {"GET", "/fail", SVC_VARIANT_NONE, "sleeps, then fails with UV_EBUSY", handler,
          (void *)(intptr_t)H_FAIL_BUSY, 0},
-        {"GET", "/silent", SVC_VARIANT_NONE, "sleeps, then completes without a response",
-         handler, (void *)(intptr_t)H_NO_RESPONSE, 0},
+        {"GET", "/silent", SVC_VARIANT_NONE, "sleeps, then completes without a response", handler,
+         (void *)(intptr_t)H_NO_RESPONSE, 0},
         {"GET", "/children", SVC_VARIANT_NONE, "answers at once, a child sleeps in its scope",
          handler, (void *)(intptr_t)H_CHILDREN, 0},
         {"GET", "/enomem", SVC_VARIANT_NONE, "fails before starting anything", handler,

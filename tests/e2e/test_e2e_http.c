@@ -283,8 +283,8 @@ static void test_routes(void **state)
             assert_true(json_is_string(json_object_get(o, "method")));
             assert_true(json_is_string(json_object_get(o, "path")));
             assert_true(json_is_string(json_object_get(o, "summary")));
-            assert_true(matches("^(before|after|none)$",
-                                json_string_value(json_object_get(o, "variant"))));
+            assert_true(
+                matches("^(before|after|none)$", json_string_value(json_object_get(o, "variant"))));
             if (strcmp(json_string_value(json_object_get(o, "pattern")), want[w]) == 0) {
                 assert_string_equal(json_string_value(json_object_get(o, "method")), "GET");
                 assert_string_equal(json_string_value(json_object_get(o, "variant")), "none");
@@ -328,9 +328,10 @@ static void test_metrics(void **state)
         if (line[0] == '#')
             assert_true(matches("^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+$", line));
         else
-            assert_true(matches("^[a-zA-Z_:][a-zA-Z0-9_:]*(\\{([a-zA-Z_][a-zA-Z0-9_]*=\"[^\"]*\",?)*\\})? "
-                                "-?[0-9.e+-]+$",
-                                line));
+            assert_true(
+                matches("^[a-zA-Z_:][a-zA-Z0-9_:]*(\\{([a-zA-Z_][a-zA-Z0-9_]*=\"[^\"]*\",?)*\\})? "
+                        "-?[0-9.e+-]+$",
+                        line));
     }
     e2e_resp_free(&r);
 }
@@ -393,16 +394,11 @@ static void test_server_timing_db(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_healthz),
-        cmocka_unit_test(test_readyz),
-        cmocka_unit_test(test_common_headers),
-        cmocka_unit_test(test_request_id),
-        cmocka_unit_test(test_not_found),
-        cmocka_unit_test(test_method_not_allowed),
-        cmocka_unit_test(test_body_limit),
-        cmocka_unit_test(test_routes),
-        cmocka_unit_test(test_metrics),
-        cmocka_unit_test(test_request_log),
+        cmocka_unit_test(test_healthz),          cmocka_unit_test(test_readyz),
+        cmocka_unit_test(test_common_headers),   cmocka_unit_test(test_request_id),
+        cmocka_unit_test(test_not_found),        cmocka_unit_test(test_method_not_allowed),
+        cmocka_unit_test(test_body_limit),       cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_metrics),          cmocka_unit_test(test_request_log),
         cmocka_unit_test(test_server_timing_db),
     };
 

@@ -15,9 +15,10 @@
 
 #include "service/config.h"
 
-static const char *const vars[] = {"PORT", "DATABASE_URL", "DB_POOL_SIZE", "REQUEST_TIMEOUT_MS",
-                                   "BEFORE_ROUTES", "LOG_LEVEL", "LOG_FORMAT", "MAX_BODY_BYTES",
-                                   "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_IP", "WORKERS"};
+static const char *const vars[] = {
+    "PORT",      "DATABASE_URL", "DB_POOL_SIZE",   "REQUEST_TIMEOUT_MS", "BEFORE_ROUTES",
+    "LOG_LEVEL", "LOG_FORMAT",   "MAX_BODY_BYTES", "MAX_CONNECTIONS",    "MAX_CONNECTIONS_PER_IP",
+    "WORKERS"};
 
 static int clean_env(void **state)
 {
@@ -68,8 +69,8 @@ static void test_defaults(void **state)
 
 static void test_env_then_flags(void **state)
 {
-    char *argv[] = {"hindsight", "--port=9000", "--log-format", "text", "--before-routes=off",
-                    NULL};
+    char *argv[] = {"hindsight", "--port=9000",         "--log-format",
+                    "text",      "--before-routes=off", NULL};
     char out[4096] = "", err[4096] = "";
     svc_config c;
 
@@ -93,10 +94,17 @@ static void test_invalid_values(void **state)
     struct {
         const char *env;
         const char *value;
-    } bad[] = {{"PORT", "abc"},          {"PORT", "65536"},         {"PORT", "-1"},
-               {"PORT", ""},             {"DB_POOL_SIZE", "0"},     {"REQUEST_TIMEOUT_MS", "1s"},
-               {"BEFORE_ROUTES", "maybe"}, {"LOG_LEVEL", "verbose"}, {"LOG_FORMAT", "xml"},
-               {"MAX_BODY_BYTES", "-5"}, {"WORKERS", "0"}};
+    } bad[] = {{"PORT", "abc"},
+               {"PORT", "65536"},
+               {"PORT", "-1"},
+               {"PORT", ""},
+               {"DB_POOL_SIZE", "0"},
+               {"REQUEST_TIMEOUT_MS", "1s"},
+               {"BEFORE_ROUTES", "maybe"},
+               {"LOG_LEVEL", "verbose"},
+               {"LOG_FORMAT", "xml"},
+               {"MAX_BODY_BYTES", "-5"},
+               {"WORKERS", "0"}};
     char *argv[] = {"hindsight", NULL};
 
     (void)state;

@@ -106,12 +106,15 @@ static void test_render(void **state)
     /* No traffic on /healthz: no series for it. */
     assert_null(strstr(text, "hs_http_requests_total{route=\"/healthz\""));
     /* Buckets are cumulative: 3 requests of 3 ms are under 5 ms, all 4 under +Inf. */
-    assert_true(has_line(text, "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
-                               "method=\"GET\",variant=\"after\",le=\"0.0025\"} 0"));
-    assert_true(has_line(text, "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
-                               "method=\"GET\",variant=\"after\",le=\"0.005\"} 3"));
-    assert_true(has_line(text, "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
-                               "method=\"GET\",variant=\"after\",le=\"2.5\"} 4"));
+    assert_true(has_line(text,
+                         "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
+                         "method=\"GET\",variant=\"after\",le=\"0.0025\"} 0"));
+    assert_true(has_line(text,
+                         "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
+                         "method=\"GET\",variant=\"after\",le=\"0.005\"} 3"));
+    assert_true(has_line(text,
+                         "hs_http_request_duration_seconds_bucket{route=\"/after/users/{id}\","
+                         "method=\"GET\",variant=\"after\",le=\"2.5\"} 4"));
     assert_true(has_line(text, "hs_http_request_duration_seconds_count{route=\"/after/users/{id}\","
                                "method=\"GET\",variant=\"after\"} 4"));
     assert_true(has_line(text, "hs_http_requests_in_flight 1"));

@@ -78,8 +78,16 @@ static void test_json_ok(void **state)
 static void test_json_rejects(void **state)
 {
     fixture *f = *state;
-    const char *bad[] = {"", "{", "{\"a\":}", "[1,2]", "42", "\"text\"", "{\"a\":1,\"a\":2}",
-                         "{\"a\":1} trailing", "{'a':1}", "{\"a\":\"\\ud800\"}"};
+    const char *bad[] = {"",
+                         "{",
+                         "{\"a\":}",
+                         "[1,2]",
+                         "42",
+                         "\"text\"",
+                         "{\"a\":1,\"a\":2}",
+                         "{\"a\":1} trailing",
+                         "{'a':1}",
+                         "{\"a\":\"\\ud800\"}"};
     json_t *v;
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -145,7 +153,8 @@ static void test_json_int(void **state)
     assert_int_equal(out, 8);
     assert_false(svc_request_has_response(&f->req));
     assert_int_equal(svc_json_int(&f->req, o, "n", 6, 10, 0, &out), UV_EINVAL);
-    assert_non_null(strstr(expect_error(&f->req, 400, "bad_request"), "n must be an integer in 6..10"));
+    assert_non_null(
+        strstr(expect_error(&f->req, 400, "bad_request"), "n must be an integer in 6..10"));
     const char *wrong[] = {"s", "f", "b"};
     for (size_t i = 0; i < 3; i++) {
         svc_request_clear_response(&f->req);
@@ -182,8 +191,8 @@ static void test_query_int(void **state)
 static void test_query_int_malformed(void **state)
 {
     fixture *f = *state;
-    const char *bad[] = {"", "abc", "12a", "+1", " 1", "1 ", "0x10", "1.5", "-",
-                         "99999999999999999999"};
+    const char *bad[] = {"",   "abc",  "12a", "+1", " 1",
+                         "1 ", "0x10", "1.5", "-",  "99999999999999999999"};
     int64_t out;
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -316,7 +325,7 @@ static void test_respond_uv_error(void **state)
         const char *code;
         bool retry_after;
     } cases[] = {
-        {UV_ETIMEDOUT, 504, "timeout", false},    {UV_ECANCELED, 503, "unavailable", false},
+        {UV_ETIMEDOUT, 504, "timeout", false},     {UV_ECANCELED, 503, "unavailable", false},
         {UV_ESHUTDOWN, 503, "unavailable", false}, {UV_EBUSY, 503, "unavailable", true},
         {UV_ENOMEM, 503, "unavailable", true},     {UV_ECONNREFUSED, 503, "unavailable", false},
         {UV_EINVAL, 400, "bad_request", false},    {UV_EIO, 500, "internal", false},

@@ -153,8 +153,16 @@ static void test_before_routes_off(void **state)
 static void test_invalid_patterns(void **state)
 {
     svc_router *r = svc_router_new(true);
-    const char *bad[] = {"", "healthz", "/a//b", "/a/", "/user-{id}", "/{}", "/{a}{b}",
-                         "/{a", "/a}", "/{a}/{b}/{c}/{d}/{e}",
+    const char *bad[] = {"",
+                         "healthz",
+                         "/a//b",
+                         "/a/",
+                         "/user-{id}",
+                         "/{}",
+                         "/{a}{b}",
+                         "/{a",
+                         "/a}",
+                         "/{a}/{b}/{c}/{d}/{e}",
                          "/{a_name_that_is_far_too_long_to_keep_in_a_row}"};
     svc_route ok = row("GET", "/x/{id}", SVC_VARIANT_NONE);
     svc_route clash = row("GET", "/x/{other}", SVC_VARIANT_NONE);
