@@ -35,11 +35,6 @@ bool svc_log_enabled(svc_log_level level)
     return level >= threshold;
 }
 
-const char *svc_log_level_name(svc_log_level level)
-{
-    return level_names[level];
-}
-
 int svc_log_level_parse(const char *s, svc_log_level *out)
 {
     for (int i = SVC_LOG_DEBUG; i <= SVC_LOG_ERROR; i++) {

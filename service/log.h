@@ -71,7 +71,4 @@ int svc_log_level_parse(const char *s, svc_log_level *out);
 /** Parses "json|text"; returns 0 or UV_EINVAL. */
 int svc_log_format_parse(const char *s, svc_log_format *out);
 
-/** The name of a level, as parsed above. */
-const char *svc_log_level_name(svc_log_level level);
-
 #endif /* SVC_LOG_H */

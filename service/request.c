@@ -351,30 +351,6 @@ void svc_respond_json(svc_request *req, int status, json_t *body)
     svc_respond_buffer(req, status, json_content_type, text, text != NULL ? strlen(text) : 0);
 }
 
-const char *svc_status_code_word(int status)
-{
-    switch (status) {
-    case 400:
-        return "bad_request";
-    case 404:
-        return "not_found";
-    case 405:
-        return "method_not_allowed";
-    case 409:
-        return "conflict";
-    case 413:
-        return "payload_too_large";
-    case 422:
-        return "unprocessable_entity";
-    case 503:
-        return "unavailable";
-    case 504:
-        return "timeout";
-    default:
-        return status >= 500 ? "internal" : "error";
-    }
-}
-
 void svc_respond_error(svc_request *req, int status, const char *code, const char *fmt, ...)
 {
     char msg[256];

@@ -53,7 +53,4 @@ void svc_request_set_id(svc_request *req, const char *client_id);
 /** Frees what the response owns (body, headers) and clears it. The request stays usable. */
 void svc_request_clear_response(svc_request *req);
 
-/** The error code word API.md uses for status (bad_request, not_found, ...). */
-const char *svc_status_code_word(int status);
-
 #endif /* SVC_REQUEST_INT_H */
