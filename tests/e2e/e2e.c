@@ -58,6 +58,33 @@ int e2e_free_port(void)
     return port;
 }
 
+/* Every child started, so that e2e_kill_all can find the ones a failed test left running. */
+#define MAX_CHILDREN 64
+static pid_t children[MAX_CHILDREN];
+static size_t nchildren;
+
+static void forget_child(pid_t pid)
+{
+    for (size_t i = 0; i < nchildren; i++) {
+        if (children[i] == pid)
+            children[i] = 0;
+    }
+}
+
+void e2e_kill_all(void)
+{
+    for (size_t i = 0; i < nchildren; i++) {
+        int status;
+
+        if (children[i] > 0 && waitpid(children[i], &status, WNOHANG) == 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], &status, 0);
+        }
+        children[i] = 0;
+    }
+    nchildren = 0;
+}
+
 void e2e_start(e2e_proc *p, const char *const *env, const char *const *args, bool wait_ready)
 {
     static int started;
@@ -98,6 +125,8 @@ void e2e_start(e2e_proc *p, const char *const *env, const char *const *args, boo
         _exit(127);
     }
     p->pid = pid;
+    if (nchildren < MAX_CHILDREN)
+        children[nchildren++] = pid;
     if (!wait_ready)
         return;
     for (uint64_t until = e2e_now_ms() + 60000; e2e_now_ms() < until;) {
@@ -107,6 +136,7 @@ void e2e_start(e2e_proc *p, const char *const *env, const char *const *args, boo
         if (waitpid(pid, &status, WNOHANG) == pid) {
             char *log = e2e_log(p);
 
+            forget_child(pid);
             fprintf(stderr, "service exited during startup; log:\n%s\n", log);
             free(log);
             fail();
@@ -135,12 +165,15 @@ int e2e_wait_exit(e2e_proc *p, int timeout_ms)
     while (e2e_now_ms() < until) {
         pid_t r = waitpid(p->pid, &status, WNOHANG);
 
-        if (r == p->pid)
+        if (r == p->pid) {
+            forget_child(p->pid);
             return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
         e2e_sleep_ms(5);
     }
     kill(p->pid, SIGKILL);
     waitpid(p->pid, &status, 0);
+    forget_child(p->pid);
     return -1;
 }
 

@@ -53,6 +53,13 @@ int e2e_wait_exit(e2e_proc *p, int timeout_ms);
 /** Stops the service with SIGTERM and asserts it exits 0 within 15 s. */
 void e2e_stop(e2e_proc *p);
 
+/**
+ * Kills (SIGKILL) and reaps every service this process started that is still running. Group
+ * teardowns call it, so a test that fails half-way (a failed assertion skips its own e2e_stop)
+ * leaves no server behind.
+ */
+void e2e_kill_all(void);
+
 /** The service's log so far (owned by the caller; free it). */
 char *e2e_log(const e2e_proc *p);
 

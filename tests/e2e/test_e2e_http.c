@@ -46,6 +46,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     e2e_stop(&svc);
+    e2e_kill_all();
     curl_global_cleanup();
     return 0;
 }

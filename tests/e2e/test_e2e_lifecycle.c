@@ -36,6 +36,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
+    e2e_kill_all();
     curl_global_cleanup();
     return 0;
 }

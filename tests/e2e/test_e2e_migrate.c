@@ -77,6 +77,7 @@ static int teardown(void **state)
     char sql[160];
 
     (void)state;
+    e2e_kill_all();
     if (dbname[0] == '\0' || admin_url[0] == '\0')
         return 0;
     snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
