@@ -89,15 +89,18 @@ static void test_invalid_config_exits_2(void **state)
     log = e2e_log(&p);
     assert_non_null(strstr(log, "PORT"));
     free(log);
+    unlink(p.log_path);
 
     e2e_start(&p, NULL, bad_flag, false);
     assert_int_equal(e2e_wait_exit(&p, 10000), 2);
     log = e2e_log(&p);
     assert_non_null(strstr(log, "--log-format"));
     free(log);
+    unlink(p.log_path);
 
     e2e_start(&p, NULL, version, false);
     assert_int_equal(e2e_wait_exit(&p, 10000), 0);
+    unlink(p.log_path);
 }
 
 static void test_slow_client_is_closed(void **state)
