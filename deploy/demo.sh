@@ -6,6 +6,10 @@
 #
 #   deploy/demo.sh [--quick] [--bin PATH]
 #
+# --bin (or HINDSIGHT_BIN) names the binary, build/hindsight by default; DATABASE_URL (a
+# postgresql:// URL) names the server, deploy/pg.sh url by default. A run takes about two minutes,
+# --quick about 45 s (3 s instead of 10 s per compare.sh run; everything else is the same).
+#
 # Speed and loop health come from deploy/wrk/compare.sh (its results.tsv is read back, nothing of
 # it is redone here). What makes welcome and transfers differ is not speed but what a shutdown or
 # a deadline does to their work, and a shutdown cannot be inflicted on somebody else's running
@@ -35,7 +39,7 @@ bin=${HINDSIGHT_BIN:-$root/build/hindsight}
 quick=0
 
 usage() {
-    sed -n '7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n "7,11p" "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -142,11 +146,9 @@ free_port() {
     done
 }
 
-new_db() { # new_db <suffix>: create a throwaway database, print its name
-    local name=${db_prefix}_$1
-    sql postgres "CREATE DATABASE $name" >/dev/null || die "cannot create database $name"
-    dbs+=("$name")
-    echo "$name"
+new_db() { # new_db <name>: create a throwaway database, dropped again by cleanup
+    sql postgres "CREATE DATABASE $1" >/dev/null || die "cannot create database $1"
+    dbs+=("$1")
 }
 
 # start_instance <name> <database> [VAR=value...]: the binary on a free port, with the service's
@@ -224,19 +226,25 @@ json_field() { # json_field <name> <file>: a number or boolean field of a flat J
 
 # --- 1. throughput, latency and loop health -------------------------------------------------
 
-main_db=$(new_db main)
+main_db=${db_prefix}_main
+new_db "$main_db"
 echo "# hindsight: before vs after"
 echo
-echo "binary $bin, PostgreSQL ${url_prefix##*@}, throwaway databases ${db_prefix}_*"
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), binary $bin, PostgreSQL ${url_prefix##*@}," \
+    "throwaway databases ${db_prefix}_*, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "## 1. Throughput and loop health: deploy/wrk/compare.sh -d $compare_duration -c 8" \
     "-D $compare_delay"
 echo
 start_instance main "$main_db"
 main_url=http://127.0.0.1:${port[main]}
+# In the background, so that a signal to this script is handled at once; `timeout` runs it in a
+# process group of its own and passes a SIGTERM on to the whole group, its wrk processes too.
 timeout 300 "$root/deploy/wrk/compare.sh" -d "$compare_duration" -c 8 -D "$compare_delay" \
-    -o "$work/compare" "$main_url" | sed 's/^/    /'
-[ "${PIPESTATUS[0]}" = 0 ] || die "deploy/wrk/compare.sh failed"
+    -o "$work/compare" "$main_url" > >(sed 's/^/    /') 2>&1 &
+bg_pids=($!)
+wait "${bg_pids[0]}" || die "deploy/wrk/compare.sh failed"
+bg_pids=()
 declare -A cmp=()
 while IFS=$'\t' read -r fam variant rps p50 p99 non2xx errors hz; do
     [ "$fam" = family ] && continue
@@ -331,7 +339,8 @@ echo
 declare -A inv_ok=() inv_short=() inv_partial=() committed=() rows_after=() verdict=()
 for variant in before after; do
     name=transfers-$variant
-    db=$(new_db "t$variant")
+    db=${db_prefix}_t$variant
+    new_db "$db"
     start_instance "$name" "$db" REQUEST_TIMEOUT_MS=$xfer_timeout SHUTDOWN_GRACE_MS=$term_grace
     url=http://127.0.0.1:${port[$name]}
     # Disjoint account pairs (2i-1 -> 2i): no transfer waits for another's row lock.
@@ -346,10 +355,11 @@ for variant in before after; do
     echo "    $variant, deadline burst: $(codes "$work/$name-deadline.cfg");" \
         "GET /accounts/invariant: $(cat "$work/$name-invariant.json")"
     burst "$work/$name-term.cfg" &
-    bg_pids+=($!)
+    bg_pids=($!)
     sleep "$term_after"
     stop_instance "$name"
-    wait "${bg_pids[-1]}"
+    wait "${bg_pids[0]}"
+    bg_pids=()
     read -r accounts total partial n_rows < <(sql "$db" "
         SELECT (SELECT count(*) FROM accounts), (SELECT sum(balance) FROM accounts),
                (SELECT count(*) FROM transfers t LEFT JOIN
