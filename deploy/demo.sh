@@ -4,8 +4,10 @@
 # The before/after demonstration: every pattern pair of API.md run side by side on private
 # instances of the built service, ending in one Markdown table that can be pasted into the README.
 #
-#   deploy/demo.sh [--quick] [--bin PATH]
+#   deploy/demo.sh [--quick] [--bin PATH] [--out DIR]
 #
+# --out keeps compare.sh's numbers and chart and the table (table.md) in DIR, by default
+# out/demo-<UTC time> in the checkout (ignored by git).
 # --bin (or HINDSIGHT_BIN) names the binary, build/hindsight by default; DATABASE_URL (a
 # postgresql:// URL) names the server, deploy/pg.sh url by default. A run takes about two minutes,
 # --quick about 45 s (3 s instead of 10 s per compare.sh run; everything else is the same).
@@ -37,9 +39,10 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${HINDSIGHT_BIN:-$root/build/hindsight}
 quick=0
+out=
 
 usage() {
-    sed -n "7,11p" "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n "7,13p" "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -48,6 +51,8 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --bin) [ $# -ge 2 ] || usage; bin=$2; shift ;;
     --bin=*) bin=${1#--bin=} ;;
+    --out) [ $# -ge 2 ] || usage; out=$2; shift ;;
+    --out=*) out=${1#--out=} ;;
     *) usage ;;
     esac
     shift
@@ -87,6 +92,8 @@ sql() { # sql <database> <statement>: one unaligned result, errors on stderr
     psql -X -q -t -A -v ON_ERROR_STOP=1 -d "$(db_url "$1")" -c "$2"
 }
 
+out=${out:-$root/out/demo-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out" || die "cannot create $out"
 work=$(mktemp -d /tmp/hs-demo.XXXXXX)
 db_prefix=hs_demo_$$_$RANDOM
 dbs=()
@@ -241,7 +248,7 @@ main_url=http://127.0.0.1:${port[main]}
 # In the background, so that a signal to this script is handled at once; `timeout` runs it in a
 # process group of its own and passes a SIGTERM on to the whole group, its wrk processes too.
 timeout 300 "$root/deploy/wrk/compare.sh" -d "$compare_duration" -c 8 -D "$compare_delay" \
-    -o "$work/compare" "$main_url" > >(sed 's/^/    /') 2>&1 &
+    -o "$out/compare" "$main_url" > >(sed 's/^/    /') 2>&1 &
 bg_pids=($!)
 wait "${bg_pids[0]}" || die "deploy/wrk/compare.sh failed"
 bg_pids=()
@@ -249,7 +256,7 @@ declare -A cmp=()
 while IFS=$'\t' read -r fam variant rps p50 p99 non2xx errors hz; do
     [ "$fam" = family ] && continue
     cmp[$fam.$variant]="$rps $p50 $p99 $non2xx $errors $hz"
-done <"$work/compare/results.tsv"
+done <"$out/compare/results.tsv"
 
 # --- 2. single requests with a known delay ---------------------------------------------------
 
@@ -271,7 +278,8 @@ for variant in before after; do
         --max-time 30 "$main_url/$variant/users/7/dashboard?delay_ms=$dash_delay")
     single[dashboard.$variant]=$(ms "$t")
     single_status[dashboard.$variant]=$code
-    echo "    dashboard $variant (3 queries of $dash_delay ms): $code in ${single[dashboard.$variant]} ms"
+    echo "    dashboard $variant (3 queries of $dash_delay ms):" \
+        "$code in ${single[dashboard.$variant]} ms"
 done
 ids=$(seq -s, 1 "$batch_ids")
 for variant in before after; do
@@ -332,7 +340,8 @@ done
 # --- 4. transfers: a deadline, then SIGTERM, in the gap between debit and credit -------------
 
 echo
-echo "## 4. Transfers: $xfer_count at once with delay_ms=$xfer_delay > REQUEST_TIMEOUT_MS=$xfer_timeout," \
+echo "## 4. Transfers: $xfer_count at once with delay_ms=$xfer_delay >" \
+    "REQUEST_TIMEOUT_MS=$xfer_timeout," \
     "then $xfer_count with delay_ms=$term_delay and SIGTERM ${term_after}s in" \
     "(SHUTDOWN_GRACE_MS=$term_grace)"
 echo
@@ -345,10 +354,11 @@ for variant in before after; do
     url=http://127.0.0.1:${port[$name]}
     # Disjoint account pairs (2i-1 -> 2i): no transfer waits for another's row lock.
     for i in $(seq "$xfer_count"); do
+        a=$((2 * i - 1)) b=$((2 * (xfer_count + i) - 1))
         add_request "$work/$name-deadline.cfg" "$url/$variant/transfers" \
-            "{\"from\":$((2 * i - 1)),\"to\":$((2 * i)),\"amount\":$xfer_amount,\"delay_ms\":$xfer_delay}"
+            "{\"from\":$a,\"to\":$((a + 1)),\"amount\":$xfer_amount,\"delay_ms\":$xfer_delay}"
         add_request "$work/$name-term.cfg" "$url/$variant/transfers" \
-            "{\"from\":$((2 * (xfer_count + i) - 1)),\"to\":$((2 * (xfer_count + i))),\"amount\":$xfer_amount,\"delay_ms\":$term_delay}"
+            "{\"from\":$b,\"to\":$((b + 1)),\"amount\":$xfer_amount,\"delay_ms\":$term_delay}"
     done
     burst "$work/$name-deadline.cfg"
     curl -s --max-time 10 -o "$work/$name-invariant.json" "$url/accounts/invariant"
@@ -395,44 +405,54 @@ cell() { # cell <family> <variant> <field number>: a number from compare.sh's re
     fi
 }
 
+# table: the Markdown table and the note on its settings.
+table() {
+    local fam variant label one lossc invc
+    echo "| pattern | variant | req/s | p50 ms | p99 ms | /healthz p99 ms | single request ms |" \
+        "events lost (welcome) | invariant (transfers) |"
+    echo "|---|---|---:|---:|---:|---:|---:|---|---|"
+    for fam in users dashboard batch welcome transfers; do
+        for variant in before after; do
+            case $fam in
+            users) label="0 blocking: GET /users/{id}" ;;
+            dashboard) label="2 join: GET /users/{id}/dashboard" ;;
+            batch) label="2 bounded stream: POST /batch" ;;
+            welcome) label="3 structured: POST /users/{id}/welcome" ;;
+            transfers) label="4 cancellation-safe: POST /transfers" ;;
+            esac
+            one=- lossc=- invc=-
+            [ -n "${single[$fam.$variant]:-}" ] && one=${single[$fam.$variant]}
+            if [ "$fam" = welcome ]; then
+                lossc="${lost[$variant]} of ${asked[$variant]}"
+                if [ "$variant" = before ]; then
+                    lossc+=" (silently; ${written[$variant]} written)"
+                else
+                    lossc+=" (${written[$variant]} written,"
+                    lossc+=" ${reported[$variant]} reported cancelled)"
+                fi
+            fi
+            [ "$fam" = transfers ] && invc=${verdict[$variant]}
+            echo "| $label | $variant | $(cell "$fam" "$variant" 0) |" \
+                "$(cell "$fam" "$variant" 1) | $(cell "$fam" "$variant" 2) |" \
+                "$(cell "$fam" "$variant" 5) | $one | $lossc | $invc |"
+        done
+    done
+    echo
+    echo "req/s, p50, p99 and /healthz p99: compare.sh, $compare_duration per run, 8 connections," \
+        "delay_ms=$compare_delay. Single request: dashboard delay_ms=$dash_delay; batch" \
+        "$batch_ids ids, delay_ms=$batch_delay, concurrency $batch_conc. Welcome:" \
+        "$welcome_tasks tasks x $welcome_events events at $welcome_delay ms, SIGTERM" \
+        "${welcome_term_after}s later. Transfers: $xfer_count with delay_ms=$xfer_delay >" \
+        "REQUEST_TIMEOUT_MS=$xfer_timeout, then $xfer_count with SIGTERM ${term_after}s in;" \
+        "missing = 1000 x accounts - total balance."
+}
+
 echo
 echo "## Before vs after"
 echo
-echo "| pattern | variant | req/s | p50 ms | p99 ms | /healthz p99 ms | single request ms |" \
-    "events lost (welcome) | invariant (transfers) |"
-echo "|---|---|---:|---:|---:|---:|---:|---|---|"
-for fam in users dashboard batch welcome transfers; do
-    for variant in before after; do
-        case $fam in
-        users) label="0 blocking: GET /users/{id}" ;;
-        dashboard) label="2 join: GET /users/{id}/dashboard" ;;
-        batch) label="2 bounded stream: POST /batch" ;;
-        welcome) label="3 structured: POST /users/{id}/welcome" ;;
-        transfers) label="4 cancellation-safe: POST /transfers" ;;
-        esac
-        one=- lossc=- invc=-
-        [ -n "${single[$fam.$variant]:-}" ] && one=${single[$fam.$variant]}
-        if [ "$fam" = welcome ]; then
-            lossc="${lost[$variant]} of ${asked[$variant]}"
-            if [ "$variant" = before ]; then
-                lossc+=" (silently; ${written[$variant]} written)"
-            else
-                lossc+=" (${written[$variant]} written, ${reported[$variant]} reported cancelled)"
-            fi
-        fi
-        [ "$fam" = transfers ] && invc=${verdict[$variant]}
-        echo "| $label | $variant | $(cell "$fam" "$variant" 0) | $(cell "$fam" "$variant" 1) |" \
-            "$(cell "$fam" "$variant" 2) | $(cell "$fam" "$variant" 5) | $one | $lossc | $invc |"
-    done
-done
+table | tee "$out/table.md"
 echo
-echo "req/s, p50, p99 and /healthz p99: compare.sh, $compare_duration per run, 8 connections," \
-    "delay_ms=$compare_delay. Single request: dashboard delay_ms=$dash_delay; batch" \
-    "$batch_ids ids, delay_ms=$batch_delay, concurrency $batch_conc. Welcome:" \
-    "$welcome_tasks tasks x $welcome_events events at $welcome_delay ms, SIGTERM" \
-    "${welcome_term_after}s later. Transfers: $xfer_count with delay_ms=$xfer_delay >" \
-    "REQUEST_TIMEOUT_MS=$xfer_timeout, then $xfer_count with SIGTERM ${term_after}s in;" \
-    "missing = 1000 x accounts - total balance."
+echo "compare.sh's numbers and chart, and this table: $out"
 
 # --- what must hold --------------------------------------------------------------------------
 
