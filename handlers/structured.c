@@ -57,9 +57,6 @@ static const char sql_event[] = "WITH d AS (SELECT pg_sleep($4::float8 / 1000)) 
 
 enum { SCOPE_REQUEST = 0, SCOPE_SERVICE = 1 };
 
-/* Where a counter that could not be registered counts instead. */
-static uint64_t counter_sink;
-
 /* The pattern's own series in /metrics; pointers into the registry, which outlives the loop. */
 typedef struct welcome_counters {
     uint64_t *written_before;
@@ -72,7 +69,6 @@ typedef struct welcome_counters {
 typedef struct structured {
     svc_app *app;
     welcome_counters c;
-    bool registered;
     uint64_t next_id;
     char id_prefix[17];
     rt_guard free_guard;
@@ -139,26 +135,8 @@ static const char *const scope_names[] = {"request", "service"};
 
 /* --- metrics ------------------------------------------------------------------------------ */
 
-static uint64_t *counter(svc_metrics *m, const char *name, const char *labels, const char *help)
-{
-    uint64_t *c = m != NULL ? svc_metrics_counter(m, name, labels, help) : NULL;
-
-    return c != NULL ? c : &counter_sink;
-}
-
-static uint64_t *gauge(svc_metrics *m, const char *name, const char *help)
-{
-    uint64_t *g = m != NULL ? svc_metrics_gauge(m, name, "", help) : NULL;
-
-    return g != NULL ? g : &counter_sink;
-}
-
-/*
- * The registry is sized by the handler table, so it is created only after every row has been
- * added, and it does not exist yet when hs_structured_register runs. The series are therefore
- * registered by the first request, on the loop thread like every other use of the registry.
- */
-static void counters_ensure(structured *s)
+/* Registers the pattern's series at startup, so they are in /metrics before the first request. */
+static int counters_register(structured *s)
 {
     svc_metrics *m = s->app->metrics;
     welcome_counters *c = &s->c;
@@ -166,24 +144,26 @@ static void counters_ensure(structured *s)
     static const char tasks_help[] = "Scoped welcome tasks cancelled before writing every event.";
     static const char events_help[] = "Events a cancelled welcome task did not write.";
 
-    if (s->registered)
-        return;
-    s->registered = true;
-    c->written_before =
-        counter(m, "hs_welcome_events_written_total", "variant=\"before\"", written_help);
-    c->written_after =
-        counter(m, "hs_welcome_events_written_total", "variant=\"after\"", written_help);
-    c->detached_alive = gauge(m, "hs_welcome_detached_alive",
-                              "Detached welcome tasks (before) still running: nothing waits for "
-                              "them, and shutdown drops them.");
+    c->written_before = svc_metrics_counter(m, "hs_welcome_events_written_total",
+                                            "variant=\"before\"", written_help);
+    c->written_after = svc_metrics_counter(m, "hs_welcome_events_written_total",
+                                           "variant=\"after\"", written_help);
+    c->detached_alive = svc_metrics_gauge(m, "hs_welcome_detached_alive", "",
+                                          "Detached welcome tasks (before) still running: nothing "
+                                          "waits for them, and shutdown drops them.");
     c->tasks_cancelled[SCOPE_REQUEST] =
-        counter(m, "hs_welcome_cancelled_total", "scope=\"request\"", tasks_help);
+        svc_metrics_counter(m, "hs_welcome_cancelled_total", "scope=\"request\"", tasks_help);
     c->tasks_cancelled[SCOPE_SERVICE] =
-        counter(m, "hs_welcome_cancelled_total", "scope=\"service\"", tasks_help);
-    c->events_cancelled[SCOPE_REQUEST] =
-        counter(m, "hs_welcome_events_cancelled_total", "scope=\"request\"", events_help);
-    c->events_cancelled[SCOPE_SERVICE] =
-        counter(m, "hs_welcome_events_cancelled_total", "scope=\"service\"", events_help);
+        svc_metrics_counter(m, "hs_welcome_cancelled_total", "scope=\"service\"", tasks_help);
+    c->events_cancelled[SCOPE_REQUEST] = svc_metrics_counter(m, "hs_welcome_events_cancelled_total",
+                                                             "scope=\"request\"", events_help);
+    c->events_cancelled[SCOPE_SERVICE] = svc_metrics_counter(m, "hs_welcome_events_cancelled_total",
+                                                             "scope=\"service\"", events_help);
+    if (c->written_before == NULL || c->written_after == NULL || c->detached_alive == NULL ||
+        c->tasks_cancelled[SCOPE_REQUEST] == NULL || c->tasks_cancelled[SCOPE_SERVICE] == NULL ||
+        c->events_cancelled[SCOPE_REQUEST] == NULL || c->events_cancelled[SCOPE_SERVICE] == NULL)
+        return UV_ENOMEM;
+    return 0;
 }
 
 /* --- before: the detached chain ------------------------------------------------------------ */
@@ -556,7 +536,6 @@ static int welcome(svc_request *req, structured *s, svc_variant variant, rt_task
         svc_respond_error(req, 503, "unavailable", "no database is configured");
         return 0;
     }
-    counters_ensure(s);
     w = calloc(1, sizeof(*w));
     if (w == NULL)
         return UV_ENOMEM;
@@ -603,6 +582,9 @@ int hs_structured_register(svc_router *r, svc_app *app)
     s->free_guard.fn = free;
     s->free_guard.arg = s;
     rt_scope_defer(app->root_scope, &s->free_guard);
+    err = counters_register(s);
+    if (err < 0)
+        return err;
     const svc_route rows[] = {
         {"POST", "/before/users/{id}/welcome", SVC_VARIANT_BEFORE,
          "fire-and-forget: writes audit events from a detached task that shutdown silently drops",

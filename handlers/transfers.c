@@ -61,32 +61,21 @@ static const char sql_invariant[] =
 
 /* --- shared with transfers_after.c ------------------------------------------------------------ */
 
-static uint64_t counter_sink;
-
-static uint64_t *counter(svc_metrics *m, const char *name, const char *labels, const char *help)
-{
-    uint64_t *c = m != NULL ? svc_metrics_counter(m, name, labels, help) : NULL;
-
-    return c != NULL ? c : &counter_sink;
-}
-
-/*
- * The registry is sized by the handler table and so only exists once every row is added, after
- * hs_transfers_register; the first request registers the series instead.
- */
-static void counters_ensure(hs_xfer_state *t)
+/* Registers the pattern's series at startup, so they are in /metrics before the first request. */
+static int counters_register(hs_xfer_state *t)
 {
     static const char help[] = "Transfers cancelled by their deadline or by shutdown.";
+    svc_metrics *m = t->app->metrics;
 
-    if (t->registered)
-        return;
-    t->registered = true;
-    t->cancelled_before = counter(t->app->metrics, "hs_transfers_cancelled_total",
-                                  "variant=\"before\",effect=\"left_as_is\"", help);
-    t->rolled_back = counter(t->app->metrics, "hs_transfers_cancelled_total",
-                             "variant=\"after\",effect=\"rolled_back\"", help);
-    t->replayed = counter(t->app->metrics, "hs_transfers_replayed_total", "",
-                          "Transfers answered from a stored Idempotency-Key response.");
+    t->cancelled_before = svc_metrics_counter(m, "hs_transfers_cancelled_total",
+                                              "variant=\"before\",effect=\"left_as_is\"", help);
+    t->rolled_back = svc_metrics_counter(m, "hs_transfers_cancelled_total",
+                                         "variant=\"after\",effect=\"rolled_back\"", help);
+    t->replayed = svc_metrics_counter(m, "hs_transfers_replayed_total", "",
+                                      "Transfers answered from a stored Idempotency-Key response.");
+    if (t->cancelled_before == NULL || t->rolled_back == NULL || t->replayed == NULL)
+        return UV_ENOMEM;
+    return 0;
 }
 
 char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id)
@@ -392,7 +381,6 @@ static int before_transfer(svc_request *req, void *state, rt_task **task_out)
         svc_respond_error(req, 503, "unavailable", "no database is configured");
         return 0;
     }
-    counters_ensure(t);
     x = calloc(1, sizeof(*x));
     if (x == NULL)
         return UV_ENOMEM;
@@ -415,7 +403,6 @@ static int after_transfer(svc_request *req, void *state, rt_task **task_out)
         svc_respond_error(req, 503, "unavailable", "no database is configured");
         return 0;
     }
-    counters_ensure(t);
     *task_out = hs__xfer_after_new(t, req, &a);
     return *task_out != NULL ? 0 : UV_ENOMEM;
 }
@@ -511,6 +498,9 @@ int hs_transfers_register(svc_router *r, svc_app *app)
     t->free_guard.fn = free;
     t->free_guard.arg = t;
     rt_scope_defer(app->root_scope, &t->free_guard);
+    err = counters_register(t);
+    if (err < 0)
+        return err;
     const svc_route rows[] = {
         {"POST", "/before/transfers", SVC_VARIANT_BEFORE,
          "transfer as separate autocommit statements: a cancellation leaves it half-done "

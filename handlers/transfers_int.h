@@ -26,7 +26,6 @@
 /* The rows' state: one per process, freed when the root scope closes. */
 typedef struct hs_xfer_state {
     svc_app *app;
-    bool registered;
     uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */
     uint64_t *rolled_back;      /* after: cancelled before COMMIT, rolled back */
     uint64_t *replayed;         /* after: answered from idempotency_keys */

@@ -224,15 +224,19 @@ static int start(hs_main *m)
     m->router = svc_router_new(m->cfg.before_routes);
     if (m->router == NULL)
         return UV_ENOMEM;
+    /* Before the handlers, so that they register their own series as they register their rows. */
+    m->metrics = svc_metrics_new(m->router);
+    if (m->metrics == NULL)
+        return UV_ENOMEM;
+    m->app.metrics = m->metrics;
     err = register_handlers(m->router, &m->app);
     if (err < 0) {
         svc_log_msg(SVC_LOG_ERROR, "startup", "a handler table row was refused");
         return err;
     }
-    m->metrics = svc_metrics_new(m->router);
-    if (m->metrics == NULL)
-        return UV_ENOMEM;
-    m->app.metrics = m->metrics;
+    err = svc_metrics_bind_routes(m->metrics);
+    if (err < 0)
+        return err;
     err = svc_server_open(&m->server, &m->app, m->router, m->metrics, &m->requests);
     if (err < 0) {
         svc_log_msg(SVC_LOG_ERROR, "startup", "the HTTP server could not listen on PORT");

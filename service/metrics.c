@@ -9,6 +9,7 @@
  */
 #include "service/metrics.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,14 +63,16 @@ svc_metrics *svc_metrics_new(const svc_router *router)
     if (m == NULL)
         return NULL;
     m->router = router;
-    m->nroutes = svc_router_count(router);
-    m->routes = calloc(m->nroutes + 1, sizeof(*m->routes));
-    if (m->routes == NULL) {
-        free(m);
-        return NULL;
-    }
     m->counters_tail = &m->counters;
     return m;
+}
+
+int svc_metrics_bind_routes(svc_metrics *m)
+{
+    assert(m->routes == NULL);
+    m->nroutes = svc_router_count(m->router);
+    m->routes = calloc(m->nroutes + 1, sizeof(*m->routes));
+    return m->routes != NULL ? 0 : UV_ENOMEM;
 }
 
 void svc_metrics_free(svc_metrics *m)

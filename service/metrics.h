@@ -20,10 +20,19 @@
 #include "service/http.h"
 
 /**
- * Creates the registry for the rows of router (its row count is fixed from now on). Returns new
- * (free with svc_metrics_free) or NULL without memory. Startup only.
+ * Creates the registry for router (borrowed for the registry's lifetime). It exists before the
+ * handler table is filled, so that handlers register their own series from their register
+ * functions; the per-route series are sized by svc_metrics_bind_routes once the table is
+ * complete. Returns new (free with svc_metrics_free) or NULL without memory. Startup only.
  */
 svc_metrics *svc_metrics_new(const svc_router *router);
+
+/**
+ * Sizes the per-route series for the rows router has now: the handler table is complete from
+ * here on. Call it once, after every row was added and before the first request is counted.
+ * Returns 0 or UV_ENOMEM. Startup only.
+ */
+int svc_metrics_bind_routes(svc_metrics *m);
 
 /** Frees m and the counters it handed out. */
 void svc_metrics_free(svc_metrics *m);

@@ -239,6 +239,8 @@ static void harness_start(void)
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
         assert_int_equal(svc_router_add(h.router, &rows[i]), 0);
     h.metrics = svc_metrics_new(h.router);
+    assert_non_null(h.metrics);
+    assert_int_equal(svc_metrics_bind_routes(h.metrics), 0);
     h.app.metrics = h.metrics;
     assert_int_equal(svc_server_open(&h.server, &h.app, h.router, h.metrics, &h.requests), 0);
     h.peer.port = svc_server_port(h.server);

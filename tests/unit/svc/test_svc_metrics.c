@@ -66,6 +66,7 @@ static void test_render(void **state)
         assert_int_equal(svc_router_add(router, &rows[i]), 0);
     m = svc_metrics_new(router);
     assert_non_null(m);
+    assert_int_equal(svc_metrics_bind_routes(m), 0);
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(rt_runtime_init(&rt, &loop), 0);
     rt_scope_init(&root, &rt, NULL, "root");
