@@ -17,7 +17,7 @@
 
 #include <uv.h>
 
-typedef enum kind { K_INT, K_INT64, K_STR, K_BOOL, K_LEVEL, K_FORMAT } kind;
+typedef enum kind { K_INT, K_INT64, K_STR, K_HOST, K_BOOL, K_LEVEL, K_FORMAT } kind;
 
 typedef struct setting {
     const char *env;
@@ -32,6 +32,8 @@ typedef struct setting {
 #define AT(f) offsetof(svc_config, f)
 
 static const setting settings[] = {
+    {"HOST", K_HOST, AT(host), 0, 0, "0.0.0.0",
+     "address to listen on: an IPv4 or IPv6 literal (0.0.0.0: every IPv4 interface)"},
     {"PORT", K_INT, AT(port), 0, 65535, "8080", "TCP port to listen on (0 picks a free one)"},
     {"DATABASE_URL", K_STR, AT(database_url), 0, 0, "",
      "PostgreSQL connection string; empty runs without a database (readiness 503)"},
@@ -94,6 +96,18 @@ static int parse_bool(const char *v, bool *out)
     return UV_EINVAL;
 }
 
+/* Replaces the owned string *slot with a copy of v. */
+static int set_string(char **slot, const char *v)
+{
+    char *copy = strdup(v);
+
+    if (copy == NULL)
+        return UV_ENOMEM;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
 /* Sets s in c from text v; on failure reports on err naming `from` (the env name or flag). */
 static int apply(svc_config *c, const setting *s, const char *v, const char *from, FILE *err)
 {
@@ -116,15 +130,14 @@ static int apply(svc_config *c, const setting *s, const char *v, const char *fro
         else
             *(int64_t *)(void *)p = n;
         return 0;
-    case K_STR: {
-        char *copy = strdup(v);
-
-        if (copy == NULL)
-            return UV_ENOMEM;
-        free(*(char **)(void *)p);
-        *(char **)(void *)p = copy;
-        return 0;
-    }
+    case K_HOST:
+        if (!svc_config_is_ip_literal(v)) {
+            fprintf(err, "hindsight: invalid %s=%s: expected an IPv4 or IPv6 address\n", from, v);
+            return UV_EINVAL;
+        }
+        return set_string((char **)(void *)p, v);
+    case K_STR:
+        return set_string((char **)(void *)p, v);
     case K_BOOL:
         if (parse_bool(v, (bool *)(void *)p) < 0) {
             fprintf(err, "hindsight: invalid %s=%s: expected on or off\n", from, v);
@@ -146,6 +159,14 @@ static int apply(svc_config *c, const setting *s, const char *v, const char *fro
         return 0;
     }
     return UV_EINVAL;
+}
+
+bool svc_config_is_ip_literal(const char *v)
+{
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+
+    return uv_ip4_addr(v, 0, &in4) == 0 || uv_ip6_addr(v, 0, &in6) == 0;
 }
 
 static void print_help(FILE *out)
@@ -240,4 +261,6 @@ void svc_config_free(svc_config *c)
 {
     free(c->database_url);
     c->database_url = NULL;
+    free(c->host);
+    c->host = NULL;
 }

@@ -20,7 +20,8 @@
 typedef struct svc_config svc_config;
 
 struct svc_config {
-    int port;                    /* PORT: TCP port on all interfaces (0 picks a free one) */
+    char *host;                  /* HOST: owned; the IPv4 or IPv6 address to listen on */
+    int port;                    /* PORT: TCP port (0 picks a free one) */
     char *database_url;          /* DATABASE_URL: owned; NULL runs without a database */
     int db_pool_size;            /* DB_POOL_SIZE: connections in the pool */
     int db_queue_limit;          /* DB_QUEUE_LIMIT: requests waiting for a connection, then 503 */
@@ -54,6 +55,9 @@ enum {
  * afterwards, even on failure: release them with svc_config_free.
  */
 int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err);
+
+/** True when v is an IPv4 or IPv6 address literal (what HOST accepts). */
+bool svc_config_is_ip_literal(const char *v);
 
 /** Frees the strings c owns. */
 void svc_config_free(svc_config *c);

@@ -18,7 +18,7 @@
 static const char *const vars[] = {
     "PORT",      "DATABASE_URL", "DB_POOL_SIZE",   "REQUEST_TIMEOUT_MS", "BEFORE_ROUTES",
     "LOG_LEVEL", "LOG_FORMAT",   "MAX_BODY_BYTES", "MAX_CONNECTIONS",    "MAX_CONNECTIONS_PER_IP",
-    "WORKERS"};
+    "WORKERS",   "HOST"};
 
 static int clean_env(void **state)
 {
@@ -53,6 +53,7 @@ static void test_defaults(void **state)
     (void)state;
     assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
     assert_int_equal(c.port, 8080);
+    assert_string_equal(c.host, "0.0.0.0");
     assert_null(c.database_url);
     assert_int_equal(c.request_timeout_ms, 30000);
     assert_int_equal(c.drain_delay_ms, 0);
@@ -79,7 +80,9 @@ static void test_env_then_flags(void **state)
     setenv("DB_POOL_SIZE", "4", 1);
     setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/db", 1);
     setenv("LOG_LEVEL", "debug", 1);
+    setenv("HOST", "::1", 1);
     assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
+    assert_string_equal(c.host, "::1");
     assert_int_equal(c.port, 9000); /* the flag wins */
     assert_int_equal(c.db_pool_size, 4);
     assert_string_equal(c.database_url, "postgresql://u@127.0.0.1:1/db");
@@ -104,7 +107,10 @@ static void test_invalid_values(void **state)
                {"LOG_LEVEL", "verbose"},
                {"LOG_FORMAT", "xml"},
                {"MAX_BODY_BYTES", "-5"},
-               {"WORKERS", "0"}};
+               {"WORKERS", "0"},
+               {"HOST", "localhost"},
+               {"HOST", "256.0.0.1"},
+               {"HOST", ""}};
     char *argv[] = {"hindsight", NULL};
 
     (void)state;
