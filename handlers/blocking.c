@@ -62,8 +62,7 @@ static int before_user(svc_request *req, void *state, rt_task **task_out)
     json_t *user;
 
     (void)task_out;
-    if (svc_request_param_id(req, "id", &id) < 0 ||
-        svc_query_int(req, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay) < 0)
+    if (hs__user_args(req, &id, &delay) < 0)
         return 0;
     if (b->app->config->database_url == NULL || !before_connect(b)) {
         svc_respond_error(req, 503, "unavailable", "the database is unavailable");
@@ -176,8 +175,7 @@ static int after_user(svc_request *req, void *state, rt_task **task_out)
     int64_t delay;
 
     (void)state;
-    if (svc_request_param_id(req, "id", &id) < 0 ||
-        svc_query_int(req, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay) < 0)
+    if (hs__user_args(req, &id, &delay) < 0)
         return 0;
     if (req->app->db == NULL)
         return RT_DB_EDOWN;

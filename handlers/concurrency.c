@@ -251,8 +251,7 @@ static int dashboard_handler(svc_request *req, bool concurrent, rt_task **task_o
     int64_t id;
     int64_t delay;
 
-    if (svc_request_param_id(req, "id", &id) < 0 ||
-        svc_query_int(req, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay) < 0)
+    if (hs__user_args(req, &id, &delay) < 0)
         return 0;
     if (req->app->db == NULL)
         return RT_DB_EDOWN;

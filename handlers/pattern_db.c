@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * pattern_db.c - the user row as JSON and database errors as responses (see pattern_db_int.h).
+ * pattern_db.c - the user routes' inputs, the user row as JSON and database errors as responses
+ * (see pattern_db_int.h).
  *
  * Values arrive as libpq text and are copied into JSON as they are, except the id, which the API
  * gives as a number. A SQL error is a bug or an outage on our side, not the client's business:
@@ -19,6 +20,23 @@ const char *hs__int_text(char *buf, int64_t v)
 {
     snprintf(buf, HS_INT_TEXT, "%" PRId64, v);
     return buf;
+}
+
+int hs__user_args(svc_request *req, int64_t *id, int64_t *delay)
+{
+    int err = svc_request_param_id(req, "id", id);
+
+    if (err == 0)
+        err = svc_query_int(req, "delay_ms", 0, HS_DELAY_MAX_MS, 0, delay);
+    return err;
+}
+
+bool hs__has_db(svc_request *req)
+{
+    if (req->app->db != NULL)
+        return true;
+    svc_respond_error(req, 503, "unavailable", "no database is configured");
+    return false;
 }
 
 json_t *hs__user_json(const char *id, const char *name, const char *email, const char *created_at)

@@ -49,6 +49,19 @@
 const char *hs__int_text(char *buf, int64_t v);
 
 /**
+ * Reads the user routes' inputs: the {id} path parameter into *id and the delay_ms query
+ * parameter (0..HS_DELAY_MAX_MS, default 0) into *delay. Returns 0, or a negative error after
+ * setting the 400 for the bad input. req is borrowed for the call; loop thread only.
+ */
+int hs__user_args(svc_request *req, int64_t *id, int64_t *delay);
+
+/**
+ * True when the service was configured with a database. Otherwise sets a 503 "no database is
+ * configured" on req (borrowed for the call) and returns false; loop thread only.
+ */
+bool hs__has_db(svc_request *req);
+
+/**
  * The user object {"id","name","email","created_at"} from the four columns of HS_USER_SQL as
  * text (borrowed for the call). Returns new, or NULL without memory.
  */

@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "handlers/pattern_db_int.h"
 #include "runtime/db.h"
 #include "service/log.h"
 #include "service/metrics.h"
@@ -530,12 +531,8 @@ static int welcome(svc_request *req, structured *s, svc_variant variant, rt_task
     welcome_args a;
     welcome_req *w;
 
-    if (parse_args(req, variant, &a) < 0)
+    if (parse_args(req, variant, &a) < 0 || !hs__has_db(req))
         return 0;
-    if (s->app->db == NULL) {
-        svc_respond_error(req, 503, "unavailable", "no database is configured");
-        return 0;
-    }
     w = calloc(1, sizeof(*w));
     if (w == NULL)
         return UV_ENOMEM;

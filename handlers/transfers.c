@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "handlers/pattern_db_int.h"
 #include "handlers/transfers_int.h"
 #include "runtime/db.h"
 #include "service/log.h"
@@ -375,12 +376,8 @@ static int before_transfer(svc_request *req, void *state, rt_task **task_out)
     xfer_before *x;
     hs_xfer_args a;
 
-    if (parse_args(req, &a) < 0)
+    if (parse_args(req, &a) < 0 || !hs__has_db(req))
         return 0;
-    if (t->app->db == NULL) {
-        svc_respond_error(req, 503, "unavailable", "no database is configured");
-        return 0;
-    }
     x = calloc(1, sizeof(*x));
     if (x == NULL)
         return UV_ENOMEM;
@@ -397,12 +394,8 @@ static int after_transfer(svc_request *req, void *state, rt_task **task_out)
     hs_xfer_state *t = state;
     hs_xfer_args a;
 
-    if (parse_args(req, &a) < 0)
+    if (parse_args(req, &a) < 0 || !hs__has_db(req))
         return 0;
-    if (t->app->db == NULL) {
-        svc_respond_error(req, 503, "unavailable", "no database is configured");
-        return 0;
-    }
     *task_out = hs__xfer_after_new(t, req, &a);
     return *task_out != NULL ? 0 : UV_ENOMEM;
 }
@@ -473,10 +466,8 @@ static int invariant(svc_request *req, void *state, rt_task **task_out)
     hs_xfer_state *t = state;
     invariant_req *v;
 
-    if (t->app->db == NULL) {
-        svc_respond_error(req, 503, "unavailable", "no database is configured");
+    if (!hs__has_db(req))
         return 0;
-    }
     v = calloc(1, sizeof(*v));
     if (v == NULL)
         return UV_ENOMEM;
