@@ -25,6 +25,7 @@
 
 #include <libpq-fe.h>
 
+#include "loop_test.h"
 #include "runtime/db.h"
 #include "runtime/runtime.h"
 
@@ -58,21 +59,12 @@ static inline void dbt_db_closed(rt_db *db, void *arg)
     fx->db_closed++;
 }
 
-static inline void dbt_count_open(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h)) {
-        (*(int *)arg)++;
-        uv_close(h, NULL);
-    }
-}
-
 static inline int dbt_setup(void **state)
 {
     dbt_fixture *fx = calloc(1, sizeof(*fx));
 
     assert_non_null(fx);
-    assert_int_equal(uv_loop_init(&fx->loop), 0);
-    assert_int_equal(rt_runtime_init(&fx->rt, &fx->loop), 0);
+    loop_test_open(&fx->loop, &fx->rt);
     *state = fx;
     return 0;
 }
@@ -91,17 +83,9 @@ static inline void dbt_close_db(dbt_fixture *fx)
 static inline int dbt_teardown(void **state)
 {
     dbt_fixture *fx = *state;
-    int leftovers = 0;
 
     dbt_close_db(fx);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    rt_runtime_close(&fx->rt, dbt_runtime_closed);
-    uv_walk(&fx->loop, dbt_count_open, &leftovers);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    assert_int_equal(leftovers, 0);
-    assert_int_equal(fx->runtime_closed, 1);
-    assert_int_equal(fx->rt.live_tasks, 0);
-    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    loop_test_close(&fx->loop, &fx->rt, dbt_runtime_closed, &fx->runtime_closed);
     free(fx);
     return 0;
 }

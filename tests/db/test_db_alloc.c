@@ -60,8 +60,7 @@ static bool run_scenario(long n)
     bool reached;
 
     memset(&s, 0, sizeof(s));
-    assert_int_equal(uv_loop_init(&s.loop), 0);
-    assert_int_equal(rt_runtime_init(&s.rt, &s.loop), 0);
+    loop_test_open(&s.loop, &s.rt);
     alloc_calls = 0;
     fail_at = n;
     live_blocks = 0;
@@ -87,7 +86,7 @@ static bool run_scenario(long n)
     }
     reached = alloc_calls >= n;
     rt_runtime_close(&s.rt, NULL);
-    uv_walk(&s.loop, dbt_count_open, &leftovers);
+    uv_walk(&s.loop, loop_test_count_open, &leftovers);
     uv_run(&s.loop, UV_RUN_DEFAULT);
     rt_set_allocator(NULL, NULL);
     assert_int_equal(leftovers, 0);

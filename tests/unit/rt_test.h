@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loop_test.h"
 #include "runtime/runtime.h"
 #include "runtime/task.h"
 
@@ -39,21 +40,12 @@ static inline void fixture_runtime_closed(rt_runtime *rt)
     fx->runtime_closed++;
 }
 
-static inline void fixture_count_open(uv_handle_t *h, void *arg)
-{
-    if (!uv_is_closing(h)) {
-        (*(int *)arg)++;
-        uv_close(h, NULL);
-    }
-}
-
 static inline int fixture_setup(void **state)
 {
     rt_fixture *fx = calloc(1, sizeof(*fx));
 
     assert_non_null(fx);
-    assert_int_equal(uv_loop_init(&fx->loop), 0);
-    assert_int_equal(rt_runtime_init(&fx->rt, &fx->loop), 0);
+    loop_test_open(&fx->loop, &fx->rt);
     *state = fx;
     return 0;
 }
@@ -61,17 +53,8 @@ static inline int fixture_setup(void **state)
 static inline int fixture_teardown(void **state)
 {
     rt_fixture *fx = *state;
-    int leftovers = 0;
 
-    /* Anything the test left queued is delivered before the runtime's handle closes. */
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    rt_runtime_close(&fx->rt, fixture_runtime_closed);
-    uv_walk(&fx->loop, fixture_count_open, &leftovers);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
-    assert_int_equal(leftovers, 0);
-    assert_int_equal(fx->runtime_closed, 1);
-    assert_int_equal(fx->rt.live_tasks, 0);
-    assert_int_equal(uv_loop_close(&fx->loop), 0);
+    loop_test_close(&fx->loop, &fx->rt, fixture_runtime_closed, &fx->runtime_closed);
     free(fx);
     return 0;
 }
