@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * pt_async.c - threads, JSON, /metrics and libpq helpers for the pattern tests (pt_async.h).
+ * pt_async.c - the service fixture, threads, JSON, /metrics and libpq helpers for the pattern
+ * tests (pt_async.h).
  */
 #include "pt_async.h"
 
@@ -21,6 +22,26 @@
 void pt_init(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
+}
+
+int pt_service_setup(void **state)
+{
+    static pt_service s;
+
+    pt_init();
+    e2e_start(&s.proc, NULL, NULL, true);
+    s.db = pt_db_connect();
+    *state = &s;
+    return 0;
+}
+
+int pt_service_teardown(void **state)
+{
+    pt_service *s = *state;
+
+    PQfinish(s->db);
+    e2e_stop(&s->proc);
+    return 0;
 }
 
 static void *call_main(void *arg)

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * pt_async.h - what the tests of patterns 0 and 2 share on top of tests/e2e/e2e.h: requests
- * running on their own threads (so a test can watch the service while they are in flight),
- * JSON bodies, a look at /metrics, and a plain libpq connection for checking from the outside
- * what the service wrote.
+ * pt_async.h - what the tests of patterns 0 and 2 share on top of tests/e2e/e2e.h: a group
+ * fixture (the service and a database connection), requests running on their own threads (so a
+ * test can watch the service while they are in flight), JSON bodies, a look at /metrics, and a
+ * plain libpq connection for checking from the outside what the service wrote.
  *
  * Each helper fails the test (cmocka) on the test's main thread when something it needs is
  * missing; the request threads themselves never assert.
@@ -69,5 +69,20 @@ char *pt_batch_body(size_t n, int64_t first, int delay_ms, int concurrency);
 
 /** Curl's global initialization, once, before any thread makes a request. */
 void pt_init(void);
+
+/* A group fixture: the built binary with a database, and a plain connection to that database. */
+typedef struct pt_service {
+    e2e_proc proc;
+    PGconn *db;
+} pt_service;
+
+/**
+ * cmocka group setup: pt_init, starts the service on TEST_DATABASE_URL and connects to the
+ * database; *state is a static pt_service. Fails the test if either does not come up.
+ */
+int pt_service_setup(void **state);
+
+/** cmocka group teardown of pt_service_setup: closes the connection and stops the service. */
+int pt_service_teardown(void **state);
 
 #endif /* HS_PT_ASYNC_H */

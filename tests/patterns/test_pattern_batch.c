@@ -24,31 +24,6 @@
 
 #include "pt_async.h"
 
-typedef struct fixture {
-    e2e_proc proc;
-    PGconn *db;
-} fixture;
-
-static int setup(void **state)
-{
-    static fixture fx;
-
-    pt_init();
-    e2e_start(&fx.proc, NULL, NULL, true);
-    fx.db = pt_db_connect();
-    *state = &fx;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *fx = *state;
-
-    PQfinish(fx->db);
-    e2e_stop(&fx->proc);
-    return 0;
-}
-
 typedef struct batch_result {
     char batch_id[64];
     int64_t requested;
@@ -82,7 +57,7 @@ static void read_batch(const e2e_resp *r, batch_result *out)
     json_decref(v);
 }
 
-static void post_batch(fixture *fx, const char *variant, const char *body, batch_result *out)
+static void post_batch(pt_service *fx, const char *variant, const char *body, batch_result *out)
 {
     char path[64];
     e2e_resp r;
@@ -93,13 +68,13 @@ static void post_batch(fixture *fx, const char *variant, const char *body, batch
     e2e_resp_free(&r);
 }
 
-static int64_t rows_of(fixture *fx, const char *batch_id)
+static int64_t rows_of(pt_service *fx, const char *batch_id)
 {
     return pt_db_int(fx->db, "SELECT count(*) FROM batch_results WHERE batch_id = $1", batch_id);
 }
 
 /* Every row of the batch is one of the ids first..first+n-1, each once. */
-static void check_rows(fixture *fx, const batch_result *b, int64_t first, int64_t n,
+static void check_rows(pt_service *fx, const batch_result *b, int64_t first, int64_t n,
                        const char *variant)
 {
     char sql[256];
@@ -114,7 +89,7 @@ static void check_rows(fixture *fx, const batch_result *b, int64_t first, int64_
 
 static void test_batch_sequential_vs_bounded(void **state)
 {
-    fixture *fx = *state;
+    pt_service *fx = *state;
     char *body = pt_batch_body(50, 101, 50, 10);
     batch_result before;
     batch_result after;
@@ -141,7 +116,7 @@ static void test_batch_sequential_vs_bounded(void **state)
 static void test_batch_missing_users(void **state)
 {
     static const char *const variants[] = {"before", "after"};
-    fixture *fx = *state;
+    pt_service *fx = *state;
     const char *body = "{\"ids\":[201,99999998,202,99999999,203],\"delay_ms\":0}";
 
     for (size_t v = 0; v < 2; v++) {
@@ -171,7 +146,7 @@ static void test_batch_missing_users(void **state)
  */
 static void test_batch_stays_within_bounds(void **state)
 {
-    fixture *fx = *state;
+    pt_service *fx = *state;
     char *body = pt_batch_body(60, 301, 100, 4);
     double max_in_flight = 0;
     double max_busy = 0;
@@ -216,7 +191,7 @@ static void test_batch_stays_within_bounds(void **state)
 /* The largest batch is accepted and completed in full. */
 static void test_batch_of_1000(void **state)
 {
-    fixture *fx = *state;
+    pt_service *fx = *state;
     char *body = pt_batch_body(1000, 1001, 0, 100);
     batch_result b;
 
@@ -257,7 +232,7 @@ static void test_batch_validation(void **state)
         "{\"ids\":[7771],\"ids\":[7772]}",
     };
     static const char *const paths[] = {"/before/batch", "/after/batch"};
-    fixture *fx = *state;
+    pt_service *fx = *state;
     /* Rows any of these bodies could have written: their ids, from now on. */
     static const char *const written_sql =
         "SELECT count(*) FROM batch_results WHERE created_at >= $1::timestamptz AND "
@@ -299,5 +274,5 @@ int main(void)
         cmocka_unit_test(test_batch_validation),
     };
 
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, pt_service_setup, pt_service_teardown);
 }

@@ -22,31 +22,6 @@
 
 #define DELAY_MS 200
 
-typedef struct fixture {
-    e2e_proc proc;
-    PGconn *db;
-} fixture;
-
-static int setup(void **state)
-{
-    static fixture fx;
-
-    pt_init();
-    e2e_start(&fx.proc, NULL, NULL, true);
-    fx.db = pt_db_connect();
-    *state = &fx;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *fx = *state;
-
-    PQfinish(fx->db);
-    e2e_stop(&fx->proc);
-    return 0;
-}
-
 /* The ids SQL gives for the user's ten newest transfers, newest first, comma separated. */
 static void expected_transfer_ids(PGconn *db, const char *user, char *out, size_t cap)
 {
@@ -109,7 +84,7 @@ static bool check_dashboard(PGconn *db, const e2e_resp *r, int id)
     return strcmp(got, want) == 0;
 }
 
-static double dashboard_ms(fixture *fx, const char *variant, int id, int delay)
+static double dashboard_ms(pt_service *fx, const char *variant, int id, int delay)
 {
     char path[128];
     e2e_resp r;
@@ -131,7 +106,7 @@ static double dashboard_ms(fixture *fx, const char *variant, int id, int delay)
 /* before costs about three delays, after about one; the bodies agree with the database. */
 static void test_dashboard_timing_and_body(void **state)
 {
-    fixture *fx = *state;
+    pt_service *fx = *state;
     double before_ms = dashboard_ms(fx, "before", 7, DELAY_MS);
     double after_ms = dashboard_ms(fx, "after", 7, DELAY_MS);
 
@@ -151,7 +126,7 @@ static void test_dashboard_errors(void **state)
     static const char *const bad[] = {"/users/abc/dashboard", "/users/0/dashboard",
                                       "/users/-3/dashboard", "/users/1/dashboard?delay_ms=5001",
                                       "/users/1/dashboard?delay_ms=soon"};
-    fixture *fx = *state;
+    pt_service *fx = *state;
     char path[128];
     e2e_resp r;
 
@@ -176,5 +151,5 @@ int main(void)
         cmocka_unit_test(test_dashboard_errors),
     };
 
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, pt_service_setup, pt_service_teardown);
 }
