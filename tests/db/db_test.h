@@ -300,4 +300,34 @@ static inline int64_t dbt_scalar(PGconn *c, const char *sql)
     return v;
 }
 
+/*
+ * A test group's own schema. dbt_schema_new drops what an interrupted run may have left, creates
+ * the schema empty and returns the plain connection (new; PQfinish it) for filling it in.
+ * dbt_schema_drop removes it and everything in it, failing the test if it is not there.
+ * Both silence notices first: DROP ... CASCADE lists every object it drops.
+ */
+static inline PGconn *dbt_schema_new(const char *name)
+{
+    PGconn *c = dbt_plain();
+    char sql[128];
+
+    dbt_exec(c, "SET client_min_messages = warning");
+    snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS %s CASCADE", name);
+    dbt_exec(c, sql);
+    snprintf(sql, sizeof(sql), "CREATE SCHEMA %s", name);
+    dbt_exec(c, sql);
+    return c;
+}
+
+static inline void dbt_schema_drop(const char *name)
+{
+    PGconn *c = dbt_plain();
+    char sql[128];
+
+    dbt_exec(c, "SET client_min_messages = warning");
+    snprintf(sql, sizeof(sql), "DROP SCHEMA %s CASCADE", name);
+    dbt_exec(c, sql);
+    PQfinish(c);
+}
+
 #endif /* HS_TEST_DB_TEST_H */

@@ -204,12 +204,9 @@ static void op_start_next(bank *b)
 
 static int group_setup(void **state)
 {
-    PGconn *c = dbt_plain();
+    PGconn *c = dbt_schema_new("test_db_random");
 
     (void)state;
-    dbt_exec(c, "SET client_min_messages = warning");
-    dbt_exec(c, "DROP SCHEMA IF EXISTS test_db_random CASCADE");
-    dbt_exec(c, "CREATE SCHEMA test_db_random");
     dbt_exec(c, "CREATE TABLE test_db_random.accounts "
                 "(id int PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))");
     dbt_exec(c, "INSERT INTO test_db_random.accounts SELECT g, 1000 FROM generate_series(1, 16) g");
@@ -219,12 +216,8 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    PGconn *c = dbt_plain();
-
     (void)state;
-    dbt_exec(c, "SET client_min_messages = warning");
-    dbt_exec(c, "DROP SCHEMA test_db_random CASCADE");
-    PQfinish(c);
+    dbt_schema_drop("test_db_random");
     return 0;
 }
 

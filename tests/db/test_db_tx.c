@@ -97,12 +97,9 @@ static int64_t rows_with_id(int id)
 
 static int group_setup(void **state)
 {
-    PGconn *c = dbt_plain();
+    PGconn *c = dbt_schema_new("test_db_tx");
 
     (void)state;
-    dbt_exec(c, "SET client_min_messages = warning");
-    dbt_exec(c, "DROP SCHEMA IF EXISTS test_db_tx CASCADE");
-    dbt_exec(c, "CREATE SCHEMA test_db_tx");
     dbt_exec(c, "CREATE TABLE test_db_tx.items (id int PRIMARY KEY, note text NOT NULL)");
     /* A COMMIT that takes a while: a deferred constraint trigger sleeps at commit time. */
     dbt_exec(c, "CREATE TABLE test_db_tx.slow_commit (sleep_s float8 NOT NULL)");
@@ -117,12 +114,8 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    PGconn *c = dbt_plain();
-
     (void)state;
-    dbt_exec(c, "SET client_min_messages = warning");
-    dbt_exec(c, "DROP SCHEMA test_db_tx CASCADE");
-    PQfinish(c);
+    dbt_schema_drop("test_db_tx");
     return 0;
 }
 
