@@ -15,21 +15,8 @@ cd "$hs_root"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$hs_jobs" --target hindsight >/dev/null
 
-started_pg=0
-stop_pg() {
-    if [ "$started_pg" = 1 ]; then
-        "$hs_root/deploy/pg.sh" stop || true
-        echo "run: PostgreSQL stopped" >&2
-    fi
-}
-trap stop_pg EXIT
-
 if [ -z "${DATABASE_URL:-}" ]; then
-    if ! "$hs_root/deploy/pg.sh" status; then
-        started_pg=1
-    fi
-    DATABASE_URL=$("$hs_root/deploy/pg.sh" start)
-    export DATABASE_URL
+    hs_pg_use DATABASE_URL
     echo "run: using the throwaway cluster at $DATABASE_URL" >&2
 fi
 export PORT=${PORT:-8080}

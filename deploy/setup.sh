@@ -6,8 +6,8 @@
 #
 #   deploy/setup.sh              install what is missing
 #   deploy/setup.sh --deps-only  only what building the binary needs (the Dockerfile's build stage)
-#   source deploy/setup.sh       the same as the first, from another script (defines hs_root and
-#                                hs_jobs)
+#   source deploy/setup.sh       the same as the first, from another script (defines hs_root,
+#                                hs_jobs and hs_pg_use)
 set -euo pipefail
 
 hs_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -69,3 +69,25 @@ if [ "$(id -u)" = 0 ] && [ -z "${HS_PG_DATA:-}" ] && id postgres >/dev/null 2>&1
     ! runuser -u postgres -- test -x "$hs_root"; then
     export HS_PG_DATA=/var/lib/postgresql/hindsight-${HS_PG_PORT:-54329}
 fi
+
+# hs_pg_use NAME: unless the variable NAME is set already, starts the throwaway cluster
+# (deploy/pg.sh) and exports its URL as NAME. A cluster that was not running before is stopped
+# again when the calling script exits (this sets its EXIT trap).
+hs_pg_use() {
+    local name=$1
+    local url
+    if [ -n "${!name:-}" ]; then
+        return 0
+    fi
+    if ! "$hs_root/deploy/pg.sh" status; then
+        trap hs_pg_stop EXIT
+    fi
+    url=$("$hs_root/deploy/pg.sh" start)
+    printf -v "$name" '%s' "$url"
+    export "${name?}"
+}
+
+hs_pg_stop() {
+    "$hs_root/deploy/pg.sh" stop || true
+    echo "$(basename "$0" .sh): PostgreSQL stopped" >&2
+}

@@ -24,20 +24,7 @@ label=${HS_TEST_LABEL:-}
 # clients; timing-sensitive tests stay reliable with two tests at a time.
 test_jobs=${HS_TEST_JOBS:-2}
 
-started_pg=0
-cleanup() {
-    if [ "$started_pg" = 1 ]; then
-        "$hs_root/deploy/pg.sh" stop || true
-    fi
-}
-trap cleanup EXIT
-
-if [ -z "${TEST_DATABASE_URL:-}" ]; then
-    if ! "$hs_root/deploy/pg.sh" status; then
-        started_pg=1
-    fi
-    TEST_DATABASE_URL=$("$hs_root/deploy/pg.sh" start)
-fi
+hs_pg_use TEST_DATABASE_URL
 export TEST_DATABASE_URL
 echo "test: database $TEST_DATABASE_URL" >&2
 
