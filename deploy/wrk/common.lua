@@ -4,8 +4,9 @@
 -- are unique across runs, and one machine-readable result line.
 --
 -- A script loads this file with dofile() (wrk gives Lua no module path of ours), then defines
--- init(args) and request(). Options come after wrk's `--` as key=value words and are checked
--- against the script's defaults, so a misspelt option stops the run instead of being ignored:
+-- init(args) and request(), or has common.user_route() define them. Options come after wrk's
+-- `--` as key=value words and are checked against the script's defaults, so a misspelt option
+-- stops the run instead of being ignored:
 --
 --   wrk -t2 -c32 -d10s -s deploy/wrk/users.lua http://127.0.0.1:8080 -- variant=before delay_ms=20
 --
@@ -82,6 +83,23 @@ function common.user_id(max_id)
 end
 
 common.json_headers = { ["Content-Type"] = "application/json" }
+
+-- Defines init() and request() for a GET user route: /<variant>/users/<id><suffix>?delay_ms=,
+-- a random seeded user per request (users.lua, dashboard.lua).
+function common.user_route(suffix)
+    local o
+
+    function init(args)
+        o = common.options(args, { variant = "after", delay_ms = 0, max_id = 10000 })
+        common.seed()
+    end
+
+    function request()
+        local path = string.format("/%s/users/%d%s?delay_ms=%d", o.variant,
+                                   common.user_id(o.max_id), suffix, o.delay_ms)
+        return wrk.format("GET", path)
+    end
+end
 
 function done(summary, latency, requests)
     local e = summary.errors

@@ -7,15 +7,4 @@
 
 local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 
-local o
-
-function init(args)
-    o = common.options(args, { variant = "after", delay_ms = 0, max_id = 10000 })
-    common.seed()
-end
-
-function request()
-    local path = string.format("/%s/users/%d/dashboard?delay_ms=%d", o.variant,
-                               common.user_id(o.max_id), o.delay_ms)
-    return wrk.format("GET", path)
-end
+common.user_route("/dashboard")
