@@ -38,6 +38,9 @@ static int teardown(void **state)
     return 0;
 }
 
+/* Room for the deepest body test_json_depth sends: {"a": and SVC_JSON_MAX_DEPTH bracket pairs. */
+#define NESTED_MAX (2 * SVC_JSON_MAX_DEPTH + 16)
+
 static void set_body(svc_request *req, const char *body)
 {
     svc_request_clear_response(req);
@@ -101,35 +104,35 @@ static void test_json_rejects(void **state)
     assert_non_null(strstr(expect_error(&f->req, 400, "bad_request"), "duplicate"));
 }
 
-static void test_json_depth(void **state)
+/* Writes {"a":[[...]]} into body, depth levels deep in all (the object is the first level). */
+static const char *nested(char body[NESTED_MAX], int depth)
 {
-    fixture *f = *state;
-    char body[256];
     size_t n = 0;
-    json_t *v;
 
-    /* {"a":[[...]]} with SVC_JSON_MAX_DEPTH levels in all: accepted. */
-    n += (size_t)snprintf(body, sizeof(body), "{\"a\":");
-    for (int i = 1; i < SVC_JSON_MAX_DEPTH; i++)
+    assert_true(depth <= SVC_JSON_MAX_DEPTH + 1);
+    n += (size_t)snprintf(body, NESTED_MAX, "{\"a\":");
+    for (int i = 1; i < depth; i++)
         body[n++] = '[';
-    for (int i = 1; i < SVC_JSON_MAX_DEPTH; i++)
+    for (int i = 1; i < depth; i++)
         body[n++] = ']';
     body[n++] = '}';
     body[n] = '\0';
-    set_body(&f->req, body);
+    return body;
+}
+
+static void test_json_depth(void **state)
+{
+    fixture *f = *state;
+    char body[NESTED_MAX]; /* the request borrows it */
+    json_t *v;
+
+    /* SVC_JSON_MAX_DEPTH levels in all: accepted. */
+    set_body(&f->req, nested(body, SVC_JSON_MAX_DEPTH));
     assert_int_equal(svc_request_json(&f->req, &v), 0);
     json_decref(v);
 
     /* One level more: refused before parsing. */
-    n = 0;
-    n += (size_t)snprintf(body, sizeof(body), "{\"a\":");
-    for (int i = 0; i < SVC_JSON_MAX_DEPTH; i++)
-        body[n++] = '[';
-    for (int i = 0; i < SVC_JSON_MAX_DEPTH; i++)
-        body[n++] = ']';
-    body[n++] = '}';
-    body[n] = '\0';
-    set_body(&f->req, body);
+    set_body(&f->req, nested(body, SVC_JSON_MAX_DEPTH + 1));
     assert_int_equal(svc_request_json(&f->req, &v), UV_EINVAL);
     assert_non_null(strstr(expect_error(&f->req, 400, "bad_request"), "deeper"));
 
