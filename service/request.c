@@ -351,6 +351,50 @@ void svc_respond_json(svc_request *req, int status, json_t *body)
     svc_respond_buffer(req, status, json_content_type, text, text != NULL ? strlen(text) : 0);
 }
 
+/*
+ * Replaces, in place, each byte that does not begin a valid UTF-8 sequence with '?'. Messages
+ * quote the client's bytes (a percent-decoded path, a method, a JSON key), and vsnprintf may cut
+ * a character in two at the end of the buffer; jansson refuses a string that is not UTF-8, and a
+ * 404 for GET /%ff must not turn into a 500.
+ */
+static void utf8_scrub(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+
+    while (*p != '\0') {
+        size_t n;
+        size_t i;
+        uint32_t cp;
+
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        if (*p >= 0xc2 && *p <= 0xdf) {
+            n = 2;
+            cp = *p & 0x1f;
+        } else if (*p >= 0xe0 && *p <= 0xef) {
+            n = 3;
+            cp = *p & 0x0f;
+        } else if (*p >= 0xf0 && *p <= 0xf4) {
+            n = 4;
+            cp = *p & 0x07;
+        } else {
+            *p++ = '?';
+            continue;
+        }
+        /* A NUL is not a continuation byte, so this never reads past the string. */
+        for (i = 1; i < n && (p[i] & 0xc0) == 0x80; i++)
+            cp = (cp << 6) | (p[i] & 0x3f);
+        if (i < n || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff)) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 void svc_respond_error(svc_request *req, int status, const char *code, const char *fmt, ...)
 {
     char msg[256];
@@ -359,10 +403,11 @@ void svc_respond_error(svc_request *req, int status, const char *code, const cha
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    utf8_scrub(msg);
     svc_respond_json(req, status,
                      json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg));
-    /* json_pack fails only without memory (or on invalid UTF-8 in msg): say so rather than
-     * answer with an empty body. */
+    /* With msg scrubbed, json_pack fails only without memory: say so rather than answer with an
+     * empty body. */
     if (req->resp_body == NULL)
         svc_respond_static(req, status >= 500 ? status : 500,
                            "{\"error\":{\"code\":\"internal\",\"message\":\"error body lost\"}}");
