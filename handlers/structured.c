@@ -46,7 +46,6 @@
 #define EVENTS_DEFAULT   5
 #define EVENTS_MAX       100
 #define DELAY_DEFAULT_MS 50
-#define DELAY_MAX_MS     5000
 #define TASK_ID_MAX      48
 
 static const char sql_user[] = "SELECT 1 FROM users WHERE id = $1::bigint";
@@ -517,7 +516,7 @@ static int parse_args(svc_request *req, svc_variant variant, welcome_args *a)
         return err;
     err = svc_json_int(req, body, "events", 1, EVENTS_MAX, EVENTS_DEFAULT, &events);
     if (err == 0)
-        err = svc_json_int(req, body, "delay_ms", 0, DELAY_MAX_MS, DELAY_DEFAULT_MS, &delay);
+        err = svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, DELAY_DEFAULT_MS, &delay);
     json_decref(body);
     if (err < 0)
         return err;

@@ -24,15 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "handlers/pattern_db_int.h"
 #include "handlers/transfers_int.h"
 #include "runtime/db.h"
 #include "service/log.h"
 #include "service/metrics.h"
 
-#define AMOUNT_MAX   1000000
-#define DELAY_MAX_MS 5000
-#define KEY_MAX      128
+#define AMOUNT_MAX 1000000
+#define KEY_MAX    128
 
 static const char content_type_json[] = "application/json; charset=utf-8";
 
@@ -142,7 +140,7 @@ typedef struct xfer_before {
     bool debited;
     int64_t transfer_id;
     uint64_t step_started;
-    char id_s[HS_XFER_INT_TEXT];
+    char id_s[HS_INT_TEXT];
 } xfer_before;
 
 static void before_on_step(rt_task *t, int status);
@@ -350,7 +348,7 @@ static int parse_args(svc_request *req, hs_xfer_args *a)
     if (err == 0)
         err = svc_json_int_required(req, body, "amount", 1, AMOUNT_MAX, &a->amount);
     if (err == 0)
-        err = svc_json_int(req, body, "delay_ms", 0, DELAY_MAX_MS, 0, &a->delay_ms);
+        err = svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &a->delay_ms);
     json_decref(body);
     if (err < 0)
         return err;

@@ -86,7 +86,7 @@ typedef struct xfer_after {
     char answer_msg[128];
     char *replay; /* owned: a stored response body */
     uint64_t started;
-    char id_s[HS_XFER_INT_TEXT];
+    char id_s[HS_INT_TEXT];
 } xfer_after;
 
 static void after_exec(xfer_after *x, int stage, const char *name, const char *sql, int n,

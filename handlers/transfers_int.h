@@ -9,11 +9,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "handlers/pattern_db_int.h"
 #include "runtime/db.h"
 #include "service/http.h"
-
-/* Room for any int64 in decimal, sign and NUL included. */
-#define HS_XFER_INT_TEXT 24
 
 /* Statements both variants run, with the same text so that they share a prepared name. */
 #define HS_XFER_SQL_SLEEP "SELECT pg_sleep($1::float8 / 1000)"
@@ -39,11 +37,11 @@ typedef struct hs_xfer_args {
     int64_t amount;
     int64_t delay_ms;
     const char *key; /* borrowed from the request; NULL without Idempotency-Key */
-    char from_s[HS_XFER_INT_TEXT];
-    char to_s[HS_XFER_INT_TEXT];
-    char amount_s[HS_XFER_INT_TEXT];
-    char neg_amount_s[HS_XFER_INT_TEXT];
-    char delay_s[HS_XFER_INT_TEXT];
+    char from_s[HS_INT_TEXT];
+    char to_s[HS_INT_TEXT];
+    char amount_s[HS_INT_TEXT];
+    char neg_amount_s[HS_INT_TEXT];
+    char delay_s[HS_INT_TEXT];
     char canon[160]; /* the body as hashed for the key: fixed key order, defaults filled in */
 } hs_xfer_args;
 
