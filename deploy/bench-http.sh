@@ -13,6 +13,8 @@ set -euo pipefail
 
 # shellcheck source=deploy/setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+# shellcheck source=deploy/lib.sh
+source "$hs_root/deploy/lib.sh"
 cd "$hs_root"
 
 connections=${CONNECTIONS:-64}
@@ -32,18 +34,6 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-# A loopback port nobody answers on (bash's /dev/tcp: connecting fails when it is free).
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 30000))
-        if ! (: <"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
 
 wait_http() {
     local i
@@ -70,9 +60,9 @@ fi
 # One wrk thread per core it may use, leaving one for the server.
 threads=${threads:-$(( hs_jobs >= 2 ? hs_jobs - 1 : 1 ))}
 
-svc_port=$(free_port)
-nginx_port=$(free_port)
-while [ "$nginx_port" = "$svc_port" ]; do nginx_port=$(free_port); done
+svc_port=$(hs_free_port)
+nginx_port=$(hs_free_port)
+while [ "$nginx_port" = "$svc_port" ]; do nginx_port=$(hs_free_port); done
 
 env -u DATABASE_URL PORT="$svc_port" LOG_LEVEL=info "${server_cpu[@]}" build/hindsight \
     2>"$tmp/service.log" &

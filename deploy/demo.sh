@@ -37,6 +37,8 @@
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=deploy/lib.sh
+source "$root/deploy/lib.sh"
 bin=${HINDSIGHT_BIN:-$root/build/hindsight}
 quick=0
 out=
@@ -140,19 +142,6 @@ check() { # check <description> <command...>: one expectation, counted and shown
     fi
 }
 
-# A port nothing listens on now, outside the kernel's ephemeral range so that no outgoing
-# connection can take it between this check and the bind.
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 new_db() { # new_db <name>: create a throwaway database, dropped again by cleanup
     sql postgres "CREATE DATABASE $1" >/dev/null || die "cannot create database $1"
     dbs+=("$1")
@@ -164,7 +153,7 @@ new_db() { # new_db <name>: create a throwaway database, dropped again by cleanu
 start_instance() {
     local name=$1 db=$2 i
     shift 2
-    port[$name]=$(free_port)
+    port[$name]=$(hs_free_port)
     env -i PATH="$PATH" PORT="${port[$name]}" DATABASE_URL="$(db_url "$db")" LOG_LEVEL=warn \
         "$@" "$bin" >"$work/$name.log" 2>&1 &
     pid[$name]=$!

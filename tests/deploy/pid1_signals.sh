@@ -11,6 +11,8 @@
 # unready, which changes nothing here.
 set -uo pipefail
 
+# shellcheck source=deploy/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../deploy/lib.sh"
 bin=${HINDSIGHT_BIN:-}
 drain_ms=300
 grace_ms=2000
@@ -58,22 +60,11 @@ now_ms() {
     date +%s%3N
 }
 
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 # one_run <SIGTERM|SIGINT>: start the service as PID 1, wait until it answers, signal it from
 # outside the namespace (as the container runtime does), expect exit 0 in time.
 one_run() {
     local sig=$1 port child="" end start rc nspid
-    port=$(free_port)
+    port=$(hs_free_port)
     unshare --pid --fork --kill-child env -i PATH="$PATH" PORT="$port" \
         DATABASE_URL="${TEST_DATABASE_URL:-}" DRAIN_DELAY_MS=$drain_ms \
         SHUTDOWN_GRACE_MS=$grace_ms LOG_LEVEL=info LOG_FORMAT=text "$bin" \

@@ -16,6 +16,8 @@
 set -uo pipefail
 
 root=${HS_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+# shellcheck source=deploy/lib.sh
+source "$root/deploy/lib.sh"
 bin=${HINDSIGHT_BIN:-$root/build/hindsight}
 drain_ms=1500
 grace_ms=5000
@@ -83,19 +85,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-# A port nothing listens on now. The kernel's ephemeral range is avoided, so that no outgoing
-# connection of this test can take the port between this check and the bind.
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 now_ms() {
     date +%s%3N
 }
@@ -160,12 +149,12 @@ field() { # field <name> <file>: a value of the wrk-result line (deploy/wrk/comm
     sed -n "s/^wrk-result.* $1=\([^ ]*\).*/\1/p" "$2"
 }
 
-port[a]=$(free_port)
-port[b]=$(free_port)
+port[a]=$(hs_free_port)
+port[b]=$(hs_free_port)
 while [ "${port[b]}" = "${port[a]}" ]; do
-    port[b]=$(free_port)
+    port[b]=$(hs_free_port)
 done
-lb=$(free_port)
+lb=$(hs_free_port)
 start_instance a
 start_instance b
 
