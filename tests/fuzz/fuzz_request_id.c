@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz_request_id.c - the client's X-Request-Id: kept when sane, replaced otherwise.
+ *
+ * The input is the header's value (a NUL ends it, as in the C string MHD hands over). The id is
+ * echoed in a response header and in every log line of the request, so whatever the client sent,
+ * the id the request ends up with must be 1..SVC_REQUEST_ID_MAX characters of [A-Za-z0-9._-]:
+ * no CR or LF to split a header, no quote to break a JSON log line. A sane id is kept verbatim.
+ */
+#include "fuzz.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static bool is_sane(const char *id)
+{
+    size_t n = strlen(id);
+
+    return n >= 1 && n <= SVC_REQUEST_ID_MAX &&
+           strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *client = fuzz_strndup(data, size);
+    svc_request req;
+
+    svc_request_init(&req, NULL, NULL, "GET", "/fuzz");
+    FUZZ_CHECK(svc_request_id_is_sane(client) == is_sane(client));
+    svc_request_set_id(&req, size > 0 && data[0] == 0 ? NULL : client);
+    FUZZ_CHECK(req.request_id == req.id_buf && is_sane(req.request_id));
+    if (is_sane(client) && data[0] != 0)
+        FUZZ_CHECK(strcmp(req.request_id, client) == 0);
+    free(client);
+    return 0;
+}
