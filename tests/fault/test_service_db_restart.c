@@ -522,8 +522,8 @@ static uint64_t wait_ready(const e2e_proc *p, int max_ms)
 }
 
 /* GET /after/users/{id} from the main thread: its status, which must be 200 with the right user
- * or a clean 503 or 504. */
-static long get_user(const e2e_proc *p, int64_t id, uint64_t *ms)
+ * or a clean 503 or 504. The body of a refusal is copied to why (may be NULL). */
+static long get_user(const e2e_proc *p, int64_t id, uint64_t *ms, char *why, size_t cap)
 {
     char path[64];
     e2e_resp r;
@@ -538,21 +538,29 @@ static long get_user(const e2e_proc *p, int64_t id, uint64_t *ms)
     if (!(status == 200 && is_user(j, id)) && !(status == 503 && is_error(j, "unavailable")) &&
         !(status == 504 && is_error(j, "timeout")))
         fail_msg("%s answered %ld %s", path, status, r.body);
+    if (status != 200 && why != NULL)
+        snprintf(why, cap, "%ld %s", status, r.body);
     json_decref(j);
     e2e_resp_free(&r);
     return status;
 }
 
-/* Polls until GET /after/users/{id} answers 200 within max_ms; returns the ms it took. */
+/* Polls until GET /after/users/{id} answers 200 within max_ms; returns the ms it took and prints
+ * the refusals seen on the way. */
 static uint64_t wait_user(const e2e_proc *p, int max_ms)
 {
     uint64_t t0 = e2e_now_ms();
+    char why[256] = "";
+    unsigned refusals = 0;
     uint64_t ms;
 
-    for (; get_user(p, 42, &ms) != 200; tick(p)) {
+    for (; get_user(p, 42, &ms, why, sizeof(why)) != 200; tick(p)) {
         if (e2e_now_ms() - t0 > (uint64_t)max_ms)
-            fail_msg("/after/users/42 still failing after %d ms", max_ms);
+            fail_msg("/after/users/42 still failing after %d ms: %s", max_ms, why);
+        refusals++;
     }
+    if (refusals > 0)
+        print_message("users: %u refusals before the first 200, the last: %s\n", refusals, why);
     return e2e_now_ms() - t0;
 }
 
@@ -561,7 +569,7 @@ static void check_refused_fast(const e2e_proc *p)
 {
     uint64_t ms;
 
-    assert_int_equal(get_user(p, 7, &ms), 503);
+    assert_int_equal(get_user(p, 7, &ms, NULL, 0), 503);
     if (ms > FAIL_FAST_MAX_MS)
         fail_msg("a request took %" PRIu64 " ms to be refused while the database was down", ms);
 }
