@@ -18,6 +18,8 @@
 
 #include <uv.h>
 
+#include "service/utf8.h"
+
 static svc_log_level threshold = SVC_LOG_INFO;
 static svc_log_format format = SVC_LOG_JSON;
 
@@ -87,33 +89,49 @@ static void putf(svc_log_line *l, const char *fmt, ...)
         put(l, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
+/* Client bytes (a path, a method) may be anything: control characters are escaped, and a byte
+ * that does not begin valid UTF-8 becomes U+FFFD, so every line stays valid JSON. */
 static void put_json_string(svc_log_line *l, const char *s)
 {
     put(l, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0';) {
+        size_t n = svc_utf8_len(p);
+
+        if (n == 0) {
+            put(l, "\\ufffd", 6);
+            p++;
+            continue;
+        }
         if (*p == '"' || *p == '\\') {
             char esc[2] = {'\\', (char)*p};
             put(l, esc, 2);
-        } else if (*p < 0x20) {
+        } else if (*p < 0x20 || *p == 0x7f) {
             putf(l, "\\u%04x", *p);
         } else {
-            put(l, (const char *)p, 1);
+            put(l, (const char *)p, n);
         }
+        p += n;
     }
     put(l, "\"", 1);
 }
 
+/* key=value text: a value with a space, a quote, an equals sign or a control character is
+ * quoted, and control characters inside become spaces, so one event stays one line. */
 static void put_text_value(svc_log_line *l, const char *s)
 {
-    if (strpbrk(s, " \"=\n\t") == NULL && s[0] != '\0') {
+    bool plain = s[0] != '\0';
+
+    for (const unsigned char *p = (const unsigned char *)s; plain && *p != '\0'; p++)
+        plain = *p > 0x20 && *p != '"' && *p != '=' && *p != 0x7f;
+    if (plain) {
         put(l, s, strlen(s));
         return;
     }
     put(l, "\"", 1);
-    for (const char *p = s; *p != '\0'; p++) {
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
         if (*p == '"' || *p == '\\')
             put(l, "\\", 1);
-        put(l, *p == '\n' ? " " : p, 1);
+        put(l, *p < 0x20 || *p == 0x7f ? " " : (const char *)p, 1);
     }
     put(l, "\"", 1);
 }

@@ -21,6 +21,8 @@
 
 #include <microhttpd.h>
 
+#include "service/utf8.h"
+
 void svc_request_init(svc_request *req, svc_app *app, struct svc_request_int *in,
                       const char *method, const char *path)
 {
@@ -362,36 +364,12 @@ static void utf8_scrub(char *s)
     unsigned char *p = (unsigned char *)s;
 
     while (*p != '\0') {
-        size_t n;
-        size_t i;
-        uint32_t cp;
+        size_t n = svc_utf8_len(p);
 
-        if (*p < 0x80) {
-            p++;
-            continue;
-        }
-        if (*p >= 0xc2 && *p <= 0xdf) {
-            n = 2;
-            cp = *p & 0x1f;
-        } else if (*p >= 0xe0 && *p <= 0xef) {
-            n = 3;
-            cp = *p & 0x0f;
-        } else if (*p >= 0xf0 && *p <= 0xf4) {
-            n = 4;
-            cp = *p & 0x07;
-        } else {
+        if (n == 0)
             *p++ = '?';
-            continue;
-        }
-        /* A NUL is not a continuation byte, so this never reads past the string. */
-        for (i = 1; i < n && (p[i] & 0xc0) == 0x80; i++)
-            cp = (cp << 6) | (p[i] & 0x3f);
-        if (i < n || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff)) {
-            *p++ = '?';
-            continue;
-        }
-        p += n;
+        else
+            p += n;
     }
 }
 

@@ -89,6 +89,38 @@ static void test_text_line(void **state)
     svc_log_setup(SVC_LOG_INFO, SVC_LOG_JSON);
 }
 
+static void write_client_bytes_line(void)
+{
+    svc_log_line l;
+
+    /* What a client can put in a path: a stray byte, a character cut short, a real one, and a
+     * carriage return that would split a text line. */
+    if (svc_log_begin(&l, SVC_LOG_INFO, "request")) {
+        svc_log_str(&l, "path", "/\xff/\xc3/\xc3\xa9/a\rb");
+        svc_log_end(&l);
+    }
+}
+
+static void test_client_bytes(void **state)
+{
+    const char *out;
+    json_t *v;
+
+    (void)state;
+    svc_log_setup(SVC_LOG_INFO, SVC_LOG_JSON);
+    out = capture(write_client_bytes_line);
+    v = json_loads(out, 0, NULL); /* jansson refuses a line that is not valid UTF-8 */
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "path")),
+                        "/\xef\xbf\xbd/\xef\xbf\xbd/\xc3\xa9/a\rb");
+    json_decref(v);
+    svc_log_setup(SVC_LOG_INFO, SVC_LOG_TEXT);
+    out = capture(write_client_bytes_line);
+    assert_null(strchr(out, '\r'));
+    assert_string_equal(strchr(out, '\n'), "\n"); /* one line */
+    svc_log_setup(SVC_LOG_INFO, SVC_LOG_JSON);
+}
+
 static void write_huge_line(void)
 {
     char big[600];
@@ -137,9 +169,8 @@ static void test_parsers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_json_line),
-        cmocka_unit_test(test_text_line),
-        cmocka_unit_test(test_truncation),
+        cmocka_unit_test(test_json_line),    cmocka_unit_test(test_text_line),
+        cmocka_unit_test(test_client_bytes), cmocka_unit_test(test_truncation),
         cmocka_unit_test(test_parsers),
     };
 
