@@ -103,6 +103,28 @@ static void test_invalid_config_exits_2(void **state)
     unlink(p.log_path);
 }
 
+/* A second instance on a port already served must fail loudly, not share it in silence. */
+static void test_port_in_use_exits_1(void **state)
+{
+    e2e_proc first;
+    e2e_proc second;
+    char flag[32];
+    const char *args[] = {flag, NULL};
+    char *log;
+
+    (void)state;
+    e2e_start(&first, NULL, NULL, true);
+    snprintf(flag, sizeof(flag), "--port=%d", first.port);
+    e2e_start(&second, NULL, args, false);
+    assert_int_equal(e2e_wait_exit(&second, 15000), 1);
+    log = e2e_log(&second);
+    assert_non_null(strstr(log, "could not listen"));
+    free(log);
+    unlink(second.log_path);
+    e2e_stop(&first);
+    unlink(first.log_path);
+}
+
 static void test_slow_client_is_closed(void **state)
 {
     static const char *const env[] = {"CONNECTION_TIMEOUT_S=1", NULL};
@@ -358,6 +380,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_invalid_config_exits_2),
+        cmocka_unit_test(test_port_in_use_exits_1),
         cmocka_unit_test(test_slow_client_is_closed),
         cmocka_unit_test(test_connection_limits),
         cmocka_unit_test(test_shutdown_sequence),
