@@ -108,6 +108,13 @@ static int set_string(char **slot, const char *v)
     return 0;
 }
 
+/* Reports on err that v is not a valid value of `from`, saying what is; returns UV_EINVAL. */
+static int invalid(FILE *err, const char *from, const char *v, const char *expected)
+{
+    fprintf(err, "hindsight: invalid %s=%s: expected %s\n", from, v, expected);
+    return UV_EINVAL;
+}
+
 /* Sets s in c from text v; on failure reports on err naming `from` (the env name or flag). */
 static int apply(svc_config *c, const setting *s, const char *v, const char *from, FILE *err)
 {
@@ -121,9 +128,11 @@ static int apply(svc_config *c, const setting *s, const char *v, const char *fro
         errno = 0;
         n = strtoll(v, &end, 10);
         if (v[0] == '\0' || *end != '\0' || errno != 0 || n < s->min || n > s->max) {
-            fprintf(err, "hindsight: invalid %s=%s: expected an integer in %lld..%lld\n", from, v,
-                    (long long)s->min, (long long)s->max);
-            return UV_EINVAL;
+            char range[64];
+
+            snprintf(range, sizeof(range), "an integer in %lld..%lld", (long long)s->min,
+                     (long long)s->max);
+            return invalid(err, from, v, range);
         }
         if (s->kind == K_INT)
             *(int *)(void *)p = (int)n;
@@ -131,31 +140,22 @@ static int apply(svc_config *c, const setting *s, const char *v, const char *fro
             *(int64_t *)(void *)p = n;
         return 0;
     case K_HOST:
-        if (!svc_config_is_ip_literal(v)) {
-            fprintf(err, "hindsight: invalid %s=%s: expected an IPv4 or IPv6 address\n", from, v);
-            return UV_EINVAL;
-        }
+        if (!svc_config_is_ip_literal(v))
+            return invalid(err, from, v, "an IPv4 or IPv6 address");
         return set_string((char **)(void *)p, v);
     case K_STR:
         return set_string((char **)(void *)p, v);
     case K_BOOL:
-        if (parse_bool(v, (bool *)(void *)p) < 0) {
-            fprintf(err, "hindsight: invalid %s=%s: expected on or off\n", from, v);
-            return UV_EINVAL;
-        }
+        if (parse_bool(v, (bool *)(void *)p) < 0)
+            return invalid(err, from, v, "on or off");
         return 0;
     case K_LEVEL:
-        if (svc_log_level_parse(v, (svc_log_level *)(void *)p) < 0) {
-            fprintf(err, "hindsight: invalid %s=%s: expected debug, info, warn or error\n", from,
-                    v);
-            return UV_EINVAL;
-        }
+        if (svc_log_level_parse(v, (svc_log_level *)(void *)p) < 0)
+            return invalid(err, from, v, "debug, info, warn or error");
         return 0;
     case K_FORMAT:
-        if (svc_log_format_parse(v, (svc_log_format *)(void *)p) < 0) {
-            fprintf(err, "hindsight: invalid %s=%s: expected json or text\n", from, v);
-            return UV_EINVAL;
-        }
+        if (svc_log_format_parse(v, (svc_log_format *)(void *)p) < 0)
+            return invalid(err, from, v, "json or text");
         return 0;
     }
     return UV_EINVAL;
