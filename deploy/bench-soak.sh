@@ -29,6 +29,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=deploy/lib.sh
+source "$root/deploy/lib.sh"
 bin=${HINDSIGHT_BIN:-$root/build/hindsight}
 duration=${DURATION:-600}
 interval=${INTERVAL:-5}
@@ -113,21 +115,10 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 # A port nothing listens on now, outside the kernel's ephemeral range.
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 sql "CREATE DATABASE $db" >/dev/null || die "cannot create database $db"
 db_made=1
 
-port=$(free_port)
+port=$(hs_free_port)
 url=http://127.0.0.1:$port
 # Warnings only: one log line per request would fill the disk, not the heap.
 env -i PATH="$PATH" HOST=127.0.0.1 PORT="$port" DATABASE_URL="$svc_url" LOG_LEVEL=warn \
