@@ -67,15 +67,10 @@ die() {
 }
 
 [ -x "$bin" ] || die "$bin is not an executable (build it, or set HINDSIGHT_BIN)"
-for tool in curl psql wrk; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (deploy/setup.sh installs it)"
-done
-base_url=${DATABASE_URL:-$("$root/deploy/pg.sh" url)}
-[[ $base_url =~ ^(postgres(ql)?://[^/?]*)(/[^?]*)?(\?.*)?$ ]] ||
+hs_require bench-soak curl psql wrk
+hs_db_server "${DATABASE_URL:-$("$root/deploy/pg.sh" url)}" ||
     die "DATABASE_URL must be a postgresql:// URL"
-url_prefix=${BASH_REMATCH[1]}
-url_query=${BASH_REMATCH[4]}
-db_url() { echo "$url_prefix/$1$url_query"; }
+db_url() { hs_db_url "$1"; }
 admin_url=$(db_url postgres)
 db=hs_soak_$$_$RANDOM
 svc_url=$(db_url "$db")

@@ -75,20 +75,10 @@ die() {
 }
 
 [ -x "$bin" ] || die "$bin is not an executable (build it, or pass --bin / HINDSIGHT_BIN)"
-for tool in curl psql wrk; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (deploy/setup.sh installs it)"
-done
-base_url=${DATABASE_URL:-$("$root/deploy/pg.sh" url)}
-# Only URLs are understood (not key=value strings): the database name is swapped for each
-# throwaway database, and `postgres` is used to create and drop them.
-[[ $base_url =~ ^(postgres(ql)?://[^/?]*)(/[^?]*)?(\?.*)?$ ]] ||
+hs_require demo curl psql wrk
+hs_db_server "${DATABASE_URL:-$("$root/deploy/pg.sh" url)}" ||
     die "DATABASE_URL must be a postgresql:// URL"
-url_prefix=${BASH_REMATCH[1]}
-url_query=${BASH_REMATCH[4]}
-
-db_url() { # db_url <database>: DATABASE_URL pointed at another database of the same server
-    echo "$url_prefix/$1$url_query"
-}
+db_url() { hs_db_url "$1"; }
 
 sql() { # sql <database> <statement>: one unaligned result, errors on stderr
     psql -X -q -t -A -v ON_ERROR_STOP=1 -d "$(db_url "$1")" -c "$2"
@@ -226,7 +216,7 @@ main_db=${db_prefix}_main
 new_db "$main_db"
 echo "# hindsight: before vs after"
 echo
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), binary $bin, PostgreSQL ${url_prefix##*@}," \
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), binary $bin, PostgreSQL ${hs_db_prefix##*@}," \
     "throwaway databases ${db_prefix}_*, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "## 1. Throughput and loop health: deploy/wrk/compare.sh -d $compare_duration -c 8" \

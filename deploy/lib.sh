@@ -20,3 +20,28 @@ hs_free_port() {
         fi
     done
 }
+
+# hs_require WHO TOOL...: exits 1, naming WHO and the first TOOL that is not installed.
+hs_require() {
+    local who=$1 tool
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null ||
+            { echo "$who: $tool is not installed (deploy/setup.sh installs it)" >&2; exit 1; }
+    done
+}
+
+# hs_db_server URL: remembers the server of a postgresql:// URL, so that hs_db_url can point it
+# at another database of that server (throwaway databases; `postgres` to create and drop them).
+# Only URLs are understood, not key=value strings; returns 1 for anything else.
+hs_db_server() {
+    [[ $1 =~ ^(postgres(ql)?://[^/?]*)(/[^?]*)?(\?.*)?$ ]] || return 1
+    hs_db_prefix=${BASH_REMATCH[1]}
+    hs_db_query=${BASH_REMATCH[4]}
+}
+
+# hs_db_url DATABASE: the remembered URL with DATABASE as its database.
+hs_db_url() {
+    echo "$hs_db_prefix/$1$hs_db_query"
+}
+
