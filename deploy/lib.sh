@@ -45,3 +45,22 @@ hs_db_url() {
     echo "$hs_db_prefix/$1$hs_db_query"
 }
 
+# hs_now_ms: milliseconds since the epoch.
+hs_now_ms() {
+    date +%s%3N
+}
+
+# hs_check DESCRIPTION COMMAND...: runs COMMAND as one expectation of a test script, adding it to
+# the caller's `passed` or `failed` counter and naming it when it fails, so that a script reports
+# every failed expectation of a run rather than stopping at the first.
+hs_check() {
+    local what=$1
+    shift
+    if "$@"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL: $what"
+    fi
+}
+

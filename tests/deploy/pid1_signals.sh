@@ -27,17 +27,6 @@ runner=
 passed=0
 failed=0
 
-check() { # check <description> <command...>
-    local what=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $what"
-    fi
-}
-
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -56,10 +45,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-now_ms() {
-    date +%s%3N
-}
-
 # one_run <SIGTERM|SIGINT>: start the service as PID 1, wait until it answers, signal it from
 # outside the namespace (as the container runtime does), expect exit 0 in time.
 one_run() {
@@ -70,25 +55,25 @@ one_run() {
         SHUTDOWN_GRACE_MS=$grace_ms LOG_LEVEL=info LOG_FORMAT=text "$bin" \
         >>"$work/service-$sig.log" 2>&1 &
     runner=$!
-    end=$(($(now_ms) + 10000))
-    while [ -z "$child" ] && [ "$(now_ms)" -lt $end ]; do
+    end=$(($(hs_now_ms) + 10000))
+    while [ -z "$child" ] && [ "$(hs_now_ms)" -lt $end ]; do
         child=$(cat "/proc/$runner/task/$runner/children" 2>/dev/null | tr -d ' ')
         [ -n "$child" ] || sleep 0.05
     done
     nspid=$(awk '/^NSpid:/ { print $NF }' "/proc/$child/status" 2>/dev/null)
-    check "$sig: the service is PID 1 in its namespace (NSpid ${nspid:-none})" [ "$nspid" = 1 ]
-    end=$(($(now_ms) + 15000))
+    hs_check "$sig: the service is PID 1 in its namespace (NSpid ${nspid:-none})" [ "$nspid" = 1 ]
+    end=$(($(hs_now_ms) + 15000))
     until curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$port/healthz"; do
-        if [ "$(now_ms)" -ge $end ]; then
+        if [ "$(hs_now_ms)" -ge $end ]; then
             echo "FAIL: $sig: the service never answered /healthz on port $port"
             exit 1
         fi
         sleep 0.1
     done
-    start=$(now_ms)
+    start=$(hs_now_ms)
     kill -s "$sig" "$child"
     end=$((start + drain_ms + grace_ms + 5000))
-    while kill -0 "$runner" 2>/dev/null && [ "$(now_ms)" -lt $end ]; do
+    while kill -0 "$runner" 2>/dev/null && [ "$(hs_now_ms)" -lt $end ]; do
         sleep 0.05
     done
     if kill -0 "$runner" 2>/dev/null; then
@@ -98,8 +83,8 @@ one_run() {
     wait "$runner"
     rc=$?
     runner=
-    echo "$sig: PID 1 exited with status $rc, $(($(now_ms) - start)) ms after the signal"
-    check "$sig: PID 1 exits 0 (got $rc)" [ $rc -eq 0 ]
+    echo "$sig: PID 1 exited with status $rc, $(($(hs_now_ms) - start)) ms after the signal"
+    hs_check "$sig: PID 1 exits 0 (got $rc)" [ $rc -eq 0 ]
 }
 
 one_run SIGTERM

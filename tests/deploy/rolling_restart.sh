@@ -41,17 +41,6 @@ wrk_pids=()
 passed=0
 failed=0
 
-check() { # check <description> <command...>: record one expectation
-    local what=$1
-    shift
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $what"
-    fi
-}
-
 # stop_pid <pid> <ms>: SIGTERM, then SIGKILL after <ms>; only for processes this script started.
 stop_pid() {
     local p=$1 waited=0
@@ -85,17 +74,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
-now_ms() {
-    date +%s%3N
-}
-
 status_of() { # status_of <url>: the HTTP status, 000 when nothing answered
     curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1"
 }
 
 wait_ready() { # wait_ready <port>: until /readyz answers 200, at most 30 s
-    local end=$(($(now_ms) + 30000))
-    while [ "$(now_ms)" -lt $end ]; do
+    local end=$(($(hs_now_ms) + 30000))
+    while [ "$(hs_now_ms)" -lt $end ]; do
         [ "$(status_of "http://127.0.0.1:$1/readyz")" = 200 ] && return 0
         sleep 0.1
     done
@@ -118,19 +103,19 @@ start_instance() { # start_instance <name>: start it on its port and wait until 
 # (bounded), check the status, start it again.
 roll() {
     local name=$1 p=${pid[$1]} start saw_draining=no end rc
-    start=$(now_ms)
+    start=$(hs_now_ms)
     kill -TERM "$p"
     end=$((start + drain_ms))
-    while [ "$(now_ms)" -lt $end ]; do
+    while [ "$(hs_now_ms)" -lt $end ]; do
         if [ "$(status_of "http://127.0.0.1:${port[$name]}/readyz")" = 503 ]; then
             saw_draining=yes
             break
         fi
         sleep 0.05
     done
-    check "instance $name: /readyz turns 503 during DRAIN_DELAY_MS" [ $saw_draining = yes ]
+    hs_check "instance $name: /readyz turns 503 during DRAIN_DELAY_MS" [ $saw_draining = yes ]
     end=$((start + drain_ms + grace_ms + 5000))
-    while kill -0 "$p" 2>/dev/null && [ "$(now_ms)" -lt $end ]; do
+    while kill -0 "$p" 2>/dev/null && [ "$(hs_now_ms)" -lt $end ]; do
         sleep 0.05
     done
     if kill -0 "$p" 2>/dev/null; then
@@ -139,10 +124,10 @@ roll() {
     fi
     wait "$p"
     rc=$?
-    echo "instance $name: exit status $rc, $(($(now_ms) - start)) ms after SIGTERM"
-    check "instance $name exits 0 after SIGTERM (got $rc)" [ $rc -eq 0 ]
+    echo "instance $name: exit status $rc, $(($(hs_now_ms) - start)) ms after SIGTERM"
+    hs_check "instance $name exits 0 after SIGTERM (got $rc)" [ $rc -eq 0 ]
     start_instance "$name"
-    echo "instance $name: restarted and ready $(($(now_ms) - start)) ms after SIGTERM"
+    echo "instance $name: restarted and ready $(($(hs_now_ms) - start)) ms after SIGTERM"
 }
 
 field() { # field <name> <file>: a value of the wrk-result line (deploy/wrk/common.lua)
@@ -181,18 +166,18 @@ for i in "${!streams[@]}"; do
     wrk_pids+=($!)
 done
 
-load_start=$(now_ms)
+load_start=$(hs_now_ms)
 sleep 2
 roll a
 sleep 2
 roll b
-rolled_ms=$(($(now_ms) - load_start))
-check "both restarts finished inside the ${duration} s of load (took $rolled_ms ms)" \
+rolled_ms=$(($(hs_now_ms) - load_start))
+hs_check "both restarts finished inside the ${duration} s of load (took $rolled_ms ms)" \
     [ $rolled_ms -lt $((duration * 1000 - 1000)) ]
 
 for i in "${!wrk_pids[@]}"; do
     wait "${wrk_pids[$i]}"
-    check "wrk ${streams[$i]} exits 0" [ $? -eq 0 ]
+    hs_check "wrk ${streams[$i]} exits 0" [ $? -eq 0 ]
 done
 wrk_pids=()
 for i in "${!streams[@]}"; do
@@ -200,21 +185,21 @@ for i in "${!streams[@]}"; do
     echo "${streams[$i]}: $(grep '^wrk-result' "$f" | cut -d' ' -f2-)"
     errors=$(($(field connect "$f") + $(field read "$f") + $(field write "$f") \
               + $(field timeout "$f")))
-    check "${streams[$i]}: requests were made ($(field requests "$f"))" \
+    hs_check "${streams[$i]}: requests were made ($(field requests "$f"))" \
         [ "$(field requests "$f")" -gt 1000 ]
-    check "${streams[$i]}: no non-2xx/3xx answer ($(field non2xx "$f"))" \
+    hs_check "${streams[$i]}: no non-2xx/3xx answer ($(field non2xx "$f"))" \
         [ "$(field non2xx "$f")" = 0 ]
-    check "${streams[$i]}: no socket error ($errors)" [ $errors -eq 0 ]
+    hs_check "${streams[$i]}: no socket error ($errors)" [ $errors -eq 0 ]
 done
 
 for name in a b; do
-    start=$(now_ms)
+    start=$(hs_now_ms)
     p=${pid[$name]}
     stop_pid "$p" $((drain_ms + grace_ms + 5000))
     wait "$p" 2>/dev/null
     rc=$?
     unset "pid[$name]"
-    check "restarted instance $name exits 0 on SIGTERM (got $rc)" [ $rc -eq 0 ]
+    hs_check "restarted instance $name exits 0 on SIGTERM (got $rc)" [ $rc -eq 0 ]
 done
 
 # The balancer's view: how many requests each instance answered and how many were retried on the
@@ -224,7 +209,7 @@ nginx_pid=
 for name in a b; do
     n=$(grep -c "|127.0.0.1:${port[$name]}|" "$work/access.log")
     echo "instance $name answered $n requests through nginx on its first try"
-    check "instance $name served traffic through the balancer" [ "$n" -gt 0 ]
+    hs_check "instance $name served traffic through the balancer" [ "$n" -gt 0 ]
 done
 echo "requests retried on the other instance: $(grep -c '|[^|]*, [^|]*|' "$work/access.log")"
 echo "rolling_restart: $passed passed, $failed failed"
