@@ -91,14 +91,12 @@ char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id)
     return text;
 }
 
-void hs__xfer_respond_text(svc_request *req, int status, const char *text)
+void hs__xfer_respond_text(svc_request *req, int status, char *text)
 {
-    char *copy = strdup(text);
-
-    if (copy == NULL)
+    if (text == NULL)
         svc_respond_uv_error(req, UV_ENOMEM);
     else
-        svc_respond_buffer(req, status, content_type_json, copy, strlen(copy));
+        svc_respond_buffer(req, status, content_type_json, text, strlen(text));
 }
 
 void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt_db_result *r)
@@ -256,15 +254,9 @@ static bool before_advance(xfer_before *x, int step, const rt_db_result *r)
         before_send(x, B_LEG_TO, "hs_xfer_leg", sql_leg, 3, p);
         return true;
     }
-    default: {
-        char *body = hs__xfer_success_body(&x->a, x->transfer_id);
-
-        if (body == NULL)
-            svc_respond_uv_error(x->req, UV_ENOMEM);
-        else
-            svc_respond_buffer(x->req, 200, content_type_json, body, strlen(body));
+    default:
+        hs__xfer_respond_text(x->req, 200, hs__xfer_success_body(&x->a, x->transfer_id));
         return false;
-    }
     }
 }
 

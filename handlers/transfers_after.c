@@ -292,6 +292,7 @@ static void after_on_race(rt_task *t, int status)
         if (x->race.signal_won)
             after_log(x, SVC_LOG_INFO, "transfer_committed_despite_cancel", status);
         hs__xfer_respond_text(req, 200, x->body);
+        x->body = NULL;
         status = 0;
     } else if (x->race.signal_won) {
         (*x->t->rolled_back)++;
@@ -305,6 +306,7 @@ static void after_on_race(rt_task *t, int status)
     } else if (status == ANSWERED && x->replay != NULL) {
         (*x->t->replayed)++;
         hs__xfer_respond_text(req, x->answer_status, x->replay);
+        x->replay = NULL;
         svc_respond_header(req, "Idempotent-Replayed", "true");
         status = 0;
     } else if (status == ANSWERED) {

@@ -51,8 +51,11 @@ typedef struct hs_xfer_args {
  */
 char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id);
 
-/** Sets a JSON response from text (borrowed; copied), or a 503 without memory. */
-void hs__xfer_respond_text(svc_request *req, int status, const char *text);
+/**
+ * Sets a JSON response from text, which it steals (even NULL, which means no memory left and
+ * becomes a 503): callers hand over the body they already own instead of copying it.
+ */
+void hs__xfer_respond_text(svc_request *req, int status, char *text);
 
 /** Logs a statement the server refused (SQLSTATE and message), which the client never sees. */
 void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt_db_result *r);
