@@ -308,7 +308,7 @@ void rt_db_close(rt_db *db, rt_db_close_cb cb, void *arg)
         if (c->state != CONN_READY)
             continue;
         for (size_t k = 0; k < c->count; k++) {
-            db_slot *s = &c->slots[(c->head + k) % db->cfg.pipeline_depth];
+            db_slot *s = db_conn_slot(c, k);
 
             if (s->kind == SLOT_QUERY)
                 rt_task_cancel(&s->q->task, UV_ECANCELED);

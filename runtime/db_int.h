@@ -149,6 +149,12 @@ static inline size_t db_conn_cap(const db_conn *c)
     return c->db->cfg.pipeline_depth;
 }
 
+/* The i-th slot in flight on c, counted from the oldest. */
+static inline db_slot *db_conn_slot(const db_conn *c, size_t i)
+{
+    return &c->slots[(c->head + i) % db_conn_cap(c)];
+}
+
 /* db_conn.c: a connection's life. */
 /* (Re)starts watching PQsocket for events; fresh forces libuv to register the socket again. */
 int rt__db_conn_watch(db_conn *c, int events, bool fresh);

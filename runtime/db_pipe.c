@@ -109,7 +109,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     int ok;
 
     assert(c->state == CONN_READY && c->count < db_conn_cap(c));
-    s = &c->slots[(c->head + c->count) % db_conn_cap(c)];
+    s = db_conn_slot(c, c->count);
     s->kind = kind;
     s->q = q;
     s->res = NULL;
@@ -151,7 +151,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
 static bool conn_only_orphans(const db_conn *c)
 {
     for (size_t i = 0; i < c->count; i++) {
-        if (c->slots[(c->head + i) % db_conn_cap(c)].kind != SLOT_ORPHAN)
+        if (db_conn_slot(c, i)->kind != SLOT_ORPHAN)
             return false;
     }
     return c->count > 0;
