@@ -36,8 +36,6 @@ static int join_start(rt_task *t)
 {
     rt_join *j = rt_container_of(t, rt_join, task);
 
-    rt_cancel_init(&j->signal, NULL);
-    j->first_error = 0;
     j->pending = j->n;
     if (j->n == 0) {
         rt_task_complete(t, 0);

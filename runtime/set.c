@@ -61,7 +61,6 @@ static int set_start(rt_task *t)
 {
     rt_set *s = rt_container_of(t, rt_set, task);
 
-    rt_cancel_init(&s->signal, NULL);
     maybe_finish(s);
     return 0;
 }

@@ -108,7 +108,6 @@ static int stream_start(rt_task *t)
 {
     rt_stream *s = rt_container_of(t, rt_stream, task);
 
-    rt_cancel_init(&s->signal, NULL);
     if (s->stop != NULL && rt_cancel_listen(s->stop, &s->on_stop, on_stop) != 0)
         s->stopped = true;
     refill(s);
