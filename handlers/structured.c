@@ -90,7 +90,7 @@ typedef struct welcome_req {
     svc_variant variant;
     welcome_args a;
     uint64_t q_started;
-    char user_s[24];
+    char user_s[HS_INT_TEXT];
 } welcome_req;
 
 /* before: the detached chain of queries. Owns copies of everything; never freed by anyone else. */
@@ -104,7 +104,7 @@ typedef struct detached {
     int seq;
     bool stop;
     char task_id[TASK_ID_MAX];
-    char user_s[24];
+    char user_s[HS_INT_TEXT];
     char delay_s[16];
     char seq_s[16];
 } detached;
@@ -126,7 +126,7 @@ typedef struct writer {
     bool unknown; /* a COMMIT whose answer never came */
     uint64_t tx_started;
     char task_id[TASK_ID_MAX];
-    char user_s[24];
+    char user_s[HS_INT_TEXT];
     char delay_s[16];
     char seq_s[16];
 } writer;
@@ -240,7 +240,7 @@ static int detached_start(welcome_req *w, const char *task_id)
     d->events = w->a.events;
     rt_post_init(&d->next);
     snprintf(d->task_id, sizeof(d->task_id), "%s", task_id);
-    snprintf(d->user_s, sizeof(d->user_s), "%" PRId64, w->a.user_id);
+    hs__int_text(d->user_s, w->a.user_id);
     snprintf(d->delay_s, sizeof(d->delay_s), "%d", w->a.delay_ms);
     (*d->alive)++;
     detached_send(d);
@@ -411,7 +411,7 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
     w->events_cancelled = s->c.events_cancelled[scope];
     w->events = wr->a.events;
     snprintf(w->task_id, sizeof(w->task_id), "%s", task_id);
-    snprintf(w->user_s, sizeof(w->user_s), "%" PRId64, wr->a.user_id);
+    hs__int_text(w->user_s, wr->a.user_id);
     snprintf(w->delay_s, sizeof(w->delay_s), "%d", wr->a.delay_ms);
     if (scope == SCOPE_REQUEST)
         return rt_scope_spawn(wr->req->scope, &w->task, writer_done_in_request);
@@ -540,7 +540,7 @@ static int welcome(svc_request *req, structured *s, svc_variant variant, rt_task
     w->req = req;
     w->variant = variant;
     w->a = a;
-    snprintf(w->user_s, sizeof(w->user_s), "%" PRId64, a.user_id);
+    hs__int_text(w->user_s, a.user_id);
     *task_out = &w->task;
     return 0;
 }

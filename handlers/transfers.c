@@ -232,7 +232,7 @@ static bool before_advance(xfer_before *x, int step, const rt_db_result *r)
             svc_respond_uv_error(x->req, UV_EPROTO);
             return false;
         }
-        snprintf(x->id_s, sizeof(x->id_s), "%" PRId64, x->transfer_id);
+        hs__int_text(x->id_s, x->transfer_id);
         before_send(x, B_LEG_FROM, "hs_xfer_leg", sql_leg, 3, p);
         return true;
     }
@@ -348,11 +348,11 @@ static int parse_args(svc_request *req, hs_xfer_args *a)
         svc_respond_error(req, 400, "bad_request", "from and to must be different accounts");
         return UV_EINVAL;
     }
-    snprintf(a->from_s, sizeof(a->from_s), "%" PRId64, a->from);
-    snprintf(a->to_s, sizeof(a->to_s), "%" PRId64, a->to);
-    snprintf(a->amount_s, sizeof(a->amount_s), "%" PRId64, a->amount);
-    snprintf(a->neg_amount_s, sizeof(a->neg_amount_s), "%" PRId64, -a->amount);
-    snprintf(a->delay_s, sizeof(a->delay_s), "%" PRId64, a->delay_ms);
+    hs__int_text(a->from_s, a->from);
+    hs__int_text(a->to_s, a->to);
+    hs__int_text(a->amount_s, a->amount);
+    hs__int_text(a->neg_amount_s, -a->amount);
+    hs__int_text(a->delay_s, a->delay_ms);
     snprintf(a->canon, sizeof(a->canon),
              "{\"amount\":%" PRId64 ",\"delay_ms\":%" PRId64 ",\"from\":%" PRId64 ",\"to\":%" PRId64
              "}",

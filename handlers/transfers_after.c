@@ -240,7 +240,7 @@ static void after_step(rt_db_tx *tx)
             rt_db_tx_rollback(tx, UV_EPROTO);
             break;
         }
-        snprintf(x->id_s, sizeof(x->id_s), "%" PRId64, x->transfer_id);
+        hs__int_text(x->id_s, x->transfer_id);
         after_exec(x, A_LEDGER, "hs_xfer_legs", sql_legs, 4, p);
         break;
     }
