@@ -23,8 +23,8 @@
 enum { RT_JOIN_ALL = 0, RT_JOIN_FAIL_FAST = 1 };
 
 typedef struct rt_join {
-    rt_task task;     /* start, cancel and release this */
-    int first_error;  /* read-only: the first failing child's status, or 0 */
+    rt_task task;    /* start, cancel and release this */
+    int first_error; /* read-only: the first failing child's status, or 0 */
     /* private */
     rt_task **children;
     size_t n;

@@ -18,9 +18,9 @@
 #include "task.h"
 
 typedef struct rt_race {
-    rt_task task;      /* start, cancel and release this */
-    int inner_status;  /* read-only: the inner task's status, once it completed */
-    bool signal_won;   /* read-only: the race reports the signal's reason */
+    rt_task task;     /* start, cancel and release this */
+    int inner_status; /* read-only: the inner task's status, once it completed */
+    bool signal_won;  /* read-only: the race reports the signal's reason */
     /* private */
     rt_task *inner;
     rt_cancel *signal;

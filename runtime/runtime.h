@@ -109,10 +109,10 @@ typedef void *(*rt_malloc_fn)(size_t size);
 typedef void (*rt_free_fn)(void *ptr);
 
 struct rt_runtime {
-    void *data;         /* for the user only */
-    uv_loop_t *loop;    /* read-only */
+    void *data;          /* for the user only */
+    uv_loop_t *loop;     /* read-only */
     uint64_t live_tasks; /* read-only: tasks started and not yet delivered, all scopes together */
-    uint64_t tasks_started;  /* read-only: lifetime counter */
+    uint64_t tasks_started;   /* read-only: lifetime counter */
     uint64_t tasks_completed; /* read-only: lifetime counter */
     /* private */
     uv_idle_t idle;

@@ -27,13 +27,13 @@ typedef void (*rt_scope_close_cb)(rt_scope *s);
 
 struct rt_scope {
     void *data;
-    const char *name;    /* read-only, borrowed: shown in logs and metrics */
-    rt_scope *parent;    /* read-only */
-    rt_cancel signal;    /* read-only: fired by rt_scope_cancel or by an ancestor */
-    size_t live;         /* read-only: own child tasks running */
-    size_t live_total;   /* read-only: tasks running in the whole subtree */
-    uint64_t spawned;    /* read-only */
-    uint64_t cancelled;  /* read-only: children that completed with UV_ECANCELED/UV_ETIMEDOUT */
+    const char *name;   /* read-only, borrowed: shown in logs and metrics */
+    rt_scope *parent;   /* read-only */
+    rt_cancel signal;   /* read-only: fired by rt_scope_cancel or by an ancestor */
+    size_t live;        /* read-only: own child tasks running */
+    size_t live_total;  /* read-only: tasks running in the whole subtree */
+    uint64_t spawned;   /* read-only */
+    uint64_t cancelled; /* read-only: children that completed with UV_ECANCELED/UV_ETIMEDOUT */
     /* private */
     rt_runtime *rt;
     rt_list tasks;

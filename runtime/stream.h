@@ -34,15 +34,15 @@ typedef void (*rt_stream_item_cb)(rt_stream *s, rt_task *child, int status);
 enum { RT_STREAM_STOP_DRAIN = 0, RT_STREAM_STOP_CANCEL = 1 };
 
 struct rt_stream {
-    rt_task task;       /* start, cancel and release this */
-    size_t limit;       /* read-only */
-    size_t in_flight;   /* read-only */
+    rt_task task;         /* start, cancel and release this */
+    size_t limit;         /* read-only */
+    size_t in_flight;     /* read-only */
     size_t max_in_flight; /* read-only: the high-water mark (never above limit) */
-    uint64_t started;   /* read-only: children started */
-    uint64_t succeeded; /* read-only: children that completed with 0 */
-    uint64_t failed;    /* read-only: children that completed with another error */
-    uint64_t cancelled; /* read-only: children that completed with UV_ECANCELED/UV_ETIMEDOUT */
-    bool stopped;       /* read-only: the stop signal fired before the source ran out */
+    uint64_t started;     /* read-only: children started */
+    uint64_t succeeded;   /* read-only: children that completed with 0 */
+    uint64_t failed;      /* read-only: children that completed with another error */
+    uint64_t cancelled;   /* read-only: children that completed with UV_ECANCELED/UV_ETIMEDOUT */
+    bool stopped;         /* read-only: the stop signal fired before the source ran out */
     /* private */
     rt_stream_next_cb next;
     rt_stream_item_cb item_cb;
