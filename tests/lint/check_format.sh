@@ -28,12 +28,17 @@ if [ "$major" != "$pinned" ]; then
 fi
 
 cd "$root"
-bad=()
-while IFS= read -r -d '' f; do
-    if ! "$cf" --dry-run --Werror "$f" >/dev/null 2>&1; then
-        bad+=("$f")
-    fi
-done < <(find runtime service handlers tests -name '*.[ch]' -print0 | sort -z)
+mapfile -d '' files < <(find runtime service handlers tests -name '*.[ch]' -print0 | sort -z)
+# One run over every file; each difference is reported as "file:line:col: error: ...", and any
+# other failure (a broken .clang-format, say) fails the check too.
+rc=0
+out=$("$cf" --dry-run --Werror "${files[@]}" 2>&1) || rc=$?
+mapfile -t bad < <(sed -n 's/^\([^:]*\.[ch]\):[0-9]*:[0-9]*: error:.*/\1/p' <<<"$out" | sort -u)
+if [ "$rc" != 0 ] && [ "${#bad[@]}" = 0 ]; then
+    printf '%s\n' "$out" | head -20
+    echo "check_format: FAILED: $cf exited $rc"
+    exit 1
+fi
 
 if [ "${#bad[@]}" != 0 ]; then
     printf 'check_format: not formatted: %s\n' "${bad[@]}"
