@@ -89,6 +89,7 @@ typedef struct conn_req {
     int task_status;
     bool too_large;
     bool orphaned;          /* answered by svc_server_close: never touch the connection again */
+    bool chunked;           /* its body comes in chunks (Transfer-Encoding) */
     int shed_status;        /* answered out of band by shed() (408, 400), else 0 */
     uint64_t progress_run;  /* the MHD turn that last handed it body bytes (or its headers) */
     conn_track *track;      /* its connection's, while the connection is open; may be NULL */
@@ -170,6 +171,8 @@ enum { SHED_EVICTED, SHED_REFUSED, SHED_HEADER_TIMEOUT, SHED_BODY_TIMEOUT, SHED_
 static const char *const shed_labels[] = {
     "reason=\"evicted_idle\"", "reason=\"refused_full\"", "reason=\"header_timeout\"",
     "reason=\"body_timeout\"", "reason=\"unreadable_framing\""};
+static const char *const shed_names[] = {"evicted_idle", "refused_full", "header_timeout",
+                                         "body_timeout", "unreadable_framing"};
 
 static void on_sweep(uv_timer_t *t);
 
@@ -234,6 +237,8 @@ static void track_request(svc_server *s, struct MHD_Connection *conn, conn_req *
     conn_track *t = ci != NULL ? ci->socket_context : NULL;
 
     cr->progress_run = s->runs;
+    cr->chunked = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                              MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
     if (t == NULL || t->phase == C_SHED)
         return;
     t->cr = cr;
@@ -300,7 +305,7 @@ static void shed(conn_track *t, int status, const char *code, const char *msg, i
         (*s->shed_counts[reason])++;
     if (svc_log_begin(&l, status != 0 ? SVC_LOG_INFO : SVC_LOG_DEBUG, "shed")) {
         svc_log_str(&l, "request_id", t->cr != NULL ? t->cr->req.request_id : NULL);
-        svc_log_str(&l, "reason", shed_labels[reason] + 8);
+        svc_log_str(&l, "reason", shed_names[reason]);
         svc_log_int(&l, "status", status);
         svc_log_end(&l);
     }
@@ -334,9 +339,11 @@ static void on_sweep(uv_timer_t *timer)
 
 /*
  * MHD has asked for a turn after every turn for STALL_NS: answer (400) and close each request
- * still reading its body that got no byte of it in all that time. A body that is merely slow
- * waits in MHD's epoll set and does not make MHD ask for turns; the one MHD keeps turning over
- * is the one it can neither read further nor refuse.
+ * still reading a chunked body that got no byte of it in all that time. A body that is merely
+ * slow waits in MHD's epoll set and does not make MHD ask for turns; the one MHD keeps turning
+ * over is the one it can neither read further nor refuse, and only a chunk-size or trailer line
+ * can fill its buffer that way (a Content-Length body is handed over as it arrives). A chunked
+ * upload that happens to pause inside a chunk-size line during such a streak is shed with it.
  */
 static void shed_unreadable(svc_server *s, uint64_t now)
 {
@@ -349,7 +356,7 @@ static void shed_unreadable(svc_server *s, uint64_t now)
         conn_track *t = rt_container_of(pos, conn_track, link);
 
         pos = pos->next;
-        if (t->cr != NULL && t->cr->progress_run <= s->busy_since_run)
+        if (t->cr != NULL && t->cr->chunked && t->cr->progress_run <= s->busy_since_run)
             shed(t, 400, "bad_request",
                  "the request's framing could not be read (a chunk line longer than the "
                  "connection's buffer)",
