@@ -6,7 +6,17 @@
  * readable whenever any of its sockets (or its inter-thread channel, which resume writes to) is
  * ready; a uv_poll watches that descriptor and calls MHD_run, which handles what is ready and
  * returns without blocking. After every run the uv_timer is re-armed with MHD_get_timeout, which
- * is how connection timeouts and MHD's own pending work get their turn.
+ * is how connection timeouts get their turn; when MHD wants another turn at once (timeout 0),
+ * it gets it from a uv_idle handle on the next loop iteration, after the loop has polled for
+ * I/O, never from a 0 ms timer re-armed in its own callback (run_mhd says why).
+ *
+ * Connections. MHD tells us when each opens and closes; in between we know which phase it is in
+ * (waiting for headers, receiving a body, busy) and hold it to HEADER_TIMEOUT_MS and
+ * BODY_TIMEOUT_MS, which MHD's inactivity timeout cannot do (a byte now and then keeps it
+ * active). MAX_CONNECTIONS is ours too: beyond it the connection that has waited longest for a
+ * request is closed, or the newcomer is answered 503. Where MHD cannot answer (it answers only
+ * from the access handler, and only once a request is complete), shed() writes the answer to
+ * the socket itself and shuts it down; MHD sees the hang-up and closes the connection.
  *
  * A request, as MHD calls the access handler for it:
  *
@@ -198,7 +208,8 @@ static void arm_sweep(svc_server *s)
         uv_timer_stop(&s->sweep);
         return;
     }
-    ms = earliest > now ? (earliest - now + 999999) / 1000000 : 0;
+    /* At least 1 ms: never a 0 ms timer re-armed from its own callback (see run_mhd). */
+    ms = earliest > now + 1000000 ? (earliest - now + 999999) / 1000000 : 1;
     if (uv_is_active((uv_handle_t *)&s->sweep) && uv_timer_get_due_in(&s->sweep) <= ms)
         return;
     uv_timer_start(&s->sweep, on_sweep, ms, 0);
