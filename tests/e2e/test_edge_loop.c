@@ -193,12 +193,26 @@ static bool have_db(void)
     return db != NULL && db[0] != '\0';
 }
 
+/*
+ * Under AddressSanitizer the service is several times slower, and the leak check at exit alone
+ * takes a few hundred ms: limits on the service's own speed get this much more there (the
+ * normal build is the one held to the numbers).
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZER_SLACK_MS 1000
+#define HEALTHZ_P99_MS     45
+#else
+#define SANITIZER_SLACK_MS 0
+#define HEALTHZ_P99_MS     15
+#endif
+
 /* SIGTERM, and the exit status, which must come within limit_ms; returns the elapsed ms. */
 static int stop_within(e2e_proc *p, int limit_ms)
 {
     uint64_t t0 = e2e_now_ms();
     int status;
 
+    limit_ms += SANITIZER_SLACK_MS;
     e2e_signal(p, SIGTERM);
     status = e2e_wait_exit(p, limit_ms + 20000);
     fprintf(stderr, "  SIGTERM to exit: %d ms (limit %d), status %d\n",
@@ -611,8 +625,9 @@ static int cmp_int(const void *a, const void *b)
 
 /*
  * Slowloris: 300 connections that send headers a byte at a time cost the others nothing: /healthz
- * p99 stays under 15 ms while they hang on. A busy machine adds its own stalls, so a round whose
- * p99 missed is measured again (up to three rounds); a service that is really slow misses all.
+ * p99 stays under 15 ms while they hang on (45 under AddressSanitizer). A busy machine adds its
+ * own stalls, so a round whose p99 missed is measured again (up to three rounds); a service that
+ * is really slow misses all.
  */
 static void test_slowloris_keeps_healthz_fast(void **state)
 {
@@ -629,7 +644,7 @@ static void test_slowloris_keeps_healthz_fast(void **state)
         assert_true(loris[i] >= 0);
         assert_true(send_str(loris[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n"));
     }
-    for (int round = 0; round < ROUNDS && best >= 15; round++) {
+    for (int round = 0; round < ROUNDS && best >= HEALTHZ_P99_MS; round++) {
         for (int i = 0; i < SAMPLES; i++) {
             uint64_t t0;
 
@@ -648,7 +663,7 @@ static void test_slowloris_keeps_healthz_fast(void **state)
         if (lat[SAMPLES * 99 / 100] < best)
             best = lat[SAMPLES * 99 / 100];
     }
-    assert_true(best < 15);
+    assert_true(best < HEALTHZ_P99_MS);
     /* They are all still open: nothing was shed for them (their deadline is 60 s). */
     for (int i = 0; i < LORIS; i++) {
         struct pollfd pfd = {loris[i], POLLIN, 0};
