@@ -102,8 +102,9 @@ int hs_probes_register(svc_router *r, svc_app *app)
     p->free_guard.arg = p;
     rt_scope_defer(app->root_scope, &p->free_guard);
     const svc_route rows[] = {
-        {"GET", "/healthz", SVC_VARIANT_NONE, "liveness: 200 while the event loop turns, 503 when its lag probe stalls",
-         healthz, p, SVC_ROUTE_QUIET},
+        {"GET", "/healthz", SVC_VARIANT_NONE,
+         "liveness: 200 while the event loop turns, 503 when its lag probe stalls", healthz, p,
+         SVC_ROUTE_QUIET},
         {"GET", "/readyz", SVC_VARIANT_NONE,
          "readiness: 503 while draining or when no database connection works", readyz, p,
          SVC_ROUTE_QUIET},

@@ -47,10 +47,10 @@ struct svc_metrics {
     size_t nroutes;
     route_stats *routes; /* nroutes + 1: the last one is "no route" */
     int64_t in_flight;
-    uv_timer_t probe;      /* the loop-lag probe, once started */
+    uv_timer_t probe; /* the loop-lag probe, once started */
     bool probe_started;
-    uint64_t lag_due_ns;   /* when the probe asked to run next (uv_hrtime clock) */
-    uint64_t lag_tick_ns;  /* when it last ran (or was started) */
+    uint64_t lag_due_ns;  /* when the probe asked to run next (uv_hrtime clock) */
+    uint64_t lag_tick_ns; /* when it last ran (or was started) */
     uint64_t lag_last_ns;
     uint64_t lag_buckets[NBOUNDS + 1];
     uint64_t lag_count;

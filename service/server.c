@@ -98,11 +98,11 @@ typedef struct conn_req {
     int refs; /* MHD's, and the async part's */
     int task_status;
     bool too_large;
-    bool orphaned;          /* answered by svc_server_close: never touch the connection again */
-    bool chunked;           /* its body comes in chunks (Transfer-Encoding) */
-    int shed_status;        /* answered out of band by shed() (408, 400), else 0 */
-    uint64_t progress_run;  /* the MHD turn that last handed it body bytes (or its headers) */
-    conn_track *track;      /* its connection's, while the connection is open; may be NULL */
+    bool orphaned;         /* answered by svc_server_close: never touch the connection again */
+    bool chunked;          /* its body comes in chunks (Transfer-Encoding) */
+    int shed_status;       /* answered out of band by shed() (408, 400), else 0 */
+    uint64_t progress_run; /* the MHD turn that last handed it body bytes (or its headers) */
+    conn_track *track;     /* its connection's, while the connection is open; may be NULL */
 } conn_req;
 
 /*
@@ -159,7 +159,7 @@ static void run_mhd(svc_server *s);
 static void schedule_turn(svc_server *s);
 static void track_enter(conn_track *t, int phase);
 
-/* --- connections: deadlines, eviction, shedding ------------------------------------------------- */
+/* --- connections: deadlines, eviction, shedding ----------------------------------------------- */
 
 /*
  * After this many nanoseconds of MHD asking for another turn after every turn, the loop stops
@@ -178,9 +178,9 @@ static void track_enter(conn_track *t, int phase);
 /* The reasons shed() counts, in the order of srv->shed_counts. */
 enum { SHED_EVICTED, SHED_REFUSED, SHED_HEADER_TIMEOUT, SHED_BODY_TIMEOUT, SHED_UNREADABLE };
 
-static const char *const shed_labels[] = {
-    "reason=\"evicted_idle\"", "reason=\"refused_full\"", "reason=\"header_timeout\"",
-    "reason=\"body_timeout\"", "reason=\"unreadable_framing\""};
+static const char *const shed_labels[] = {"reason=\"evicted_idle\"", "reason=\"refused_full\"",
+                                          "reason=\"header_timeout\"", "reason=\"body_timeout\"",
+                                          "reason=\"unreadable_framing\""};
 static const char *const shed_names[] = {"evicted_idle", "refused_full", "header_timeout",
                                          "body_timeout", "unreadable_framing"};
 
@@ -388,8 +388,7 @@ static void make_room(svc_server *s, conn_track *fresh)
     if (oldest != fresh)
         shed(oldest, 0, NULL, NULL, SHED_EVICTED);
     else
-        shed(fresh, 503, "unavailable", "every connection slot is busy; try again",
-             SHED_REFUSED);
+        shed(fresh, 503, "unavailable", "every connection slot is busy; try again", SHED_REFUSED);
 }
 
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
@@ -921,9 +920,9 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     rt_list_init(&s->waiting);
     rt_list_init(&s->uploading);
     for (size_t i = 0; i < sizeof(shed_labels) / sizeof(shed_labels[0]); i++)
-        s->shed_counts[i] = svc_metrics_counter(
-            metrics, "hs_http_connections_shed_total", shed_labels[i],
-            "Connections the server answered or closed on its own, by reason.");
+        s->shed_counts[i] =
+            svc_metrics_counter(metrics, "hs_http_connections_shed_total", shed_labels[i],
+                                "Connections the server answered or closed on its own, by reason.");
     rt_post_init(&s->idle_post);
     snprintf(s->server_header, sizeof(s->server_header), "hindsight/%s", HS_VERSION);
     /* HOST was checked by the configuration parser; an IPv6 literal needs MHD's IPv6 mode. */

@@ -215,15 +215,16 @@ static int stop_within(e2e_proc *p, int limit_ms)
     limit_ms += SANITIZER_SLACK_MS;
     e2e_signal(p, SIGTERM);
     status = e2e_wait_exit(p, limit_ms + 20000);
-    fprintf(stderr, "  SIGTERM to exit: %d ms (limit %d), status %d\n",
-            (int)(e2e_now_ms() - t0), limit_ms, status);
+    fprintf(stderr, "  SIGTERM to exit: %d ms (limit %d), status %d\n", (int)(e2e_now_ms() - t0),
+            limit_ms, status);
     assert_int_equal(status, 0);
     assert_true(e2e_now_ms() - t0 <= (uint64_t)limit_ms);
     unlink(p->log_path);
     return (int)(e2e_now_ms() - t0);
 }
 
-/* --- the wedged loop --------------------------------------------------------------------------- */
+/* --- the wedged loop ---------------------------------------------------------------------------
+ */
 
 /*
  * A chunk-size line that cannot fit the connection's buffer (a long chunk extension, or thousands
@@ -658,8 +659,8 @@ static void test_slowloris_keeps_healthz_fast(void **state)
             lat[i] = (int)(e2e_now_ms() - t0);
         }
         qsort(lat, SAMPLES, sizeof(lat[0]), cmp_int);
-        fprintf(stderr, "  /healthz beside %d slowloris connections: p50 %d ms, p99 %d ms\n",
-                LORIS, lat[SAMPLES / 2], lat[SAMPLES * 99 / 100]);
+        fprintf(stderr, "  /healthz beside %d slowloris connections: p50 %d ms, p99 %d ms\n", LORIS,
+                lat[SAMPLES / 2], lat[SAMPLES * 99 / 100]);
         if (lat[SAMPLES * 99 / 100] < best)
             best = lat[SAMPLES * 99 / 100];
     }
