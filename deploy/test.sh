@@ -2,7 +2,7 @@
 # Builds and tests everything, the way CI does: installs what is missing (deploy/setup.sh),
 # builds a normal tree (build/) and an AddressSanitizer + UndefinedBehaviorSanitizer tree
 # (build-asan/), with -Werror when CI=true, starts the throwaway PostgreSQL cluster unless
-# TEST_DATABASE_URL is set, runs every CTest layer (unit, db, e2e, fault) in both trees, prints
+# TEST_DATABASE_URL is set, runs every CTest layer (unit, db, e2e, edge, fault) in both trees, prints
 # a summary, and exits non-zero if anything failed. The cluster it started is stopped at the end.
 #
 #   deploy/test.sh                 both trees, every label

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "runtime/db.h"
+#include "service/config.h"
 #include "service/metrics.h"
 #include "service/router.h"
 
@@ -23,10 +24,26 @@ typedef struct probes {
     rt_guard free_guard;
 } probes;
 
+/*
+ * 200 while the loop turns. "Turns" means its timers run too: the loop-lag probe (a 100 ms timer)
+ * must have run within LIVENESS_MAX_STALL_MS. A loop blocked outright cannot answer at all (the
+ * probe's request times out, which an orchestrator counts as a failure too); this catches the
+ * loop that still runs some callbacks, this one included, while its timer phase is starved or a
+ * callback has held it for that long: then 503, so that the process gets restarted.
+ */
 static int healthz(svc_request *req, void *state, rt_task **task_out)
 {
-    (void)state;
+    probes *p = state;
+    uint64_t max_ms = (uint64_t)p->app->config->liveness_max_stall_ms;
+    uint64_t stall_ms = svc_metrics_probe_stall_ns(p->app->metrics) / 1000000u;
+
     (void)task_out;
+    if (max_ms > 0 && stall_ms > max_ms) {
+        svc_respond_error(req, 503, "loop_stalled",
+                          "the event loop's lag probe has not run for %llu ms (limit %llu ms)",
+                          (unsigned long long)stall_ms, (unsigned long long)max_ms);
+        return 0;
+    }
     svc_respond_static(req, 200, "{\"status\":\"ok\"}");
     return 0;
 }
@@ -85,8 +102,9 @@ int hs_probes_register(svc_router *r, svc_app *app)
     p->free_guard.arg = p;
     rt_scope_defer(app->root_scope, &p->free_guard);
     const svc_route rows[] = {
-        {"GET", "/healthz", SVC_VARIANT_NONE, "liveness: 200 whenever the event loop turns",
-         healthz, p, SVC_ROUTE_QUIET},
+        {"GET", "/healthz", SVC_VARIANT_NONE,
+         "liveness: 200 while the event loop turns, 503 when its lag probe stalls", healthz, p,
+         SVC_ROUTE_QUIET},
         {"GET", "/readyz", SVC_VARIANT_NONE,
          "readiness: 503 while draining or when no database connection works", readyz, p,
          SVC_ROUTE_QUIET},

@@ -53,9 +53,17 @@ static const setting settings[] = {
     {"MAX_CONNECTIONS", K_INT, AT(max_connections), 1, 1000000, "16384",
      "open connections, all clients together"},
     {"MAX_CONNECTIONS_PER_IP", K_INT, AT(max_connections_per_ip), 0, 1000000, "0",
-     "open connections from one address; 0 means MAX_CONNECTIONS"},
+     "open connections from one address; 0 means no limit of its own (MAX_CONNECTIONS; idle "
+     "connections are closed oldest first when it is reached)"},
     {"CONNECTION_TIMEOUT_S", K_INT, AT(connection_timeout_s), 1, 3600, "30",
      "a connection idle (or sending this slowly) this long is closed"},
+    {"HEADER_TIMEOUT_MS", K_INT, AT(header_timeout_ms), 1, 3600000, "60000",
+     "a request's headers must arrive whole within this long (from the connection's start or "
+     "the previous answer), else 408 and close"},
+    {"BODY_TIMEOUT_MS", K_INT, AT(body_timeout_ms), 1, 3600000, "60000",
+     "a request's body must arrive whole within this long of its headers, else 408 and close"},
+    {"LIVENESS_MAX_STALL_MS", K_INT, AT(liveness_max_stall_ms), 0, 3600000, "10000",
+     "/healthz answers 503 when the loop-lag probe has not run for this long (0: never)"},
     {"CONNECTION_MEMORY_BYTES", K_INT, AT(connection_memory_bytes), 4096, 1048576, "4096",
      "per-connection buffer for the request's headers and the response's; it is what an idle "
      "keep-alive connection costs"},

@@ -33,6 +33,9 @@ struct svc_config {
     int max_connections;         /* MAX_CONNECTIONS: open connections, all clients together */
     int max_connections_per_ip;  /* MAX_CONNECTIONS_PER_IP: open connections from one address */
     int connection_timeout_s;    /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */
+    int header_timeout_ms;       /* HEADER_TIMEOUT_MS: whole-headers deadline, then 408 */
+    int body_timeout_ms;         /* BODY_TIMEOUT_MS: whole-body deadline, then 408 */
+    int liveness_max_stall_ms;   /* LIVENESS_MAX_STALL_MS: /healthz 503 beyond this stall */
     int connection_memory_bytes; /* CONNECTION_MEMORY_BYTES: per-connection header buffer */
     bool before_routes;          /* BEFORE_ROUTES: serve the anti-pattern routes */
     svc_log_level log_level;     /* LOG_LEVEL: debug|info|warn|error */

@@ -40,8 +40,6 @@
 
 /* How long startup waits for the database to accept connections before giving up. */
 #define DB_STARTUP_WAIT_MS 30000
-/* The loop-lag probe's period. */
-#define LAG_PERIOD_MS 100
 
 typedef struct hs_main {
     svc_config cfg;
@@ -57,8 +55,6 @@ typedef struct hs_main {
     svc_metrics *metrics;
     svc_server *server;
     svc_shutdown shutdown;
-    uv_timer_t lag_timer;
-    uint64_t lag_due_ns;
 } hs_main;
 
 /* Registers every handler file's rows, in the order /routes lists them. */
@@ -75,17 +71,6 @@ static int register_handlers(svc_router *r, svc_app *app)
     if (err == 0)
         err = hs_transfers_register(r, app);
     return err;
-}
-
-static void on_lag_tick(uv_timer_t *t)
-{
-    hs_main *m = t->data;
-    uint64_t now = uv_hrtime();
-
-    /* The timer asked to run at lag_due_ns; how much later it ran is how long the loop was busy
-     * elsewhere (a blocking call, a long callback). */
-    svc_metrics_loop_lag(m->metrics, now > m->lag_due_ns ? now - m->lag_due_ns : 0);
-    m->lag_due_ns = now + (uint64_t)LAG_PERIOD_MS * 1000000u;
 }
 
 static void on_walk_close(uv_handle_t *h, void *arg)
@@ -114,7 +99,7 @@ static void on_root_closed(rt_scope *s)
 
 static void close_rest(hs_main *m)
 {
-    uv_close((uv_handle_t *)&m->lag_timer, NULL);
+    svc_metrics_probe_close(m->metrics);
     svc_shutdown_close(&m->shutdown, NULL);
     m->root.data = m;
     rt_scope_close(&m->root, on_root_closed);
@@ -247,14 +232,10 @@ static int start(hs_main *m)
                             on_shutdown_done);
     if (err < 0)
         return err;
-    err = uv_timer_init(&m->loop, &m->lag_timer);
+    /* The loop-lag probe, which /metrics reports and /healthz checks. */
+    err = svc_metrics_probe_start(m->metrics, &m->loop);
     if (err < 0)
         return err;
-    m->lag_timer.data = m;
-    m->lag_due_ns = uv_hrtime() + (uint64_t)LAG_PERIOD_MS * 1000000u;
-    uv_timer_start(&m->lag_timer, on_lag_tick, LAG_PERIOD_MS, LAG_PERIOD_MS);
-    /* The probe must not be what keeps the loop alive at the end. */
-    uv_unref((uv_handle_t *)&m->lag_timer);
     log_start(m, svc_server_port(m->server));
     return 0;
 }

@@ -47,6 +47,10 @@ struct svc_metrics {
     size_t nroutes;
     route_stats *routes; /* nroutes + 1: the last one is "no route" */
     int64_t in_flight;
+    uv_timer_t probe; /* the loop-lag probe, once started */
+    bool probe_started;
+    uint64_t lag_due_ns;  /* when the probe asked to run next (uv_hrtime clock) */
+    uint64_t lag_tick_ns; /* when it last ran (or was started) */
     uint64_t lag_last_ns;
     uint64_t lag_buckets[NBOUNDS + 1];
     uint64_t lag_count;
@@ -152,6 +156,48 @@ void svc_metrics_loop_lag(svc_metrics *m, uint64_t ns)
     m->lag_buckets[bucket_of(s)]++;
     m->lag_count++;
     m->lag_sum_s += s;
+}
+
+static void on_probe(uv_timer_t *t)
+{
+    svc_metrics *m = t->data;
+    uint64_t now = uv_hrtime();
+
+    /* The timer asked to run at lag_due_ns; how much later it ran is how long the loop was busy
+     * elsewhere (a blocking call, a long callback, a handle hogging the timer phase). */
+    svc_metrics_loop_lag(m, now > m->lag_due_ns ? now - m->lag_due_ns : 0);
+    m->lag_tick_ns = now;
+    m->lag_due_ns = now + (uint64_t)SVC_LAG_PERIOD_MS * 1000000u;
+}
+
+int svc_metrics_probe_start(svc_metrics *m, uv_loop_t *loop)
+{
+    int err = uv_timer_init(loop, &m->probe);
+
+    if (err < 0)
+        return err;
+    m->probe.data = m;
+    m->probe_started = true;
+    m->lag_tick_ns = uv_hrtime();
+    m->lag_due_ns = m->lag_tick_ns + (uint64_t)SVC_LAG_PERIOD_MS * 1000000u;
+    uv_timer_start(&m->probe, on_probe, SVC_LAG_PERIOD_MS, SVC_LAG_PERIOD_MS);
+    /* The probe must not be what keeps the loop alive at the end. */
+    uv_unref((uv_handle_t *)&m->probe);
+    return 0;
+}
+
+void svc_metrics_probe_close(svc_metrics *m)
+{
+    if (m->probe_started && !uv_is_closing((uv_handle_t *)&m->probe))
+        uv_close((uv_handle_t *)&m->probe, NULL);
+}
+
+uint64_t svc_metrics_probe_stall_ns(const svc_metrics *m)
+{
+    uint64_t now = uv_hrtime();
+
+    /* uv_hrtime, not uv_now: the loop's cached time stands still exactly when the loop does. */
+    return m->probe_started && now > m->lag_tick_ns ? now - m->lag_tick_ns : 0;
 }
 
 void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n)

@@ -65,6 +65,27 @@ void svc_metrics_request_end(svc_metrics *m, const svc_route *route, int status,
 /** Records one sample of event-loop lag, in nanoseconds. */
 void svc_metrics_loop_lag(svc_metrics *m, uint64_t ns);
 
+/* The loop-lag probe's period. */
+#define SVC_LAG_PERIOD_MS 100
+
+/**
+ * Starts the loop-lag probe on loop: a timer every SVC_LAG_PERIOD_MS that records how late it
+ * ran (svc_metrics_loop_lag) and when (svc_metrics_probe_stall_ns). The timer is unref'd, so it
+ * never keeps the loop alive; close it with svc_metrics_probe_close before the loop closes.
+ * Returns 0 or a negative UV_E* code. Loop thread only.
+ */
+int svc_metrics_probe_start(svc_metrics *m, uv_loop_t *loop);
+
+/** Closes the probe's timer, if it was started (the loop finishes the close). */
+void svc_metrics_probe_close(svc_metrics *m);
+
+/**
+ * How long ago, in nanoseconds of the monotonic clock (uv_hrtime, not the loop's cached time),
+ * the probe last ran, or was started; 0 when it was never started. Liveness reads it: while the
+ * loop turns, it stays near SVC_LAG_PERIOD_MS.
+ */
+uint64_t svc_metrics_probe_stall_ns(const svc_metrics *m);
+
 /** Counts tasks cancelled by the shutdown sequence (step 5). */
 void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n);
 

@@ -6,7 +6,17 @@
  * readable whenever any of its sockets (or its inter-thread channel, which resume writes to) is
  * ready; a uv_poll watches that descriptor and calls MHD_run, which handles what is ready and
  * returns without blocking. After every run the uv_timer is re-armed with MHD_get_timeout, which
- * is how connection timeouts and MHD's own pending work get their turn.
+ * is how connection timeouts get their turn; when MHD wants another turn at once (timeout 0),
+ * it gets it from a uv_idle handle on the next loop iteration, after the loop has polled for
+ * I/O, never from a 0 ms timer re-armed in its own callback (run_mhd says why).
+ *
+ * Connections. MHD tells us when each opens and closes; in between we know which phase it is in
+ * (waiting for headers, receiving a body, busy) and hold it to HEADER_TIMEOUT_MS and
+ * BODY_TIMEOUT_MS, which MHD's inactivity timeout cannot do (a byte now and then keeps it
+ * active). MAX_CONNECTIONS is ours too: beyond it the connection that has waited longest for a
+ * request is closed, or the newcomer is answered 503. Where MHD cannot answer (it answers only
+ * from the access handler, and only once a request is complete), shed() writes the answer to
+ * the socket itself and shuts it down; MHD sees the hang-up and closes the connection.
  *
  * A request, as MHD calls the access handler for it:
  *
@@ -47,7 +57,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include <microhttpd.h>
 
@@ -56,6 +71,16 @@
 #include "service/request_int.h"
 
 enum req_state { RECEIVING = 0, SUSPENDED, READY, ANSWERED };
+
+/* Where a connection is between its requests, for the deadlines and for eviction. */
+enum conn_phase {
+    C_WAITING = 0, /* waiting for (or reading) a request's headers: srv->waiting */
+    C_BODY,        /* headers parsed, the body is arriving: srv->uploading */
+    C_BUSY,        /* dispatched: the request deadline and MHD's own timeout apply */
+    C_SHED         /* shut down by the server; MHD closes it on its next turn */
+};
+
+typedef struct conn_track conn_track;
 
 typedef struct conn_req {
     svc_request req;
@@ -73,8 +98,27 @@ typedef struct conn_req {
     int refs; /* MHD's, and the async part's */
     int task_status;
     bool too_large;
-    bool orphaned; /* answered by svc_server_close: never touch the connection again */
+    bool orphaned;         /* answered by svc_server_close: never touch the connection again */
+    bool chunked;          /* its body comes in chunks (Transfer-Encoding) */
+    int shed_status;       /* answered out of band by shed() (408, 400), else 0 */
+    uint64_t progress_run; /* the MHD turn that last handed it body bytes (or its headers) */
+    conn_track *track;     /* its connection's, while the connection is open; may be NULL */
 } conn_req;
+
+/*
+ * One per connection, from MHD's "started" notification to its "closed" one (the socket
+ * context). The lists it sits on are in phase-entry order, and every entry into a phase adds the
+ * same constant, so each list is also in deadline order: the head is the next to expire, and
+ * the head of srv->waiting is the connection that has waited longest for a request.
+ */
+struct conn_track {
+    rt_list link; /* in srv->waiting (C_WAITING) or srv->uploading (C_BODY) */
+    svc_server *srv;
+    MHD_socket fd;
+    int phase;
+    uint64_t deadline_ns; /* of the phase, on the uv_hrtime clock */
+    conn_req *cr;         /* the request being read or served, while it is */
+};
 
 struct svc_server {
     svc_app *app;
@@ -84,8 +128,20 @@ struct svc_server {
     rt_scope *requests;
     struct MHD_Daemon *mhd;
     uv_poll_t poll;
-    uv_timer_t timer;
+    uv_timer_t timer; /* MHD's own timeout, and the back-off while it keeps asking for turns */
+    uv_idle_t again;  /* one more MHD turn on the next loop iteration, after I/O is polled */
+    uv_timer_t sweep; /* the earliest header or body deadline */
     int open_handles;
+    rt_list waiting;        /* conn_track in C_WAITING, oldest first */
+    rt_list uploading;      /* conn_track in C_BODY, oldest first */
+    size_t nconns;          /* connections MHD has open, shed ones included */
+    size_t nshed;           /* of which shut down by the server and not yet closed by MHD */
+    uint64_t runs;          /* MHD turns so far */
+    uint64_t busy_since_ns; /* MHD has asked for an immediate turn after every turn since */
+    uint64_t busy_since_run;
+    uint64_t stall_checked_ns;
+    bool conn_closed; /* a connection closed during the current turn */
+    uint64_t *shed_counts[5];
     rt_list suspended;
     size_t in_flight;
     bool quiesced;
@@ -100,7 +156,277 @@ struct svc_server {
 };
 
 static void run_mhd(svc_server *s);
-static void on_timer(uv_timer_t *t);
+static void schedule_turn(svc_server *s);
+static void track_enter(conn_track *t, int phase);
+
+/* --- connections: deadlines, eviction, shedding ----------------------------------------------- */
+
+/*
+ * After this many nanoseconds of MHD asking for another turn after every turn, the loop stops
+ * giving it one per iteration and gives it one per millisecond instead; and after STALL_NS, a
+ * request that got no body bytes in all that time is taken to be what MHD is stuck on (a
+ * chunk-size or trailer line longer than the connection's buffer, which libmicrohttpd 0.9.75
+ * can neither finish reading nor refuse) and is answered 400 and closed.
+ */
+#define BUSY_TURNS_NS  (10 * 1000000ull)
+#define STALL_NS       (1000 * 1000000ull)
+#define STALL_CHECK_NS (100 * 1000000ull)
+/* Connections MHD may hold beyond MAX_CONNECTIONS: the ones accepted in one turn (it accepts at
+ * most 10 per turn) while those shed to make room have not closed yet. */
+#define CONNECTION_BACKSTOP 64u
+
+/* The reasons shed() counts, in the order of srv->shed_counts. */
+enum { SHED_EVICTED, SHED_REFUSED, SHED_HEADER_TIMEOUT, SHED_BODY_TIMEOUT, SHED_UNREADABLE };
+
+static const char *const shed_labels[] = {"reason=\"evicted_idle\"", "reason=\"refused_full\"",
+                                          "reason=\"header_timeout\"", "reason=\"body_timeout\"",
+                                          "reason=\"unreadable_framing\""};
+static const char *const shed_names[] = {"evicted_idle", "refused_full", "header_timeout",
+                                         "body_timeout", "unreadable_framing"};
+
+static void on_sweep(uv_timer_t *t);
+
+/* (Re-)arms the sweep timer for the earliest deadline of the two lists, if it is not already due
+ * by then. */
+static void arm_sweep(svc_server *s)
+{
+    uint64_t now = uv_hrtime();
+    uint64_t earliest = UINT64_MAX;
+    uint64_t ms;
+
+    if (s->closing)
+        return;
+    if (!rt_list_is_empty(&s->waiting))
+        earliest = rt_container_of(s->waiting.next, conn_track, link)->deadline_ns;
+    if (!rt_list_is_empty(&s->uploading)) {
+        uint64_t d = rt_container_of(s->uploading.next, conn_track, link)->deadline_ns;
+
+        if (d < earliest)
+            earliest = d;
+    }
+    if (earliest == UINT64_MAX) {
+        uv_timer_stop(&s->sweep);
+        return;
+    }
+    /* At least 1 ms: never a 0 ms timer re-armed from its own callback (see run_mhd). */
+    ms = earliest > now + 1000000 ? (earliest - now + 999999) / 1000000 : 1;
+    if (uv_is_active((uv_handle_t *)&s->sweep) && uv_timer_get_due_in(&s->sweep) <= ms)
+        return;
+    uv_timer_start(&s->sweep, on_sweep, ms, 0);
+}
+
+/* Moves t into phase, and onto the list (and under the deadline) of that phase. */
+static void track_enter(conn_track *t, int phase)
+{
+    svc_server *s = t->srv;
+    rt_list *list = NULL;
+    bool was_empty;
+
+    rt_list_remove(&t->link);
+    t->phase = phase;
+    if (phase == C_WAITING) {
+        t->deadline_ns = uv_hrtime() + (uint64_t)s->cfg->header_timeout_ms * 1000000u;
+        list = &s->waiting;
+    } else if (phase == C_BODY) {
+        t->deadline_ns = uv_hrtime() + (uint64_t)s->cfg->body_timeout_ms * 1000000u;
+        list = &s->uploading;
+    }
+    if (list == NULL)
+        return;
+    /* Appending to a list that has a head cannot move its earliest deadline. */
+    was_empty = rt_list_is_empty(list);
+    rt_list_push_back(list, &t->link);
+    if (was_empty)
+        arm_sweep(s);
+}
+
+/* The first call of the access handler: the headers are in, the body (if any) is next. */
+static void track_request(svc_server *s, struct MHD_Connection *conn, conn_req *cr)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    conn_track *t = ci != NULL ? ci->socket_context : NULL;
+
+    cr->progress_run = s->runs;
+    cr->chunked = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                              MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL;
+    if (t == NULL || t->phase == C_SHED)
+        return;
+    t->cr = cr;
+    cr->track = t;
+    track_enter(t, C_BODY);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 408:
+        return "Request Timeout";
+    default:
+        return "Service Unavailable";
+    }
+}
+
+/*
+ * Answers t's client with status (unless 0) in the API's error shape, outside MHD, and shuts the
+ * socket down; MHD sees the hang-up on its next turn and closes the connection. This is for the
+ * cases MHD cannot answer itself: a deadline passed while it waits for bytes, or it cannot parse
+ * what it has, or the connection is refused at the cap. It never touches a connection whose
+ * answer is being sent (phase C_BUSY), and writes nothing while the socket still has unsent
+ * bytes (MHD's own error answer, say): then it only closes.
+ */
+static void shed(conn_track *t, int status, const char *code, const char *msg, int reason)
+{
+    svc_server *s = t->srv;
+    int unsent = 0;
+    svc_log_line l;
+
+    if (status != 0 && ioctl(t->fd, SIOCOUTQ, &unsent) == 0 && unsent == 0) {
+        svc_request tmp;
+        char head[384];
+        struct iovec iov[2];
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+        int n;
+
+        svc_request_init(&tmp, s->app, NULL, "", "");
+        svc_request_set_id(&tmp, t->cr != NULL ? t->cr->req.request_id : NULL);
+        svc_respond_error(&tmp, status, code, "%s", msg);
+        n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n%sX-Request-Id: %s\r\n"
+                     "Server: %s\r\n\r\n",
+                     status, reason_phrase(status), tmp.resp_len,
+                     status == 503 ? "Retry-After: 1\r\n" : "", tmp.request_id, s->server_header);
+        iov[0] = (struct iovec){head, (size_t)n};
+        iov[1] = (struct iovec){tmp.resp_body, tmp.resp_len};
+        /* A short write is as good as none: the client learns of the close either way. */
+        (void)sendmsg(t->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        svc_request_clear_response(&tmp);
+        if (t->cr != NULL)
+            t->cr->shed_status = status;
+    }
+    if (t->cr != NULL)
+        t->cr->too_large = true; /* whatever body still arrives is discarded */
+    shutdown(t->fd, SHUT_RDWR);
+    track_enter(t, C_SHED);
+    s->nshed++;
+    if (s->shed_counts[reason] != NULL)
+        (*s->shed_counts[reason])++;
+    if (svc_log_begin(&l, status != 0 ? SVC_LOG_INFO : SVC_LOG_DEBUG, "shed")) {
+        svc_log_str(&l, "request_id", t->cr != NULL ? t->cr->req.request_id : NULL);
+        svc_log_str(&l, "reason", shed_names[reason]);
+        svc_log_int(&l, "status", status);
+        svc_log_end(&l);
+    }
+    /* MHD learns of the hang-up from its epoll set: give it a turn for it. */
+    schedule_turn(s);
+}
+
+static void on_sweep(uv_timer_t *timer)
+{
+    svc_server *s = timer->data;
+    uint64_t now = uv_hrtime();
+
+    while (!rt_list_is_empty(&s->waiting)) {
+        conn_track *t = rt_container_of(s->waiting.next, conn_track, link);
+
+        if (t->deadline_ns > now)
+            break;
+        shed(t, 408, "request_timeout", "the request's headers did not arrive in time",
+             SHED_HEADER_TIMEOUT);
+    }
+    while (!rt_list_is_empty(&s->uploading)) {
+        conn_track *t = rt_container_of(s->uploading.next, conn_track, link);
+
+        if (t->deadline_ns > now)
+            break;
+        shed(t, 408, "request_timeout", "the request's body did not arrive in time",
+             SHED_BODY_TIMEOUT);
+    }
+    arm_sweep(s);
+}
+
+/*
+ * MHD has asked for a turn after every turn for STALL_NS: answer (400) and close each request
+ * still reading a chunked body that got no byte of it in all that time. A body that is merely
+ * slow waits in MHD's epoll set and does not make MHD ask for turns; the one MHD keeps turning
+ * over is the one it can neither read further nor refuse, and only a chunk-size or trailer line
+ * can fill its buffer that way (a Content-Length body is handed over as it arrives). A chunked
+ * upload that happens to pause inside a chunk-size line during such a streak is shed with it.
+ */
+static void shed_unreadable(svc_server *s, uint64_t now)
+{
+    rt_list *pos = s->uploading.next;
+
+    if (now - s->stall_checked_ns < STALL_CHECK_NS)
+        return;
+    s->stall_checked_ns = now;
+    while (pos != &s->uploading) {
+        conn_track *t = rt_container_of(pos, conn_track, link);
+
+        pos = pos->next;
+        if (t->cr != NULL && t->cr->chunked && t->cr->progress_run <= s->busy_since_run)
+            shed(t, 400, "bad_request",
+                 "the request's framing could not be read (a chunk line longer than the "
+                 "connection's buffer)",
+                 SHED_UNREADABLE);
+    }
+}
+
+/*
+ * A new connection beyond MAX_CONNECTIONS: close the connection that has waited longest for a
+ * request (an idle keep-alive one, or one that has not finished its headers), as nginx reuses its
+ * idle connections; when every other connection is busy with a request, answer the new one 503
+ * and close it. Either way nobody waits in the kernel's backlog unanswered.
+ */
+static void make_room(svc_server *s, conn_track *fresh)
+{
+    conn_track *oldest = rt_container_of(s->waiting.next, conn_track, link);
+
+    if (oldest != fresh)
+        shed(oldest, 0, NULL, NULL, SHED_EVICTED);
+    else
+        shed(fresh, 503, "unavailable", "every connection slot is busy; try again", SHED_REFUSED);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    svc_server *s = cls;
+    conn_track *t = *socket_context;
+
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+        s->nconns++;
+        t = ci != NULL ? calloc(1, sizeof(*t)) : NULL;
+        /* Untracked (no memory): no deadlines for it, but MHD's own timeout still applies. */
+        *socket_context = t;
+        if (t == NULL)
+            return;
+        t->srv = s;
+        t->fd = ci->connect_fd;
+        rt_list_init(&t->link);
+        track_enter(t, C_WAITING);
+        if (s->nconns - s->nshed > (size_t)s->cfg->max_connections)
+            make_room(s, t);
+        return;
+    }
+    /* Closed: MHD has one slot more, and re-adds its listening socket only on a later turn. */
+    s->nconns--;
+    s->conn_closed = true;
+    if (t == NULL)
+        return;
+    if (t->phase == C_SHED)
+        s->nshed--;
+    rt_list_remove(&t->link);
+    if (t->cr != NULL)
+        t->cr->track = NULL;
+    free(t);
+}
 
 /* --- requests ---------------------------------------------------------------------------- */
 
@@ -201,7 +527,7 @@ static void on_request_scope_closed(rt_scope *scope)
      * its own wake-up (the inter-thread channel) does not reliably reach our poll in external
      * epoll mode, so ask for a run on the next loop turn (resumes in one turn share it). */
     MHD_resume_connection(cr->in.conn);
-    uv_timer_start(&cr->srv->timer, on_timer, 0, 0);
+    schedule_turn(cr->srv);
 }
 
 static void on_task_done(rt_task *t, int status)
@@ -282,6 +608,11 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     rt_task *task = NULL;
     int err;
 
+    /* Answered out of band already (a deadline passed): close without a second answer. */
+    if (cr->shed_status != 0)
+        return MHD_NO;
+    if (cr->track != NULL && cr->track->phase == C_BODY)
+        track_enter(cr->track, C_BUSY);
     if (cr->too_large) {
         svc_respond_error(req, 413, "payload_too_large", "the body is larger than %lld bytes",
                           (long long)s->cfg->max_body_bytes);
@@ -342,6 +673,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = cr;
         s->in_flight++;
         svc_metrics_request_begin(s->metrics);
+        track_request(s, conn, cr);
         cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl != NULL && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
             /* Answering now closes the connection without reading the body: here that is the
@@ -355,6 +687,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         size_t n = *upload_data_size;
 
         *upload_data_size = 0;
+        cr->progress_run = s->runs;
         if (cr->too_large)
             return MHD_YES;
         if (cr->body_len + n > (uint64_t)s->cfg->max_body_bytes) {
@@ -443,6 +776,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     /* 499 (the client went away before an answer), as nginx logs it. */
     status =
         cr->state == ANSWERED && toe != MHD_REQUEST_TERMINATED_CLIENT_ABORT ? cr->req.status : 499;
+    if (cr->shed_status != 0)
+        status = cr->shed_status;
+    if (cr->track != NULL) {
+        /* The connection waits for its next request now (or is about to close). */
+        cr->track->cr = NULL;
+        if (cr->track->phase != C_SHED)
+            track_enter(cr->track, C_WAITING);
+        cr->track = NULL;
+    }
     svc_metrics_request_end(s->metrics, cr->req.route, status, ns);
     log_request(cr, status, ns);
     cr->in.conn = NULL;
@@ -459,15 +801,64 @@ static void on_timer(uv_timer_t *t)
     run_mhd(t->data);
 }
 
+static void on_again(uv_idle_t *h)
+{
+    run_mhd(h->data);
+}
+
+/* Another MHD turn on the next loop iteration: after the loop has polled for I/O (an active idle
+ * handle makes that poll return at once), never in the same pass as this one. */
+static void schedule_turn(svc_server *s)
+{
+    if (!s->closing)
+        uv_idle_start(&s->again, on_again);
+}
+
+/*
+ * One MHD turn, then the next one arranged. MHD_get_timeout says 0 when MHD has more to do at
+ * once; re-arming the timer with 0 from its own callback would make libuv 1.44 run it again in
+ * the same pass, forever if MHD keeps saying 0 (it does, for a connection it can neither read
+ * nor answer): the loop would then never poll, and no signal, database reply or other timer
+ * would ever be seen. So an immediate turn goes to the idle handle, one per loop iteration; if
+ * MHD keeps asking for BUSY_TURNS_NS, one per millisecond; after STALL_NS, the request it is
+ * stuck on is shed.
+ */
 static void run_mhd(svc_server *s)
 {
     MHD_UNSIGNED_LONG_LONG ms;
+    uint64_t now;
 
+    uv_idle_stop(&s->again);
+    s->conn_closed = false;
+    s->runs++;
     MHD_run(s->mhd);
-    if (MHD_get_timeout(s->mhd, &ms) == MHD_YES)
-        uv_timer_start(&s->timer, on_timer, ms, 0);
-    else
+    /* A connection closed in this turn: MHD re-adds its listening socket (dropped at its
+     * connection limit) at the start of a turn, which nothing else may ever cause once the last
+     * connection is gone. */
+    if (s->conn_closed)
+        schedule_turn(s);
+    if (MHD_get_timeout(s->mhd, &ms) != MHD_YES) {
+        s->busy_since_ns = 0;
         uv_timer_stop(&s->timer);
+        return;
+    }
+    if (ms > 0) {
+        s->busy_since_ns = 0;
+        uv_timer_start(&s->timer, on_timer, ms, 0);
+        return;
+    }
+    now = uv_hrtime();
+    if (s->busy_since_ns == 0) {
+        s->busy_since_ns = now;
+        s->busy_since_run = s->runs;
+    }
+    if (now - s->busy_since_ns < BUSY_TURNS_NS) {
+        schedule_turn(s);
+        return;
+    }
+    uv_timer_start(&s->timer, on_timer, 1, 0);
+    if (now - s->busy_since_ns >= STALL_NS)
+        shed_unreadable(s, now);
 }
 
 static void on_poll(uv_poll_t *p, int status, int events)
@@ -526,6 +917,12 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     s->metrics = metrics;
     s->requests = requests_scope;
     rt_list_init(&s->suspended);
+    rt_list_init(&s->waiting);
+    rt_list_init(&s->uploading);
+    for (size_t i = 0; i < sizeof(shed_labels) / sizeof(shed_labels[0]); i++)
+        s->shed_counts[i] =
+            svc_metrics_counter(metrics, "hs_http_connections_shed_total", shed_labels[i],
+                                "Connections the server answered or closed on its own, by reason.");
     rt_post_init(&s->idle_post);
     snprintf(s->server_header, sizeof(s->server_header), "hindsight/%s", HS_VERSION);
     /* HOST was checked by the configuration parser; an IPv6 literal needs MHD's IPv6 mode. */
@@ -536,12 +933,20 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
         }
         flags |= MHD_USE_IPv6;
     }
+    /* MAX_CONNECTIONS is enforced here (on_connection), where a new connection beyond it can
+     * still be answered; MHD's own limit is only a backstop above it, for connections accepted
+     * in one turn before the shed ones have closed. A per-IP limit below MAX_CONNECTIONS is
+     * MHD's: it closes the extra connection at once. */
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &addr.sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->max_connections_per_ip,
+        s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections + CONNECTION_BACKSTOP,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)(cfg->max_connections_per_ip < cfg->max_connections
+                           ? cfg->max_connections_per_ip
+                           : 0),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
     if (s->mhd == NULL) {
@@ -560,6 +965,13 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
         goto out_stop;
     s->timer.data = s;
     s->open_handles++;
+    /* Neither fails once the loop is initialized (libuv only fills the handle in). */
+    uv_idle_init(app->loop, &s->again);
+    s->again.data = s;
+    s->open_handles++;
+    uv_timer_init(app->loop, &s->sweep);
+    s->sweep.data = s;
+    s->open_handles++;
     err = uv_poll_init(app->loop, &s->poll, info->epoll_fd);
     if (err < 0)
         goto out_close_timer;
@@ -576,8 +988,11 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
 out_close_poll:
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
 out_close_timer:
+    s->closing = true;
     MHD_stop_daemon(s->mhd);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->again, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sweep, on_handle_closed);
     return err;
 out_stop:
     MHD_stop_daemon(s->mhd);
@@ -642,10 +1057,14 @@ void svc_server_close(svc_server *s, void (*cb)(void *arg), void *arg)
     /* The poll must stop before MHD closes the descriptor it watches. */
     uv_poll_stop(&s->poll);
     uv_timer_stop(&s->timer);
+    uv_idle_stop(&s->again);
+    uv_timer_stop(&s->sweep);
     s->idle_cb = NULL;
     rt_post_cancel(&s->idle_post);
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->again, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sweep, on_handle_closed);
 }

@@ -3,8 +3,14 @@
  * server.h - libmicrohttpd driven by the libuv loop, dispatching to the handler table.
  *
  * The daemon runs in external-event-loop epoll mode: its epoll descriptor is watched by a
- * uv_poll handle and its timeout by a uv_timer, and MHD_run is called only when one of them
- * fires, so it never blocks and every callback runs on the loop thread with no locks.
+ * uv_poll handle, its timeout by a uv_timer, and its wish for another turn at once by a uv_idle
+ * handle (one turn per loop iteration, so no state of MHD's can keep the loop from polling), and
+ * MHD_run is called only when one of them fires, so it never blocks and every callback runs on
+ * the loop thread with no locks.
+ *
+ * It also holds every connection to HEADER_TIMEOUT_MS and BODY_TIMEOUT_MS (408 and close) and to
+ * MAX_CONNECTIONS (the longest-waiting idle connection is closed for a newcomer, else the
+ * newcomer gets 503), counted in hs_http_connections_shed_total{reason}.
  *
  * Per request the server owns the svc_request, the request scope (under requests_scope), the
  * deadline, and the suspension of the connection while the handler's task runs. It records every

@@ -22,10 +22,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
 #include "e2e.h"
+#include "handlers/probes.h"
 #include "runtime/work.h"
 #include "service/config.h"
 #include "service/metrics.h"
@@ -122,7 +124,7 @@ static const rt_task_vtable sleep_task_vt = {
     .release = sleep_task_release,
 };
 
-enum { H_SLEEP, H_FAIL_BUSY, H_NO_RESPONSE, H_CHILDREN, H_ENOMEM };
+enum { H_SLEEP, H_FAIL_BUSY, H_NO_RESPONSE, H_CHILDREN, H_ENOMEM, H_BLOCK };
 
 static int handler(svc_request *req, void *state, rt_task **task_out)
 {
@@ -132,6 +134,18 @@ static int handler(svc_request *req, void *state, rt_task **task_out)
 
     if (kind == H_ENOMEM)
         return UV_ENOMEM;
+    if (kind == H_BLOCK) {
+        /* Holds the loop in this callback, as a blocking call would: no timer runs meanwhile. */
+        uint64_t until;
+
+        if (svc_query_int(req, "ms", 0, 10000, 10, &ms) < 0)
+            return 0;
+        until = uv_hrtime() + (uint64_t)ms * 1000000u;
+        while (uv_hrtime() < until)
+            e2e_sleep_ms(1);
+        svc_respond_static(req, 200, "{\"blocked\":true}");
+        return 0;
+    }
     if (svc_query_int(req, "ms", 0, 10000, 10, &ms) < 0)
         return 0;
     st = sleep_task_new(req->app->rt, req, ms);
@@ -176,6 +190,7 @@ static void on_root_closed(rt_scope *s)
 static void on_server_closed(void *arg)
 {
     (void)arg;
+    svc_metrics_probe_close(h.metrics);
     svc_shutdown_close(&h.shutdown, NULL);
     uv_close((uv_handle_t *)&h.trigger, NULL);
     rt_scope_close(&h.root, on_root_closed);
@@ -208,6 +223,8 @@ static void harness_start(void)
          handler, (void *)(intptr_t)H_CHILDREN, 0},
         {"GET", "/enomem", SVC_VARIANT_NONE, "fails before starting anything", handler,
          (void *)(intptr_t)H_ENOMEM, 0},
+        {"GET", "/block", SVC_VARIANT_NONE, "holds the loop for ?ms, then answers", handler,
+         (void *)(intptr_t)H_BLOCK, 0},
     };
     char *argv[] = {"test", NULL};
 
@@ -218,6 +235,7 @@ static void harness_start(void)
     setenv("REQUEST_TIMEOUT_MS", "1000", 1);
     setenv("SHUTDOWN_GRACE_MS", "600", 1);
     setenv("DRAIN_DELAY_MS", "0", 1);
+    setenv("LIVENESS_MAX_STALL_MS", "500", 1);
     assert_int_equal(svc_config_parse(&h.cfg, 1, argv, stdout, stderr), SVC_CONFIG_RUN);
     svc_log_setup(h.cfg.log_level, h.cfg.log_format);
     assert_int_equal(uv_loop_init(&h.loop), 0);
@@ -240,6 +258,10 @@ static void harness_start(void)
         assert_int_equal(svc_router_add(h.router, &rows[i]), 0);
     h.metrics = svc_metrics_new(h.router);
     assert_non_null(h.metrics);
+    h.app.metrics = h.metrics;
+    /* The real probes (/healthz reads the loop-lag probe) and the probe itself, as main.c has. */
+    assert_int_equal(hs_probes_register(h.router, &h.app), 0);
+    assert_int_equal(svc_metrics_probe_start(h.metrics, &h.loop), 0);
     assert_int_equal(svc_metrics_bind_routes(h.metrics), 0);
     h.app.metrics = h.metrics;
     assert_int_equal(svc_server_open(&h.server, &h.app, h.router, h.metrics, &h.requests), 0);
@@ -306,6 +328,8 @@ typedef struct results {
     call sleep50, deadline, busy, silent, children, enomem, bad_query;
     call many[40];
     uint64_t many_ms;
+    call healthy_before, healthy_after;
+    char stalled[8192]; /* two pipelined answers: /block, then /healthz right behind it */
     call finishes, cancelled;
 } results;
 
@@ -328,6 +352,30 @@ static void *client(void *arg)
     for (size_t i = 0; i < 40; i++)
         call_wait(&res.many[i]);
     res.many_ms = e2e_now_ms() - t0;
+
+    /* Liveness: /healthz answered from a callback right after the loop was held for 1.5 s,
+     * before any timer could run (pipelined behind the request that held it), says 503; the
+     * next one, once the probe has run again, 200. */
+    call_run((res.healthy_before.path = "/healthz", &res.healthy_before));
+    {
+        static const char pipelined[] = "GET /block?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                        "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                                        "Connection: close\r\n\r\n";
+        int fd = e2e_connect(&h.peer);
+        size_t n = 0;
+        ssize_t r;
+
+        if (fd >= 0 && write(fd, pipelined, sizeof(pipelined) - 1) == sizeof(pipelined) - 1) {
+            while (n < sizeof(res.stalled) - 1 &&
+                   (r = read(fd, res.stalled + n, sizeof(res.stalled) - 1 - n)) > 0)
+                n += (size_t)r;
+        }
+        res.stalled[n] = '\0';
+        if (fd >= 0)
+            close(fd);
+    }
+    e2e_sleep_ms(300);
+    call_run((res.healthy_after.path = "/healthz", &res.healthy_after));
 
     /* Shutdown with two requests in flight: one ends within the grace period, one does not. */
     call_async(&res.finishes, "/sleep?ms=250");
@@ -380,6 +428,20 @@ static void test_async_requests_and_shutdown(void **state)
         assert_int_equal(res.many[i].r.status, 200);
     assert_true(res.many_ms < 6000);
 
+    /* Liveness follows the loop-lag probe. */
+    assert_int_equal(res.healthy_before.r.status, 200);
+    {
+        const char *second = strstr(res.stalled + 1, "HTTP/1.1 ");
+
+        fprintf(stderr, "pipelined behind a 1.5 s stall:\n%s\n", res.stalled);
+        assert_int_equal(strncmp(res.stalled, "HTTP/1.1 200", 12), 0);
+        assert_non_null(second);
+        assert_int_equal(strncmp(second, "HTTP/1.1 503", 12), 0);
+        assert_non_null(strstr(second, "{\"error\":{\"code\":\"loop_stalled\",\"message\":"));
+    }
+    assert_int_equal(res.healthy_after.r.status, 200);
+    assert_string_equal(res.healthy_after.r.body, "{\"status\":\"ok\"}");
+
     /* Shutdown: the 250 ms request finishes inside the 600 ms grace period, and is told to
      * close its connection; the 900 ms one is cancelled at the end of it, 503. */
     assert_int_equal(res.finishes.r.status, 200);
@@ -399,6 +461,8 @@ static void test_async_requests_and_shutdown(void **state)
     e2e_resp_free(&res.bad_query.r);
     for (size_t i = 0; i < 40; i++)
         e2e_resp_free(&res.many[i].r);
+    e2e_resp_free(&res.healthy_before.r);
+    e2e_resp_free(&res.healthy_after.r);
     e2e_resp_free(&res.finishes.r);
     e2e_resp_free(&res.cancelled.r);
     curl_global_cleanup();
