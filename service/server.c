@@ -52,6 +52,7 @@
 #include <microhttpd.h>
 
 #include "service/config.h"
+#include "service/framing.h"
 #include "service/log.h"
 #include "service/request_int.h"
 
@@ -72,6 +73,8 @@ typedef struct conn_req {
     int state;
     int refs; /* MHD's, and the async part's */
     int task_status;
+    svc_framing_error reject; /* a head refused before routing (status 0: none) */
+    bool started;             /* the access handler has been called for this request */
     bool too_large;
     bool orphaned; /* answered by svc_server_close: never touch the connection again */
 } conn_req;
@@ -282,6 +285,13 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     rt_task *task = NULL;
     int err;
 
+    if (cr->reject.status != 0) {
+        svc_respond_error(req, cr->reject.status,
+                          cr->reject.status == 501 ? "not_implemented" : "bad_request", "%s",
+                          cr->reject.message);
+        svc_respond_header(req, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_response(cr, conn);
+    }
     if (cr->too_large) {
         svc_respond_error(req, 413, "payload_too_large", "the body is larger than %lld bytes",
                           (long long)s->cfg->max_body_bytes);
@@ -318,6 +328,113 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     return queue_response(cr, conn);
 }
 
+/* The fields of the request head, for the framing checks. */
+typedef struct head_fields {
+    svc_header_field *f;
+    size_t n;
+    size_t cap;
+} head_fields;
+
+static enum MHD_Result collect_field(void *arg, enum MHD_ValueKind kind, const char *key,
+                                     size_t key_size, const char *value, size_t value_size)
+{
+    head_fields *h = arg;
+
+    (void)kind;
+    if (h->n == h->cap)
+        return MHD_NO;
+    h->f[h->n++] = (svc_header_field){key, key_size, value, value_size};
+    return MHD_YES;
+}
+
+/*
+ * Checks the head MHD parsed (framing.h). Returns 0 when it was checked (a refusal is then in
+ * cr->reject), or UV_ENOMEM.
+ */
+static int check_head(conn_req *cr, struct MHD_Connection *conn, const char *version)
+{
+    head_fields h = {0};
+    bool ok;
+
+    h.cap = (size_t)MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL);
+    if (h.cap > 0) {
+        h.f = malloc(h.cap * sizeof(*h.f));
+        if (h.f == NULL)
+            return UV_ENOMEM;
+        MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_field, &h);
+    }
+    ok =
+        svc_framing_check_fields(h.f, h.n, strcmp(version, MHD_HTTP_VERSION_1_1) == 0, &cr->reject);
+#if MHD_VERSION < 0x00097600
+    /* 0.9.75 folds obs-fold lines and cuts values at a NUL without a word: find the traces. */
+    if (ok)
+        ok = svc_framing_check_layout(h.f, h.n, &cr->reject);
+#endif
+    free(h.f);
+    (void)ok;
+    return 0;
+}
+
+/*
+ * MHD's URI log callback: the one place that sees the target as the client sent it, before
+ * percent-decoding turns %00 into the end of the string and %2F into a separator. What it returns
+ * becomes *con_cls, so the request is created here; it is freed in on_completed even when MHD
+ * refuses the request before the access handler runs.
+ */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    conn_req *cr = calloc(1, sizeof(*cr));
+
+    (void)conn;
+    if (cr == NULL)
+        return NULL;
+    cr->srv = cls;
+    svc_framing_check_target(uri, &cr->reject);
+    return cr;
+}
+
+/* The first call of the access handler (headers parsed). Returns MHD_YES to read on. */
+static enum MHD_Result begin_request(svc_server *s, conn_req *cr, struct MHD_Connection *conn,
+                                     const char *url, const char *method, const char *version)
+{
+    const union MHD_ConnectionInfo *answered;
+    const char *cl;
+
+    cr->started = true;
+    cr->refs = 1;
+    cr->in.conn = conn;
+    rt_list_init(&cr->link);
+    svc_request_init(&cr->req, s->app, &cr->in, method, svc_framing_origin_path(url));
+    svc_request_set_id(&cr->req,
+                       MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
+    s->in_flight++;
+    svc_metrics_request_begin(s->metrics);
+    answered = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+    if (answered != NULL) {
+        /* MHD refused the head itself (a malformed Content-Length) and queued its own answer:
+         * there is nothing to add, and no second response may follow it. */
+        cr->req.status = (int)answered->http_status;
+        cr->state = ANSWERED;
+        return MHD_YES;
+    }
+    if (cr->reject.status == 0) {
+        int err = check_head(cr, conn, version);
+
+        if (err < 0)
+            return MHD_NO;
+    }
+    if (cr->reject.status != 0)
+        return dispatch(cr, conn); /* queued now: the body is never read, the connection closes */
+    cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
+        /* Answering now closes the connection without reading the body: here that is the
+         * point (the one exception to "never queue on the first call"). */
+        cr->too_large = true;
+        return dispatch(cr, conn);
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -325,31 +442,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     svc_server *s = cls;
     conn_req *cr = *con_cls;
 
-    (void)version;
-    if (cr == NULL) {
-        const char *cl;
-
-        cr = calloc(1, sizeof(*cr));
-        if (cr == NULL)
-            return MHD_NO;
-        cr->srv = s;
-        cr->refs = 1;
-        cr->in.conn = conn;
-        rt_list_init(&cr->link);
-        svc_request_init(&cr->req, s->app, &cr->in, method, url);
-        svc_request_set_id(&cr->req,
-                           MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
-        *con_cls = cr;
-        s->in_flight++;
-        svc_metrics_request_begin(s->metrics);
-        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
-            /* Answering now closes the connection without reading the body: here that is the
-             * point (the one exception to "never queue on the first call"). */
-            cr->too_large = true;
-            return dispatch(cr, conn);
+    if (cr == NULL || !cr->started) {
+        if (cr == NULL) {
+            /* on_uri could not allocate. */
+            cr = calloc(1, sizeof(*cr));
+            if (cr == NULL)
+                return MHD_NO;
+            cr->srv = s;
+            *con_cls = cr;
         }
-        return MHD_YES;
+        return begin_request(s, cr, conn, url, method, version);
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
@@ -439,6 +541,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (cr == NULL)
         return;
     *con_cls = NULL;
+    if (!cr->started) {
+        /* MHD refused the request before the access handler saw it (on_uri made cr). */
+        free(cr);
+        return;
+    }
     ns = uv_hrtime() - cr->req.start_ns;
     /* 499 (the client went away before an answer), as nginx logs it. */
     status =
@@ -538,12 +645,12 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     }
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &addr.sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->max_connections_per_ip,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
+        on_mhd_log, NULL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_SOCK_ADDR, &addr.sa,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections_per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
     if (s->mhd == NULL) {
         err = UV_EADDRINUSE;
         goto out_free;
