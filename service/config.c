@@ -50,6 +50,9 @@ static const setting settings[] = {
      "wait this long for in-flight work at shutdown, then cancel it"},
     {"MAX_BODY_BYTES", K_INT64, AT(max_body_bytes), 0, INT64_C(1) << 30, "1048576",
      "largest request body; larger ones get 413"},
+    {"MAX_BODY_BUFFER_BYTES", K_INT64, AT(max_body_buffer_bytes), 0, INT64_C(1) << 40, "67108864",
+     "request bodies buffered at once, all connections together; a body that would pass it gets "
+     "503 with Retry-After"},
     {"MAX_CONNECTIONS", K_INT, AT(max_connections), 1, 1000000, "16384",
      "open connections, all clients together"},
     {"MAX_CONNECTIONS_PER_IP", K_INT, AT(max_connections_per_ip), 0, 1000000, "0",

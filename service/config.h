@@ -30,6 +30,7 @@ struct svc_config {
     int drain_delay_ms;          /* DRAIN_DELAY_MS: keep serving after readiness turns 503 */
     int shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS: wait for in-flight work, then cancel */
     int64_t max_body_bytes;      /* MAX_BODY_BYTES: larger bodies get 413 */
+    int64_t max_body_buffer_bytes; /* MAX_BODY_BUFFER_BYTES: all bodies held; beyond, 503 */
     int max_connections;         /* MAX_CONNECTIONS: open connections, all clients together */
     int max_connections_per_ip;  /* MAX_CONNECTIONS_PER_IP: open connections from one address */
     int connection_timeout_s;    /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */

@@ -69,14 +69,16 @@ typedef struct conn_req {
     rt_list link; /* in srv->suspended while SUSPENDED */
     char *body;
     size_t body_len;
-    size_t body_cap;
+    size_t body_cap;      /* counted in *body_gauge while body is held */
+    uint64_t *body_gauge; /* the server's, in the metrics (they outlive the server) */
     int state;
     int refs; /* MHD's, and the async part's */
     int task_status;
     svc_framing_error reject; /* a head refused before routing (status 0: none) */
     bool started;             /* the access handler has been called for this request */
     bool too_large;
-    bool orphaned; /* answered by svc_server_close: never touch the connection again */
+    bool over_budget; /* a chunked body outgrew MAX_BODY_BUFFER_BYTES: discarded, then 503 */
+    bool orphaned;    /* answered by svc_server_close: never touch the connection again */
 } conn_req;
 
 struct svc_server {
@@ -91,6 +93,7 @@ struct svc_server {
     int open_handles;
     rt_list suspended;
     size_t in_flight;
+    uint64_t *body_buffered; /* bytes held by request bodies (a gauge in the metrics) */
     bool quiesced;
     bool closing;
     uint16_t port;
@@ -107,12 +110,42 @@ static void on_timer(uv_timer_t *t);
 
 /* --- requests ---------------------------------------------------------------------------- */
 
+/* Frees the body and gives its bytes back to the budget. */
+static void drop_body(conn_req *cr)
+{
+    if (cr->body_cap != 0)
+        *cr->body_gauge -= cr->body_cap;
+    free(cr->body);
+    cr->body = NULL;
+    cr->body_len = cr->body_cap = 0;
+}
+
+/*
+ * Makes room for cap bytes of body, counted against MAX_BODY_BUFFER_BYTES. Returns 0, UV_EBUSY
+ * when the budget has no room (nothing changes), or UV_ENOMEM.
+ */
+static int reserve_body(conn_req *cr, size_t cap)
+{
+    uint64_t others = *cr->body_gauge - cr->body_cap;
+    char *p;
+
+    if (others + cap > (uint64_t)cr->srv->cfg->max_body_buffer_bytes)
+        return UV_EBUSY;
+    p = realloc(cr->body, cap);
+    if (p == NULL)
+        return UV_ENOMEM;
+    *cr->body_gauge = others + cap;
+    cr->body = p;
+    cr->body_cap = cap;
+    return 0;
+}
+
 static void req_unref(conn_req *cr)
 {
     if (--cr->refs > 0)
         return;
     svc_request_clear_response(&cr->req);
-    free(cr->body);
+    drop_body(cr);
     free(cr);
 }
 
@@ -292,6 +325,13 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
         svc_respond_header(req, MHD_HTTP_HEADER_CONNECTION, "close");
         return queue_response(cr, conn);
     }
+    if (cr->over_budget) {
+        svc_respond_error(req, 503, "unavailable",
+                          "too many request bodies are being received; retry shortly");
+        svc_respond_header(req, "Retry-After", "1");
+        svc_respond_header(req, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_response(cr, conn);
+    }
     if (cr->too_large) {
         svc_respond_error(req, 413, "payload_too_large", "the body is larger than %lld bytes",
                           (long long)s->cfg->max_body_bytes);
@@ -402,6 +442,7 @@ static enum MHD_Result begin_request(svc_server *s, conn_req *cr, struct MHD_Con
 
     cr->started = true;
     cr->refs = 1;
+    cr->body_gauge = s->body_buffered;
     cr->in.conn = conn;
     rt_list_init(&cr->link);
     svc_request_init(&cr->req, s->app, &cr->in, method, svc_framing_origin_path(url));
@@ -432,6 +473,17 @@ static enum MHD_Result begin_request(svc_server *s, conn_req *cr, struct MHD_Con
         cr->too_large = true;
         return dispatch(cr, conn);
     }
+    if (cl != NULL && cl[0] != '0') {
+        /* The declared length is known: hold exactly that (and its NUL), or refuse at once. */
+        int err = reserve_body(cr, (size_t)strtoull(cl, NULL, 10) + 1);
+
+        if (err == UV_ENOMEM)
+            return MHD_NO;
+        if (err < 0) {
+            cr->over_budget = true;
+            return dispatch(cr, conn);
+        }
+    }
     return MHD_YES;
 }
 
@@ -457,24 +509,31 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         size_t n = *upload_data_size;
 
         *upload_data_size = 0;
-        if (cr->too_large)
+        if (cr->too_large || cr->over_budget)
             return MHD_YES;
         if (cr->body_len + n > (uint64_t)s->cfg->max_body_bytes) {
             /* A chunked body grew too large: keep discarding it and answer 413 at its end. */
             cr->too_large = true;
-            free(cr->body);
-            cr->body = NULL;
-            cr->body_len = cr->body_cap = 0;
+            drop_body(cr);
             return MHD_YES;
         }
         if (cr->body_len + n + 1 > cr->body_cap) {
+            /* Only a chunked body grows here (a declared one was reserved whole): double, but
+             * never past what MAX_BODY_BYTES allows. */
             size_t cap = (cr->body_len + n + 1) * 2;
-            char *p = realloc(cr->body, cap);
+            int err;
 
-            if (p == NULL)
+            if (cap > (size_t)s->cfg->max_body_bytes + 1)
+                cap = (size_t)s->cfg->max_body_bytes + 1;
+            err = reserve_body(cr, cap);
+            if (err == UV_ENOMEM)
                 return MHD_NO;
-            cr->body = p;
-            cr->body_cap = cap;
+            if (err < 0) {
+                /* Over the budget: discard the rest and answer 503 at its end. */
+                cr->over_budget = true;
+                drop_body(cr);
+                return MHD_YES;
+            }
         }
         memcpy(cr->body + cr->body_len, upload_data, n);
         cr->body_len += n;
@@ -634,6 +693,13 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     s->requests = requests_scope;
     rt_list_init(&s->suspended);
     rt_post_init(&s->idle_post);
+    s->body_buffered = svc_metrics_gauge(metrics, "hs_http_body_buffered_bytes", "",
+                                         "Bytes held for request bodies being received or served "
+                                         "(MAX_BODY_BUFFER_BYTES caps it).");
+    if (s->body_buffered == NULL) {
+        free(s);
+        return UV_ENOMEM;
+    }
     snprintf(s->server_header, sizeof(s->server_header), "hindsight/%s", HS_VERSION);
     /* HOST was checked by the configuration parser; an IPv6 literal needs MHD's IPv6 mode. */
     if (uv_ip4_addr(cfg->host, cfg->port, &addr.in4) != 0) {

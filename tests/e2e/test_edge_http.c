@@ -436,6 +436,106 @@ static void test_deep_json(void **state)
     free(body);
 }
 
+/* --- the budget for buffered bodies ------------------------------------------------------ */
+
+/* hs_http_body_buffered_bytes from /metrics, or -1 when it is not there. */
+static long long body_gauge(const e2e_proc *p)
+{
+    static const char name[] = "\nhs_http_body_buffered_bytes ";
+    e2e_resp r;
+    const char *line;
+    long long v = -1;
+
+    e2e_get(p, "/metrics", &r);
+    if (r.status == 200 && (line = strstr(r.body, name)) != NULL)
+        v = strtoll(line + STRLEN(name), NULL, 10);
+    e2e_resp_free(&r);
+    return v;
+}
+
+/* Waits (up to a wide bound) until the gauge reads want; returns what it read last. */
+static long long wait_gauge(const e2e_proc *p, long long want)
+{
+    uint64_t until = e2e_now_ms() + 20000;
+    long long v;
+
+    while ((v = body_gauge(p)) != want && e2e_now_ms() < until)
+        e2e_sleep_ms(20);
+    return v;
+}
+
+static void test_body_budget(void **state)
+{
+    static const char *const env[] = {"MAX_BODY_BYTES=200000", "MAX_BODY_BUFFER_BYTES=250000",
+                                      NULL};
+    static const char held[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Length: 200000\r\n\r\n{\"ids\":[";
+    static const char second[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"
+                                 "Content-Length: 100000\r\n\r\n";
+    static const char chunked[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"
+                                  "Transfer-Encoding: chunked\r\n\r\n";
+    e2e_proc saved = svc;
+    e2e_proc p;
+    exchange x;
+    char *body = malloc(100000 + 256);
+    int a, b, n;
+
+    (void)state;
+    assert_non_null(body);
+    e2e_start(&p, env, NULL, true);
+    svc = p; /* exchange_raw talks to svc */
+    assert_int_equal(body_gauge(&p), 0);
+
+    /* One client holds a declared 200,000-byte body: exactly that much is reserved. */
+    a = e2e_connect(&p);
+    assert_true(a >= 0);
+    send_all(a, held, STRLEN(held));
+    assert_int_equal(wait_gauge(&p, 200001), 200001);
+
+    /* A second declared body would pass the budget: 503 with Retry-After, at once, and close. */
+    b = e2e_connect(&p);
+    assert_true(b >= 0);
+    send_all(b, second, STRLEN(second));
+    read_until_closed(b, &x, EXCHANGE_MS);
+    close(b);
+    assert_true(x.closed);
+    assert_int_equal(count_responses(&x), 1);
+    assert_int_equal(first_status(&x), 503);
+    assert_string_equal(error_code(&x), "unavailable");
+    assert_string_equal(header(&x, "Retry-After"), "1");
+    assert_string_equal(header(&x, "Connection"), "close");
+    free(x.data);
+
+    /* A chunked body that outgrows the budget is discarded and answered 503 at its end. */
+    n = sprintf(body, "%s%x\r\n", chunked, 60000);
+    memset(body + n, ' ', 60000);
+    n += 60000;
+    n += sprintf(body + n, "\r\n0\r\n\r\n");
+    exchange_raw(body, (size_t)n, &x);
+    assert_true(x.closed);
+    assert_int_equal(count_responses(&x), 1);
+    assert_int_equal(first_status(&x), 503);
+    free(x.data);
+    assert_int_equal(wait_gauge(&p, 200001), 200001);
+
+    /* The holder leaves: its memory goes back, and a body of the same size is served. */
+    close(a);
+    assert_int_equal(wait_gauge(&p, 0), 0);
+    n = sprintf(body, "POST /after/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      "Content-Length: 100000\r\n\r\n");
+    memset(body + n, ' ', 100000);
+    n += 100000;
+    exchange_raw(body, (size_t)n, &x);
+    /* Not 503: it reaches the handler, which finds no JSON object. */
+    assert_int_equal(first_status(&x), 400);
+    free(x.data);
+    assert_int_equal(wait_gauge(&p, 0), 0);
+
+    svc = saved;
+    e2e_stop(&p);
+    free(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -452,6 +552,7 @@ int main(void)
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_deep_json),
+        cmocka_unit_test(test_body_budget),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
