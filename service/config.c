@@ -59,7 +59,7 @@ static const setting settings[] = {
      "open connections from one address; 0 means MAX_CONNECTIONS"},
     {"CONNECTION_TIMEOUT_S", K_INT, AT(connection_timeout_s), 1, 3600, "30",
      "a connection idle (or sending this slowly) this long is closed"},
-    {"CONNECTION_MEMORY_BYTES", K_INT, AT(connection_memory_bytes), 4096, 1048576, "4096",
+    {"CONNECTION_MEMORY_BYTES", K_INT, AT(connection_memory_bytes), 4096, 1048576, "8192",
      "per-connection buffer for the request's headers and the response's; it is what an idle "
      "keep-alive connection costs"},
     {"BEFORE_ROUTES", K_BOOL, AT(before_routes), 0, 0, "on",

@@ -436,6 +436,46 @@ static void test_deep_json(void **state)
     free(body);
 }
 
+/* --- buffer sizes ------------------------------------------------------------------------- */
+
+static void test_large_header(void **state)
+{
+    enum { TOKEN = 6000 }; /* a bearer token or a few cookies */
+    char *raw = malloc(TOKEN + 256);
+    exchange x;
+    int n;
+
+    (void)state;
+    assert_non_null(raw);
+    n = sprintf(raw, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     "Authorization: Bearer ");
+    memset(raw + n, 't', TOKEN);
+    n += TOKEN;
+    n += sprintf(raw + n, "\r\n\r\n");
+    exchange_raw(raw, (size_t)n, &x);
+    assert_true(x.closed);
+    assert_int_equal(first_status(&x), 200);
+    free(x.data);
+    free(raw);
+}
+
+static void test_many_query_arguments(void **state)
+{
+    char raw[2048];
+    exchange x;
+    int n;
+
+    (void)state;
+    n = sprintf(raw, "GET /healthz?");
+    for (int i = 0; i < 100; i++)
+        n += sprintf(raw + n, "%sp%d=v", i > 0 ? "&" : "", i);
+    sprintf(raw + n, " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    exchange_str(raw, &x);
+    assert_true(x.closed);
+    assert_int_equal(first_status(&x), 200);
+    free(x.data);
+}
+
 /* --- the budget for buffered bodies ------------------------------------------------------ */
 
 /* hs_http_body_buffered_bytes from /metrics, or -1 when it is not there. */
@@ -552,6 +592,8 @@ int main(void)
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_deep_json),
+        cmocka_unit_test(test_large_header),
+        cmocka_unit_test(test_many_query_arguments),
         cmocka_unit_test(test_body_budget),
     };
 
