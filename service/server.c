@@ -57,6 +57,17 @@
 #include "service/log.h"
 #include "service/request_int.h"
 
+/*
+ * libmicrohttpd 1.0 parses the request head strictly itself when asked (level 1: RFC 9112's
+ * "MUST"s plus its "SHOULD"s for servers: no obs-fold, no whitespace before a colon, no bare LF
+ * or NUL in a line); 0.9.75 has no such level, and framing.c finds what it lets through.
+ */
+#if MHD_VERSION >= 0x00097701
+#define HS_MHD_STRICT_PARSING MHD_OPTION_CLIENT_DISCIPLINE_LVL, (int)1,
+#else
+#define HS_MHD_STRICT_PARSING
+#endif
+
 enum req_state { RECEIVING = 0, SUSPENDED, READY, ANSWERED };
 
 typedef struct conn_req {
@@ -712,12 +723,13 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     }
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, NULL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_SOCK_ADDR, &addr.sa,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections_per_ip, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
+        on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &addr.sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->max_connections_per_ip,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)cfg->connection_memory_bytes, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+        HS_MHD_STRICT_PARSING MHD_OPTION_END);
     if (s->mhd == NULL) {
         err = UV_EADDRINUSE;
         goto out_free;
