@@ -152,7 +152,7 @@ phase "slowloris (-H)" slowhttptest -H -c "$connections" -r 500 -i 5 -l "$durati
     -u "$url/healthz" -p 3
 phase "slow body (-B)" slowhttptest -B -c "$connections" -r 500 -i 5 -s 8192 -l "$duration" \
     -u "$url/after/batch" -p 3
-phase "slow read (-X)" slowhttptest -X -c "$connections" -r 500 -k 20 -n 2 -w 1 -y 64 -z 16 \
+phase "slow read (-X)" slowhttptest -X -c "$connections" -r 500 -k 10 -n 2 -w 1 -y 64 -z 16 \
     -l "$duration" -u "$url/routes" -p 3
 phase "body-hold flood" hold_flood
 

@@ -334,6 +334,31 @@ static void test_encoded_slash(void **state)
     assert_refused(lower, STRLEN(lower), 400, "bad_request");
 }
 
+static void test_malformed_content_length(void **state)
+{
+    static const char *const values[] = {"-1", "+11", "11abc", ""};
+    char raw[256];
+    exchange x;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        int n = snprintf(raw, sizeof(raw),
+                         "POST /after/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n"
+                         "{}" SMUGGLED,
+                         values[i]);
+
+        exchange_raw(raw, (size_t)n, &x);
+        /* libmicrohttpd 0.9.75 answers this itself before the service sees the request (and
+         * writes its head twice: DESIGN.md); what must hold is a 400, no body read as a
+         * request, and the connection closed. */
+        assert_true(x.closed);
+        assert_int_equal(first_status(&x), 400);
+        assert_null(strstr(x.data, "HTTP/1.1 404"));
+        assert_null(strstr(x.data, "HTTP/1.1 200"));
+        free(x.data);
+    }
+}
+
 /* --- what holds today -------------------------------------------------------------------- */
 
 static void test_pipelining_order(void **state)
@@ -588,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_absolute_form),
         cmocka_unit_test(test_nul),
         cmocka_unit_test(test_encoded_slash),
+        cmocka_unit_test(test_malformed_content_length),
         cmocka_unit_test(test_pipelining_order),
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_limits),
