@@ -10,10 +10,13 @@
  *
  * A request, as MHD calls the access handler for it:
  *
- *   call 1 (headers parsed)  create the request, echo or make its id; return MHD_YES without a
- *                            response: queueing here makes MHD close the connection after it
- *                            (DESIGN.md). Exception: a Content-Length over MAX_BODY_BYTES, where
- *                            closing is the point and the body must not be read.
+ *   URI log callback         create the request; check the raw target (%00, %2F: framing.h)
+ *   call 1 (headers parsed)  echo or make its id, check the head's framing (framing.h), reserve
+ *                            a declared body within MAX_BODY_BUFFER_BYTES; return MHD_YES
+ *                            without a response: queueing here makes MHD close the connection
+ *                            after it (DESIGN.md). Exceptions, where closing is the point and
+ *                            the body must not be read: a refused head (400/501), a
+ *                            Content-Length over MAX_BODY_BYTES (413) or over the budget (503).
  *   calls with upload data   append to the body, or stop keeping it once it is too large
  *   last call (no data)      route and run the handler:
  *                              - answered at once: queue the response (the fast path);
@@ -406,7 +409,7 @@ static enum MHD_Result collect_field(void *arg, enum MHD_ValueKind kind, const c
 static int check_head(conn_req *cr, struct MHD_Connection *conn, const char *version)
 {
     head_fields h = {0};
-    bool ok;
+    bool http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
 
     h.cap = (size_t)MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL);
     if (h.cap > 0) {
@@ -415,15 +418,14 @@ static int check_head(conn_req *cr, struct MHD_Connection *conn, const char *ver
             return UV_ENOMEM;
         MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_field, &h);
     }
-    ok =
-        svc_framing_check_fields(h.f, h.n, strcmp(version, MHD_HTTP_VERSION_1_1) == 0, &cr->reject);
 #if MHD_VERSION < 0x00097600
     /* 0.9.75 folds obs-fold lines and cuts values at a NUL without a word: find the traces. */
-    if (ok)
-        ok = svc_framing_check_layout(h.f, h.n, &cr->reject);
+    if (svc_framing_check_fields(h.f, h.n, http11, &cr->reject))
+        svc_framing_check_layout(h.f, h.n, &cr->reject);
+#else
+    svc_framing_check_fields(h.f, h.n, http11, &cr->reject);
 #endif
     free(h.f);
-    (void)ok;
     return 0;
 }
 
