@@ -50,6 +50,9 @@ static const setting settings[] = {
      "wait this long for in-flight work at shutdown, then cancel it"},
     {"MAX_BODY_BYTES", K_INT64, AT(max_body_bytes), 0, INT64_C(1) << 30, "1048576",
      "largest request body; larger ones get 413"},
+    {"MAX_BODY_BUFFER_BYTES", K_INT64, AT(max_body_buffer_bytes), 0, INT64_C(1) << 40, "67108864",
+     "request bodies buffered at once, all connections together; a body that would pass it gets "
+     "503 with Retry-After"},
     {"MAX_CONNECTIONS", K_INT, AT(max_connections), 1, 1000000, "16384",
      "open connections, all clients together"},
     {"MAX_CONNECTIONS_PER_IP", K_INT, AT(max_connections_per_ip), 0, 1000000, "0",
@@ -64,7 +67,7 @@ static const setting settings[] = {
      "a request's body must arrive whole within this long of its headers, else 408 and close"},
     {"LIVENESS_MAX_STALL_MS", K_INT, AT(liveness_max_stall_ms), 0, 3600000, "10000",
      "/healthz answers 503 when the loop-lag probe has not run for this long (0: never)"},
-    {"CONNECTION_MEMORY_BYTES", K_INT, AT(connection_memory_bytes), 4096, 1048576, "4096",
+    {"CONNECTION_MEMORY_BYTES", K_INT, AT(connection_memory_bytes), 4096, 1048576, "8192",
      "per-connection buffer for the request's headers and the response's; it is what an idle "
      "keep-alive connection costs"},
     {"BEFORE_ROUTES", K_BOOL, AT(before_routes), 0, 0, "on",

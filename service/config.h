@@ -20,27 +20,28 @@
 typedef struct svc_config svc_config;
 
 struct svc_config {
-    char *host;                  /* HOST: owned; the IPv4 or IPv6 address to listen on */
-    int port;                    /* PORT: TCP port (0 picks a free one) */
-    char *database_url;          /* DATABASE_URL: owned; NULL runs without a database */
-    int db_pool_size;            /* DB_POOL_SIZE: connections in the pool */
-    int db_queue_limit;          /* DB_QUEUE_LIMIT: requests waiting for a connection, then 503 */
-    int batch_concurrency;       /* BATCH_CONCURRENCY: default `concurrency` of after/batch */
-    int request_timeout_ms;      /* REQUEST_TIMEOUT_MS: each request's deadline (504) */
-    int drain_delay_ms;          /* DRAIN_DELAY_MS: keep serving after readiness turns 503 */
-    int shutdown_grace_ms;       /* SHUTDOWN_GRACE_MS: wait for in-flight work, then cancel */
-    int64_t max_body_bytes;      /* MAX_BODY_BYTES: larger bodies get 413 */
-    int max_connections;         /* MAX_CONNECTIONS: open connections, all clients together */
-    int max_connections_per_ip;  /* MAX_CONNECTIONS_PER_IP: open connections from one address */
-    int connection_timeout_s;    /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */
-    int header_timeout_ms;       /* HEADER_TIMEOUT_MS: whole-headers deadline, then 408 */
-    int body_timeout_ms;         /* BODY_TIMEOUT_MS: whole-body deadline, then 408 */
-    int liveness_max_stall_ms;   /* LIVENESS_MAX_STALL_MS: /healthz 503 beyond this stall */
-    int connection_memory_bytes; /* CONNECTION_MEMORY_BYTES: per-connection header buffer */
-    bool before_routes;          /* BEFORE_ROUTES: serve the anti-pattern routes */
-    svc_log_level log_level;     /* LOG_LEVEL: debug|info|warn|error */
-    svc_log_format log_format;   /* LOG_FORMAT: json|text */
-    int workers;                 /* WORKERS: event loops serving the port */
+    char *host;                    /* HOST: owned; the IPv4 or IPv6 address to listen on */
+    int port;                      /* PORT: TCP port (0 picks a free one) */
+    char *database_url;            /* DATABASE_URL: owned; NULL runs without a database */
+    int db_pool_size;              /* DB_POOL_SIZE: connections in the pool */
+    int db_queue_limit;            /* DB_QUEUE_LIMIT: requests waiting for a connection, then 503 */
+    int batch_concurrency;         /* BATCH_CONCURRENCY: default `concurrency` of after/batch */
+    int request_timeout_ms;        /* REQUEST_TIMEOUT_MS: each request's deadline (504) */
+    int drain_delay_ms;            /* DRAIN_DELAY_MS: keep serving after readiness turns 503 */
+    int shutdown_grace_ms;         /* SHUTDOWN_GRACE_MS: wait for in-flight work, then cancel */
+    int64_t max_body_bytes;        /* MAX_BODY_BYTES: larger bodies get 413 */
+    int64_t max_body_buffer_bytes; /* MAX_BODY_BUFFER_BYTES: all bodies held; beyond, 503 */
+    int max_connections;           /* MAX_CONNECTIONS: open connections, all clients together */
+    int max_connections_per_ip;    /* MAX_CONNECTIONS_PER_IP: open connections from one address */
+    int connection_timeout_s;      /* CONNECTION_TIMEOUT_S: idle or slow connections are closed */
+    int header_timeout_ms;         /* HEADER_TIMEOUT_MS: whole-headers deadline, then 408 */
+    int body_timeout_ms;           /* BODY_TIMEOUT_MS: whole-body deadline, then 408 */
+    int liveness_max_stall_ms;     /* LIVENESS_MAX_STALL_MS: /healthz 503 beyond this stall */
+    int connection_memory_bytes;   /* CONNECTION_MEMORY_BYTES: per-connection header buffer */
+    bool before_routes;            /* BEFORE_ROUTES: serve the anti-pattern routes */
+    svc_log_level log_level;       /* LOG_LEVEL: debug|info|warn|error */
+    svc_log_format log_format;     /* LOG_FORMAT: json|text */
+    int workers;                   /* WORKERS: event loops serving the port */
 };
 
 /* What svc_config_parse decided. */

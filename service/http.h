@@ -117,7 +117,7 @@ struct svc_route {
 
 /* The most path parameters one pattern may have, and the most query arguments kept. */
 #define SVC_MAX_PARAMS     4
-#define SVC_MAX_QUERY      16
+#define SVC_MAX_QUERY      128
 #define SVC_MAX_HEADERS    8
 #define SVC_REQUEST_ID_MAX 64
 

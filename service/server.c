@@ -20,10 +20,13 @@
  *
  * A request, as MHD calls the access handler for it:
  *
- *   call 1 (headers parsed)  create the request, echo or make its id; return MHD_YES without a
- *                            response: queueing here makes MHD close the connection after it
- *                            (DESIGN.md). Exception: a Content-Length over MAX_BODY_BYTES, where
- *                            closing is the point and the body must not be read.
+ *   URI log callback         create the request; check the raw target (%00, %2F: framing.h)
+ *   call 1 (headers parsed)  echo or make its id, check the head's framing (framing.h), reserve
+ *                            a declared body within MAX_BODY_BUFFER_BYTES; return MHD_YES
+ *                            without a response: queueing here makes MHD close the connection
+ *                            after it (DESIGN.md). Exceptions, where closing is the point and
+ *                            the body must not be read: a refused head (400/501), a
+ *                            Content-Length over MAX_BODY_BYTES (413) or over the budget (503).
  *   calls with upload data   append to the body, or stop keeping it once it is too large
  *   last call (no data)      route and run the handler:
  *                              - answered at once: queue the response (the fast path);
@@ -40,9 +43,10 @@
  * deadline exists, and why shutdown must resume every suspended connection before stopping MHD.
  *
  * Memory: MHD gives each connection one buffer (CONNECTION_MEMORY_BYTES) for the request's
- * headers and the response's, and touches all of it once the first request is served, so it is
- * what every idle keep-alive connection costs; its 32 KB default would make 10,000 idle
- * connections cost 330 MB instead of about 50.
+ * head and the response's, and zeroes all of it at the end of every request (MHD_pool_reset), so
+ * the whole buffer is resident for every idle keep-alive connection: 8 KB makes 10,000 of them
+ * cost about 93 MB, and its 32 KB default would cost 330 MB. Request bodies are held outside it,
+ * each reserved whole when its length is declared, all of them within MAX_BODY_BUFFER_BYTES.
  *
  * States of a request (asserted on each transition):
  *
@@ -67,8 +71,20 @@
 #include <microhttpd.h>
 
 #include "service/config.h"
+#include "service/framing.h"
 #include "service/log.h"
 #include "service/request_int.h"
+
+/*
+ * libmicrohttpd 1.0 parses the request head strictly itself when asked (level 1: RFC 9112's
+ * "MUST"s plus its "SHOULD"s for servers: no obs-fold, no whitespace before a colon, no bare LF
+ * or NUL in a line); 0.9.75 has no such level, and framing.c finds what it lets through.
+ */
+#if MHD_VERSION >= 0x00097701
+#define HS_MHD_STRICT_PARSING MHD_OPTION_CLIENT_DISCIPLINE_LVL, (int)1,
+#else
+#define HS_MHD_STRICT_PARSING
+#endif
 
 enum req_state { RECEIVING = 0, SUSPENDED, READY, ANSWERED };
 
@@ -93,11 +109,15 @@ typedef struct conn_req {
     rt_list link; /* in srv->suspended while SUSPENDED */
     char *body;
     size_t body_len;
-    size_t body_cap;
+    size_t body_cap;      /* counted in *body_gauge while body is held */
+    uint64_t *body_gauge; /* the server's, in the metrics (they outlive the server) */
     int state;
     int refs; /* MHD's, and the async part's */
     int task_status;
+    svc_framing_error reject; /* a head refused before routing (status 0: none) */
+    bool started;             /* the access handler has been called for this request */
     bool too_large;
+    bool over_budget;      /* a chunked body outgrew MAX_BODY_BUFFER_BYTES: discarded, then 503 */
     bool orphaned;         /* answered by svc_server_close: never touch the connection again */
     bool chunked;          /* its body comes in chunks (Transfer-Encoding) */
     int shed_status;       /* answered out of band by shed() (408, 400), else 0 */
@@ -144,6 +164,7 @@ struct svc_server {
     uint64_t *shed_counts[5];
     rt_list suspended;
     size_t in_flight;
+    uint64_t *body_buffered; /* bytes held by request bodies (a gauge in the metrics) */
     bool quiesced;
     bool closing;
     uint16_t port;
@@ -430,12 +451,42 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
 /* --- requests ---------------------------------------------------------------------------- */
 
+/* Frees the body and gives its bytes back to the budget. */
+static void drop_body(conn_req *cr)
+{
+    if (cr->body_cap != 0)
+        *cr->body_gauge -= cr->body_cap;
+    free(cr->body);
+    cr->body = NULL;
+    cr->body_len = cr->body_cap = 0;
+}
+
+/*
+ * Makes room for cap bytes of body, counted against MAX_BODY_BUFFER_BYTES. Returns 0, UV_EBUSY
+ * when the budget has no room (nothing changes), or UV_ENOMEM.
+ */
+static int reserve_body(conn_req *cr, size_t cap)
+{
+    uint64_t others = *cr->body_gauge - cr->body_cap;
+    char *p;
+
+    if (others + cap > (uint64_t)cr->srv->cfg->max_body_buffer_bytes)
+        return UV_EBUSY;
+    p = realloc(cr->body, cap);
+    if (p == NULL)
+        return UV_ENOMEM;
+    *cr->body_gauge = others + cap;
+    cr->body = p;
+    cr->body_cap = cap;
+    return 0;
+}
+
 static void req_unref(conn_req *cr)
 {
     if (--cr->refs > 0)
         return;
     svc_request_clear_response(&cr->req);
-    free(cr->body);
+    drop_body(cr);
     free(cr);
 }
 
@@ -613,6 +664,20 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
         return MHD_NO;
     if (cr->track != NULL && cr->track->phase == C_BODY)
         track_enter(cr->track, C_BUSY);
+    if (cr->reject.status != 0) {
+        svc_respond_error(req, cr->reject.status,
+                          cr->reject.status == 501 ? "not_implemented" : "bad_request", "%s",
+                          cr->reject.message);
+        svc_respond_header(req, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_response(cr, conn);
+    }
+    if (cr->over_budget) {
+        svc_respond_error(req, 503, "unavailable",
+                          "too many request bodies are being received; retry shortly");
+        svc_respond_header(req, "Retry-After", "1");
+        svc_respond_header(req, MHD_HTTP_HEADER_CONNECTION, "close");
+        return queue_response(cr, conn);
+    }
     if (cr->too_large) {
         svc_respond_error(req, 413, "payload_too_large", "the body is larger than %lld bytes",
                           (long long)s->cfg->max_body_bytes);
@@ -649,6 +714,125 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     return queue_response(cr, conn);
 }
 
+/* The fields of the request head, for the framing checks. */
+typedef struct head_fields {
+    svc_header_field *f;
+    size_t n;
+    size_t cap;
+} head_fields;
+
+static enum MHD_Result collect_field(void *arg, enum MHD_ValueKind kind, const char *key,
+                                     size_t key_size, const char *value, size_t value_size)
+{
+    head_fields *h = arg;
+
+    (void)kind;
+    if (h->n == h->cap)
+        return MHD_NO;
+    h->f[h->n++] = (svc_header_field){key, key_size, value, value_size};
+    return MHD_YES;
+}
+
+/*
+ * Checks the head MHD parsed (framing.h). Returns 0 when it was checked (a refusal is then in
+ * cr->reject), or UV_ENOMEM.
+ */
+static int check_head(conn_req *cr, struct MHD_Connection *conn, const char *version)
+{
+    head_fields h = {0};
+    bool http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
+
+    h.cap = (size_t)MHD_get_connection_values(conn, MHD_HEADER_KIND, NULL, NULL);
+    if (h.cap > 0) {
+        h.f = malloc(h.cap * sizeof(*h.f));
+        if (h.f == NULL)
+            return UV_ENOMEM;
+        MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_field, &h);
+    }
+#if MHD_VERSION < 0x00097600
+    /* 0.9.75 folds obs-fold lines and cuts values at a NUL without a word: find the traces. */
+    if (svc_framing_check_fields(h.f, h.n, http11, &cr->reject))
+        svc_framing_check_layout(h.f, h.n, &cr->reject);
+#else
+    svc_framing_check_fields(h.f, h.n, http11, &cr->reject);
+#endif
+    free(h.f);
+    return 0;
+}
+
+/*
+ * MHD's URI log callback: the one place that sees the target as the client sent it, before
+ * percent-decoding turns %00 into the end of the string and %2F into a separator. What it returns
+ * becomes *con_cls, so the request is created here; it is freed in on_completed even when MHD
+ * refuses the request before the access handler runs.
+ */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    conn_req *cr = calloc(1, sizeof(*cr));
+
+    (void)conn;
+    if (cr == NULL)
+        return NULL;
+    cr->srv = cls;
+    svc_framing_check_target(uri, &cr->reject);
+    return cr;
+}
+
+/* The first call of the access handler (headers parsed). Returns MHD_YES to read on. */
+static enum MHD_Result begin_request(svc_server *s, conn_req *cr, struct MHD_Connection *conn,
+                                     const char *url, const char *method, const char *version)
+{
+    const union MHD_ConnectionInfo *answered;
+    const char *cl;
+
+    cr->started = true;
+    cr->refs = 1;
+    cr->body_gauge = s->body_buffered;
+    cr->in.conn = conn;
+    rt_list_init(&cr->link);
+    svc_request_init(&cr->req, s->app, &cr->in, method, svc_framing_origin_path(url));
+    svc_request_set_id(&cr->req,
+                       MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
+    s->in_flight++;
+    svc_metrics_request_begin(s->metrics);
+    track_request(s, conn, cr);
+    answered = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+    if (answered != NULL) {
+        /* MHD refused the head itself (a malformed Content-Length) and queued its own answer:
+         * there is nothing to add, and no second response may follow it. */
+        cr->req.status = (int)answered->http_status;
+        cr->state = ANSWERED;
+        return MHD_YES;
+    }
+    if (cr->reject.status == 0) {
+        int err = check_head(cr, conn, version);
+
+        if (err < 0)
+            return MHD_NO;
+    }
+    if (cr->reject.status != 0)
+        return dispatch(cr, conn); /* queued now: the body is never read, the connection closes */
+    cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
+        /* Answering now closes the connection without reading the body: here that is the
+         * point (the one exception to "never queue on the first call"). */
+        cr->too_large = true;
+        return dispatch(cr, conn);
+    }
+    if (cl != NULL && cl[0] != '0') {
+        /* The declared length is known: hold exactly that (and its NUL), or refuse at once. */
+        int err = reserve_body(cr, (size_t)strtoull(cl, NULL, 10) + 1);
+
+        if (err == UV_ENOMEM)
+            return MHD_NO;
+        if (err < 0) {
+            cr->over_budget = true;
+            return dispatch(cr, conn);
+        }
+    }
+    return MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -656,56 +840,47 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     svc_server *s = cls;
     conn_req *cr = *con_cls;
 
-    (void)version;
-    if (cr == NULL) {
-        const char *cl;
-
-        cr = calloc(1, sizeof(*cr));
-        if (cr == NULL)
-            return MHD_NO;
-        cr->srv = s;
-        cr->refs = 1;
-        cr->in.conn = conn;
-        rt_list_init(&cr->link);
-        svc_request_init(&cr->req, s->app, &cr->in, method, url);
-        svc_request_set_id(&cr->req,
-                           MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
-        *con_cls = cr;
-        s->in_flight++;
-        svc_metrics_request_begin(s->metrics);
-        track_request(s, conn, cr);
-        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body_bytes) {
-            /* Answering now closes the connection without reading the body: here that is the
-             * point (the one exception to "never queue on the first call"). */
-            cr->too_large = true;
-            return dispatch(cr, conn);
+    if (cr == NULL || !cr->started) {
+        if (cr == NULL) {
+            /* on_uri could not allocate. */
+            cr = calloc(1, sizeof(*cr));
+            if (cr == NULL)
+                return MHD_NO;
+            cr->srv = s;
+            *con_cls = cr;
         }
-        return MHD_YES;
+        return begin_request(s, cr, conn, url, method, version);
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
 
         *upload_data_size = 0;
         cr->progress_run = s->runs;
-        if (cr->too_large)
+        if (cr->too_large || cr->over_budget)
             return MHD_YES;
         if (cr->body_len + n > (uint64_t)s->cfg->max_body_bytes) {
             /* A chunked body grew too large: keep discarding it and answer 413 at its end. */
             cr->too_large = true;
-            free(cr->body);
-            cr->body = NULL;
-            cr->body_len = cr->body_cap = 0;
+            drop_body(cr);
             return MHD_YES;
         }
         if (cr->body_len + n + 1 > cr->body_cap) {
+            /* Only a chunked body grows here (a declared one was reserved whole): double, but
+             * never past what MAX_BODY_BYTES allows. */
             size_t cap = (cr->body_len + n + 1) * 2;
-            char *p = realloc(cr->body, cap);
+            int err;
 
-            if (p == NULL)
+            if (cap > (size_t)s->cfg->max_body_bytes + 1)
+                cap = (size_t)s->cfg->max_body_bytes + 1;
+            err = reserve_body(cr, cap);
+            if (err == UV_ENOMEM)
                 return MHD_NO;
-            cr->body = p;
-            cr->body_cap = cap;
+            if (err < 0) {
+                /* Over the budget: discard the rest and answer 503 at its end. */
+                cr->over_budget = true;
+                drop_body(cr);
+                return MHD_YES;
+            }
         }
         memcpy(cr->body + cr->body_len, upload_data, n);
         cr->body_len += n;
@@ -772,6 +947,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (cr == NULL)
         return;
     *con_cls = NULL;
+    if (!cr->started) {
+        /* MHD refused the request before the access handler saw it (on_uri made cr). */
+        free(cr);
+        return;
+    }
     ns = uv_hrtime() - cr->req.start_ns;
     /* 499 (the client went away before an answer), as nginx logs it. */
     status =
@@ -924,6 +1104,13 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
             svc_metrics_counter(metrics, "hs_http_connections_shed_total", shed_labels[i],
                                 "Connections the server answered or closed on its own, by reason.");
     rt_post_init(&s->idle_post);
+    s->body_buffered = svc_metrics_gauge(metrics, "hs_http_body_buffered_bytes", "",
+                                         "Bytes held for request bodies being received or served "
+                                         "(MAX_BODY_BUFFER_BYTES caps it).");
+    if (s->body_buffered == NULL) {
+        free(s);
+        return UV_ENOMEM;
+    }
     snprintf(s->server_header, sizeof(s->server_header), "hindsight/%s", HS_VERSION);
     /* HOST was checked by the configuration parser; an IPv6 literal needs MHD's IPv6 mode. */
     if (uv_ip4_addr(cfg->host, cfg->port, &addr.in4) != 0) {
@@ -948,7 +1135,8 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
                            ? cfg->max_connections_per_ip
                            : 0),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)cfg->connection_memory_bytes, MHD_OPTION_END);
+        (size_t)cfg->connection_memory_bytes, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
+        HS_MHD_STRICT_PARSING MHD_OPTION_END);
     if (s->mhd == NULL) {
         err = UV_EADDRINUSE;
         goto out_free;

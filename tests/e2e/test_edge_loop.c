@@ -235,7 +235,8 @@ static int stop_within(e2e_proc *p, int limit_ms)
  */
 static void poisoned_chunk_line(const char *line, size_t len)
 {
-    static const char *const env[] = {"SHUTDOWN_GRACE_MS=1000", "CONNECTION_TIMEOUT_S=30", NULL};
+    static const char *const env[] = {"SHUTDOWN_GRACE_MS=1000", "CONNECTION_TIMEOUT_S=30",
+                                      "CONNECTION_MEMORY_BYTES=8192", NULL};
     static const char head[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"
                                "Content-Type: application/json\r\n"
                                "Transfer-Encoding: chunked\r\n\r\n";
@@ -270,24 +271,25 @@ static void poisoned_chunk_line(const char *line, size_t len)
 
 static void test_chunk_extension_does_not_wedge_the_loop(void **state)
 {
-    char line[4000];
+    static char line[12002];
 
     (void)state;
-    /* "5;aaaa...": a 3,900-byte chunk extension. */
+    /* "5;aaaa...": a 12,000-byte chunk extension, longer than the 8 KB connection buffer. */
     memcpy(line, "5;", 2);
-    memset(line + 2, 'a', 3900);
-    poisoned_chunk_line(line, 3902);
+    memset(line + 2, 'a', 12000);
+    poisoned_chunk_line(line, sizeof(line));
 }
 
 static void test_long_chunk_size_does_not_wedge_the_loop(void **state)
 {
-    char line[5001];
+    static char line[12000];
 
     (void)state;
-    /* 5,000 digits that are still a valid (small) hexadecimal number. */
-    memset(line, '0', 4999);
-    line[4999] = '5';
-    poisoned_chunk_line(line, 5000);
+    /* 12,000 digits, more than the 8 KB connection buffer holds, that are still a valid (small)
+     * hexadecimal number. */
+    memset(line, '0', sizeof(line) - 1);
+    line[sizeof(line) - 1] = '5';
+    poisoned_chunk_line(line, sizeof(line));
 }
 
 /* --- connection exhaustion -------------------------------------------------------------------- */
