@@ -245,8 +245,10 @@ void rt_db_query_init(rt_db_query *q, rt_db *db, const char *sql, int nparams,
 
 /**
  * Before start: prepare the statement under name (borrowed, like sql) the first time it runs on
- * each connection, and execute the prepared statement after that. Every query using a name must
- * use the same sql with the same number of parameters.
+ * each connection, and execute the prepared statement after that. Until that first Parse has been
+ * acknowledged, queries pipelined behind it run the same sql unnamed, so a Parse that fails fails
+ * only its own query. Every query using a name must use the same sql with the same number of
+ * parameters.
  */
 void rt_db_query_prepare_as(rt_db_query *q, const char *name);
 
