@@ -16,7 +16,8 @@ hs_jobs=$(nproc 2>/dev/null || echo 2)
 
 # What each is for: the build (gcc, libc6-dev, make, cmake, pkg-config and the -dev libraries),
 # the throwaway database (postgresql), the tests (libcmocka-dev, libcurl4-openssl-dev, python3,
-# python3-yaml, procps, curl, docker-compose for the compose check), the benchmarks (wrk,
+# python3-yaml, procps, curl, docker-compose for the compose check, pgbouncer for the driver
+# behind a transaction pooler), the benchmarks (wrk,
 # nginx-light, gnuplot-nox, postgresql's pgbench). No recommends: nothing we did not ask for.
 hs_build_packages=(
     gcc libc6-dev make cmake pkg-config
@@ -24,7 +25,7 @@ hs_build_packages=(
 )
 hs_packages=(
     "${hs_build_packages[@]}"
-    postgresql procps curl python3 python3-yaml
+    postgresql pgbouncer procps curl python3 python3-yaml
     wrk nginx-light docker-compose gnuplot-nox
 )
 # Only when run as a command: a script sourcing this one has arguments of its own.

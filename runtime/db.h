@@ -93,6 +93,18 @@ typedef struct rt_db_config {
     uint32_t cancel_timeout_ms;     /* after PQcancel, wait this long before discarding */
     uint32_t backoff_min_ms;        /* first reconnect delay after a failure */
     uint32_t backoff_max_ms;        /* cap of the exponential backoff */
+    /*
+     * The server is reached through a pooler in transaction mode (PgBouncer's
+     * pool_mode=transaction), where consecutive transactions of one connection may run on
+     * different server sessions: no statement is prepared under a name (rt_db_query_prepare_as
+     * and rt_db_tx_exec's name are ignored; every statement goes as the unnamed one), and the
+     * session settings statement_timeout_ms and idle_in_tx_timeout_ms are not sent at connect
+     * (the pooler refuses the startup option): set them on the pooler or the database role.
+     * It also turns pipelining off (pipeline_depth is 1): PgBouncer 1.18 returns a server
+     * session to its pool at the first ReadyForQuery even while later pipelined statements
+     * still run there, so another client could read their results as its own.
+     */
+    bool transaction_pooler;
 } rt_db_config;
 
 /** Fills cfg with the defaults (pool 10, queue 1000, depth 8, stall 5 ms, timeouts in seconds). */

@@ -128,6 +128,10 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     if (q != NULL)
         q->slot = s;
 
+    /* Behind a pooler in transaction mode a named statement may not exist on the server session
+     * the next transaction runs on: everything goes as the unnamed statement. */
+    if (c->db->cfg.transaction_pooler)
+        name = NULL;
     if (name != NULL) {
         const db_name *known = conn_find_name(c, name);
 
