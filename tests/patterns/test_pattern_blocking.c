@@ -193,8 +193,7 @@ static void test_before_reconnects(void **state)
 
     /* Behind a pooler in transaction mode (tests/db/pgbouncer.sh) a backend is not one
      * connection's: the one terminated could be serving the test's own query. */
-    if (getenv("HS_TEST_TRANSACTION_POOLER") != NULL &&
-        strcmp(getenv("HS_TEST_TRANSACTION_POOLER"), "1") == 0) {
+    if (pt_behind_pooler()) {
         PQfinish(db);
         skip();
     }
