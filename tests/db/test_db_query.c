@@ -37,7 +37,9 @@ static void test_concurrent_queries_across_pool(void **state)
         assert_int_equal(q[i].status, 0);
         assert_int_equal(rt_db_result_rows(&q[i].q.result), 1);
         assert_int_equal(rt_db_result_int64(&q[i].q.result, 0, 0, &pid_i), 0);
-        for (int j = 0; j < i; j++) {
+        /* Behind a pooler in transaction mode a backend is the pooler's: one that freed up may
+         * serve a second connection while the pooler is still opening more. */
+        for (int j = 0; j < i && !dbt_behind_pooler(); j++) {
             int64_t pid_j;
 
             assert_int_equal(rt_db_result_int64(&q[j].q.result, 0, 0, &pid_j), 0);
