@@ -57,8 +57,7 @@ static void wait_for_int(const pf_db *d, const char *sql, int64_t want, int time
             return;
         e2e_sleep_ms(50);
     }
-    fail_msg("%s stayed %lld, not %lld, for %d ms", sql, (long long)v, (long long)want,
-             timeout_ms);
+    fail_msg("%s stayed %lld, not %lld, for %d ms", sql, (long long)v, (long long)want, timeout_ms);
 }
 
 static void post(const e2e_proc *p, e2e_resp *r)
