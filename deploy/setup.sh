@@ -17,15 +17,16 @@ hs_jobs=$(nproc 2>/dev/null || echo 2)
 # What each is for: the build (gcc, libc6-dev, make, cmake, pkg-config and the -dev libraries),
 # the throwaway database (postgresql), the tests (libcmocka-dev, libcurl4-openssl-dev, python3,
 # python3-yaml, procps, curl, docker-compose for the compose check, clang-format for the format
-# check), the benchmarks (wrk, nginx-light, gnuplot-nox, postgresql's pgbench, slowhttptest for
-# deploy/bench-abuse.sh). No recommends: nothing we did not ask for.
+# check, pgbouncer for the driver behind a transaction pooler), the benchmarks (wrk, nginx-light,
+# gnuplot-nox, postgresql's pgbench, slowhttptest for deploy/bench-abuse.sh). No recommends:
+# nothing we did not ask for.
 hs_build_packages=(
     gcc libc6-dev make cmake pkg-config
     libmicrohttpd-dev libuv1-dev libpq-dev libjansson-dev libcmocka-dev libcurl4-openssl-dev
 )
 hs_packages=(
     "${hs_build_packages[@]}"
-    postgresql procps curl python3 python3-yaml clang-format
+    postgresql pgbouncer procps curl python3 python3-yaml clang-format
     wrk nginx-light docker-compose gnuplot-nox slowhttptest
 )
 # Only when run as a command: a script sourcing this one has arguments of its own.

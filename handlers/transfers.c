@@ -72,7 +72,11 @@ static int counters_register(hs_xfer_state *t)
                                          "variant=\"after\",effect=\"rolled_back\"", help);
     t->replayed = svc_metrics_counter(m, "hs_transfers_replayed_total", "",
                                       "Transfers answered from a stored Idempotency-Key response.");
-    if (t->cancelled_before == NULL || t->rolled_back == NULL || t->replayed == NULL)
+    t->outcome_unknown = svc_metrics_counter(
+        m, "hs_commits_outcome_unknown_total", "",
+        "Transfers whose COMMIT was sent but never answered (503 commit_outcome_unknown).");
+    if (t->cancelled_before == NULL || t->rolled_back == NULL || t->replayed == NULL ||
+        t->outcome_unknown == NULL)
         return UV_ENOMEM;
     return 0;
 }

@@ -10,8 +10,11 @@
  * awaited (bounded by the pool's commit timeout). The race adds the tie rule: when the signal
  * fires in the same turn as the transaction's end, the signal wins, so a request that saw its
  * deadline pass answers 504 even if a refusal (409, 422, a replay) was decided a moment earlier.
- * The one exception is a COMMIT that was acknowledged: the money has moved, and the response says
- * so (200) rather than contradict the database.
+ * The exception is a transaction whose COMMIT was sent: the signal no longer decides anything,
+ * so the answer is what the database did. Acknowledged, the money has moved (200); refused, the
+ * refusal; unanswered, nobody knows (503 commit_outcome_unknown: the client retries with the
+ * same Idempotency-Key and gets the stored answer if it committed). Never a 504 "cancelled",
+ * which would contradict a database that may well show the transfer.
  *
  * Inside the transaction the statements are chosen one at a time by the step callback:
  *
@@ -286,23 +289,29 @@ static void after_on_race(rt_task *t, int status)
     svc_request *req = x->req;
 
     svc_request_add_db_time(req, uv_hrtime() - x->started);
+    if (x->race.signal_won && x->stage == A_COMMIT) {
+        /* Cancellation no longer strikes once COMMIT is sent: the transaction's own status
+         * (the COMMIT's answer, or why it never came) is the answer. */
+        after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
+        status = x->race.inner_status;
+    }
     if (x->tx.outcome == RT_DB_TX_COMMITTED) {
         /* COMMIT was acknowledged: whatever the signal did, the money moved, and the client is
          * told so (retrying with the same key would only replay this answer). */
-        if (x->race.signal_won)
-            after_log(x, SVC_LOG_INFO, "transfer_committed_despite_cancel", status);
         hs__xfer_respond_text(req, 200, x->body);
         x->body = NULL;
         status = 0;
-    } else if (x->race.signal_won) {
-        (*x->t->rolled_back)++;
-        after_log(x, SVC_LOG_WARN, "transfer_cancelled", status);
-        svc_respond_uv_error(req, status);
     } else if (x->tx.outcome == RT_DB_TX_UNKNOWN) {
+        /* COMMIT was sent and its answer lost: neither a success nor a rollback. */
+        (*x->t->outcome_unknown)++;
         after_log(x, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
         svc_respond_error(req, 503, "commit_outcome_unknown",
                           "COMMIT was sent but its answer never came; retry with the same "
                           "Idempotency-Key to learn the outcome");
+    } else if (x->race.signal_won && x->stage != A_COMMIT) {
+        (*x->t->rolled_back)++;
+        after_log(x, SVC_LOG_WARN, "transfer_cancelled", status);
+        svc_respond_uv_error(req, status);
     } else if (status == ANSWERED && x->replay != NULL) {
         (*x->t->replayed)++;
         hs__xfer_respond_text(req, x->answer_status, x->replay);

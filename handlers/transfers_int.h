@@ -26,6 +26,7 @@ typedef struct hs_xfer_state {
     svc_app *app;
     uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */
     uint64_t *rolled_back;      /* after: cancelled before COMMIT, rolled back */
+    uint64_t *outcome_unknown;  /* after: COMMIT sent, its answer never came (503) */
     uint64_t *replayed;         /* after: answered from idempotency_keys */
     rt_guard free_guard;
 } hs_xfer_state;

@@ -121,6 +121,13 @@ static int build_options(rt_db *db, const char *user_options)
     char buf[512];
     int n = 0;
 
+    /* A pooler in transaction mode shares server sessions, so it refuses session options in
+     * the startup packet ("unsupported startup parameter: options"). */
+    if (db->cfg.transaction_pooler) {
+        stmt = 0;
+        idle = 0;
+    }
+
     if (stmt > 0)
         n += snprintf(buf + n, sizeof(buf) - (size_t)n, "-c statement_timeout=%u ", stmt);
     if (idle > 0)
@@ -229,6 +236,11 @@ int rt_db_open(rt_db **out, rt_runtime *rt, const rt_db_config *cfg)
     db->cfg = *cfg;
     db->cfg.conninfo = NULL;         /* borrowed: only the parsed form is kept */
     db->cfg.application_name = NULL; /* likewise: db->app_name is the copy */
+    /* PgBouncer 1.18 in transaction mode hands a server session back to its pool at the first
+     * ReadyForQuery, even with more pipelined statements still running on it: the next client
+     * would read their results as its own. One statement at a time is the only safe depth. */
+    if (cfg->transaction_pooler)
+        db->cfg.pipeline_depth = 1;
     rt_list_init(&db->queue);
     db->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)db;
     if (db->rng == 0)
@@ -242,14 +254,14 @@ int rt_db_open(rt_db **out, rt_runtime *rt, const rt_db_config *cfg)
         err = UV_ENOMEM;
         goto out_free_conninfo;
     }
-    db->slots = rt_calloc(cfg->pool_size * cfg->pipeline_depth, sizeof(*db->slots));
+    db->slots = rt_calloc(cfg->pool_size * db->cfg.pipeline_depth, sizeof(*db->slots));
     if (db->slots == NULL) {
         err = UV_ENOMEM;
         goto out_free_conns;
     }
     /* Nothing below can fail: from here on the pool exists and connects in the background. */
     for (size_t i = 0; i < cfg->pool_size; i++)
-        rt__db_conn_init(&db->conns[i], db, &db->slots[i * cfg->pipeline_depth]);
+        rt__db_conn_init(&db->conns[i], db, &db->slots[i * db->cfg.pipeline_depth]);
     for (size_t i = 0; i < cfg->pool_size; i++)
         rt__db_conn_start(&db->conns[i]);
     *out = db;

@@ -93,6 +93,18 @@ typedef struct rt_db_config {
     uint32_t cancel_timeout_ms;     /* after PQcancel, wait this long before discarding */
     uint32_t backoff_min_ms;        /* first reconnect delay after a failure */
     uint32_t backoff_max_ms;        /* cap of the exponential backoff */
+    /*
+     * The server is reached through a pooler in transaction mode (PgBouncer's
+     * pool_mode=transaction), where consecutive transactions of one connection may run on
+     * different server sessions: no statement is prepared under a name (rt_db_query_prepare_as
+     * and rt_db_tx_exec's name are ignored; every statement goes as the unnamed one), and the
+     * session settings statement_timeout_ms and idle_in_tx_timeout_ms are not sent at connect
+     * (the pooler refuses the startup option): set them on the pooler or the database role.
+     * It also turns pipelining off (pipeline_depth is 1): PgBouncer 1.18 returns a server
+     * session to its pool at the first ReadyForQuery even while later pipelined statements
+     * still run there, so another client could read their results as its own.
+     */
+    bool transaction_pooler;
 } rt_db_config;
 
 /** Fills cfg with the defaults (pool 10, queue 1000, depth 8, stall 5 ms, timeouts in seconds). */
@@ -245,8 +257,10 @@ void rt_db_query_init(rt_db_query *q, rt_db *db, const char *sql, int nparams,
 
 /**
  * Before start: prepare the statement under name (borrowed, like sql) the first time it runs on
- * each connection, and execute the prepared statement after that. Every query using a name must
- * use the same sql with the same number of parameters.
+ * each connection, and execute the prepared statement after that. Until that first Parse has been
+ * acknowledged, queries pipelined behind it run the same sql unnamed, so a Parse that fails fails
+ * only its own query. Every query using a name must use the same sql with the same number of
+ * parameters.
  */
 void rt_db_query_prepare_as(rt_db_query *q, const char *name);
 

@@ -60,6 +60,16 @@ typedef struct rt_db__slot {
     bool res_is_error;     /* res is an error */
 } db_slot;
 
+/*
+ * A statement name on one connection. It is usable by Bind alone only once its Parse has been
+ * acknowledged (ready): until then, a neighbour pipelined behind that Parse runs its statement
+ * unnamed, so a Parse that fails takes nobody down with it.
+ */
+typedef struct db_name {
+    char *name; /* owned copy */
+    bool ready; /* ParseComplete came back */
+} db_name;
+
 typedef struct rt_db__conn db_conn;
 
 /* A uv_poll handle for one socket; allocated because libpq may switch sockets while connecting. */
@@ -96,7 +106,7 @@ struct rt_db__conn {
     bool held;         /* a transaction or its cleanup owns the connection */
     unsigned failures; /* consecutive failed attempts, for the backoff */
     uint64_t ready_at; /* loop time when it last became READY */
-    char **names;      /* statements prepared on this connection (owned copies) */
+    db_name *names;    /* statements prepared, or being prepared, on this connection */
     size_t nnames;
     size_t names_cap;
     db_job cancel_job;

@@ -20,22 +20,23 @@
 
 /* --- prepared statement names ---------------------------------------------------------------- */
 
-static char *conn_find_name(const db_conn *c, const char *name)
+static db_name *conn_find_name(const db_conn *c, const char *name)
 {
     for (size_t i = 0; i < c->nnames; i++) {
-        if (strcmp(c->names[i], name) == 0)
-            return c->names[i];
+        if (strcmp(c->names[i].name, name) == 0)
+            return &c->names[i];
     }
     return NULL;
 }
 
+/* Reserves name (not yet ready) and returns the connection's copy, or NULL without memory. */
 static char *conn_add_name(db_conn *c, const char *name)
 {
     char *copy;
 
     if (c->nnames == c->names_cap) {
         size_t cap = c->names_cap ? c->names_cap * 2 : 8;
-        char **grown = rt_malloc(cap * sizeof(*grown));
+        db_name *grown = rt_malloc(cap * sizeof(*grown));
 
         if (grown == NULL)
             return NULL;
@@ -48,25 +49,32 @@ static char *conn_add_name(db_conn *c, const char *name)
     copy = rt__db_strdup(name);
     if (copy == NULL)
         return NULL;
-    c->names[c->nnames++] = copy;
+    c->names[c->nnames].name = copy;
+    c->names[c->nnames].ready = false;
+    c->nnames++;
     return copy;
 }
 
-static void conn_forget_name(db_conn *c, const char *name)
+/* The Parse sent for copy (conn_add_name's pointer) came back: ready, or failed and forgotten. */
+static void conn_name_parsed(db_conn *c, const char *copy, bool ok)
 {
     for (size_t i = 0; i < c->nnames; i++) {
-        if (c->names[i] == name) {
-            rt_free(c->names[i]);
+        if (c->names[i].name != copy)
+            continue;
+        if (ok) {
+            c->names[i].ready = true;
+        } else {
+            rt_free(c->names[i].name);
             c->names[i] = c->names[--c->nnames];
-            return;
         }
+        return;
     }
 }
 
 void rt__db_conn_forget_names(db_conn *c)
 {
     for (size_t i = 0; i < c->nnames; i++)
-        rt_free(c->names[i]);
+        rt_free(c->names[i].name);
     rt_free(c->names);
     c->names = NULL;
     c->nnames = 0;
@@ -120,11 +128,21 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     if (q != NULL)
         q->slot = s;
 
+    /* Behind a pooler in transaction mode a named statement may not exist on the server session
+     * the next transaction runs on: everything goes as the unnamed statement. */
+    if (c->db->cfg.transaction_pooler)
+        name = NULL;
     if (name != NULL) {
-        prepared = conn_find_name(c, name);
-        /* Reserve the name before sending Parse: if the copy cannot be made, run the statement
-         * unnamed rather than risk preparing the same name twice on this connection. */
-        if (prepared == NULL && (s->prep_name = conn_add_name(c, name)) != NULL) {
+        const db_name *known = conn_find_name(c, name);
+
+        if (known != NULL) {
+            /* A name whose Parse is still in flight runs unnamed: if that Parse fails, the
+             * statement does not exist, and a Bind alone would fail with it. */
+            if (known->ready)
+                prepared = known->name;
+        } else if ((s->prep_name = conn_add_name(c, name)) != NULL) {
+            /* Reserve the name before sending Parse: if the copy cannot be made, run the
+             * statement unnamed rather than risk preparing the same name twice. */
             s->prepare = true;
             prepared = s->prep_name;
         }
@@ -319,6 +337,7 @@ static void conn_read(db_conn *c)
         case PGRES_EMPTY_QUERY:
             if (s->prepare) {
                 s->prepare = false;
+                conn_name_parsed(c, s->prep_name, true);
                 PQclear(res);
                 break;
             }
@@ -330,7 +349,7 @@ static void conn_read(db_conn *c)
         case PGRES_PIPELINE_ABORTED:
             if (s->prepare) {
                 s->prepare = false;
-                conn_forget_name(c, s->prep_name);
+                conn_name_parsed(c, s->prep_name, false);
             }
             slot_keep(s, res, true);
             break;

@@ -40,6 +40,10 @@ static const setting settings[] = {
     {"DB_POOL_SIZE", K_INT, AT(db_pool_size), 1, 512, "16", "database connections in the pool"},
     {"DB_QUEUE_LIMIT", K_INT, AT(db_queue_limit), 0, 1000000, "1024",
      "requests allowed to wait for a connection; beyond it 503 + Retry-After"},
+    {"DB_TRANSACTION_POOLER", K_BOOL, AT(db_transaction_pooler), 0, 0, "off",
+     "DATABASE_URL is a pooler in transaction mode (PgBouncer pool_mode=transaction): on sends "
+     "every statement unnamed and one at a time per connection (no prepared statements, no "
+     "pipelining) and no session settings at connect: on|off"},
     {"BATCH_CONCURRENCY", K_INT, AT(batch_concurrency), 1, 1000, "20",
      "default concurrency of POST /after/batch"},
     {"REQUEST_TIMEOUT_MS", K_INT, AT(request_timeout_ms), 1, 3600000, "30000",

@@ -155,6 +155,7 @@ static void log_start(const hs_main *m, uint16_t port)
     svc_log_int(&l, "routes", (int64_t)svc_router_count(m->router));
     svc_log_str(&l, "database", m->app.db != NULL ? "configured" : "none");
     svc_log_int(&l, "db_pool_size", m->cfg.db_pool_size);
+    svc_log_str(&l, "db_transaction_pooler", m->cfg.db_transaction_pooler ? "on" : "off");
     svc_log_int(&l, "request_timeout_ms", m->cfg.request_timeout_ms);
     svc_log_str(&l, "before_routes", m->cfg.before_routes ? "on" : "off");
     svc_log_end(&l);
@@ -169,6 +170,7 @@ static int open_pool(hs_main *m)
     dc.application_name = "hindsight";
     dc.pool_size = (size_t)m->cfg.db_pool_size;
     dc.queue_limit = (size_t)m->cfg.db_queue_limit;
+    dc.transaction_pooler = m->cfg.db_transaction_pooler;
     return rt_db_open(&m->app.db, &m->rt, &dc);
 }
 

@@ -4,8 +4,13 @@
  *
  * Every file runs in its own transaction together with the row that records it, so a crash
  * half-way leaves either both or neither; the files are idempotent as well (IF NOT EXISTS, ON
- * CONFLICT DO NOTHING), so even a hand-run file can be repeated. The session-level advisory lock
- * is held for the whole run: a second instance waits on it, then finds nothing left to do.
+ * CONFLICT DO NOTHING), so even a hand-run file can be repeated. Each transaction begins by
+ * taking a transaction-level advisory lock and only then checks whether its file is still
+ * needed: a second instance waits on the lock, then finds nothing left to do. The lock is a
+ * transaction's, not the session's, and nothing is SET on the session, so the same run works
+ * through a pooler in transaction mode (DB_TRANSACTION_POOLER), where only what lies between
+ * BEGIN and COMMIT is sure to share a server session: a session lock taken there could be
+ * released on another session and stay held on the first, blocking every later start.
  */
 #include "service/migrate.h"
 
@@ -89,23 +94,46 @@ static bool is_seed(const char *name)
     return n >= 9 && strcmp(name + n - 9, "_seed.sql") == 0;
 }
 
-/* Applies one file and its record in a single transaction. */
+/* BEGIN, then the migration lock (held until COMMIT or ROLLBACK). */
+static bool begin_locked(PGconn *c, const char *name)
+{
+    if (!exec(c, "BEGIN", NULL, NULL, "begin", name))
+        return false;
+    if (!exec(c, "SELECT pg_advisory_xact_lock(" LOCK_KEY ")", NULL, NULL, "lock", name)) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        return false;
+    }
+    return true;
+}
+
+/* Applies one file and its record in a single transaction, if it is still needed once the lock
+ * is held. */
 static bool apply(PGconn *c, const svc_migration *m)
 {
     uint64_t t0 = uv_hrtime();
     svc_log_line l;
+    bool needed;
 
-    if (!exec(c, "BEGIN", NULL, NULL, "begin", m->name))
+    if (!begin_locked(c, m->name))
         return false;
+    if (is_seed(m->name)) {
+        if (!query_bool(c, seed_needed_sql, NULL, &needed, m->name))
+            goto out_rollback;
+    } else if (!query_bool(c,
+                           "SELECT NOT EXISTS (SELECT 1 FROM schema_migrations"
+                           " WHERE version = $1)",
+                           m->name, &needed, m->name)) {
+        goto out_rollback;
+    }
+    if (!needed)
+        return exec(c, "COMMIT", NULL, NULL, "commit", m->name);
     if (!exec(c, m->sql, NULL, NULL, "apply", m->name) ||
         !exec(c,
               "INSERT INTO schema_migrations (version) VALUES ($1)"
               " ON CONFLICT (version) DO UPDATE SET applied_at = now()",
               m->name, NULL, "record", m->name) ||
-        !exec(c, "COMMIT", NULL, NULL, "commit", m->name)) {
-        PQclear(PQexec(c, "ROLLBACK"));
-        return false;
-    }
+        !exec(c, "COMMIT", NULL, NULL, "commit", m->name))
+        goto out_rollback;
     if (svc_log_begin(&l, SVC_LOG_INFO, "migrate")) {
         svc_log_str(&l, "step", "applied");
         svc_log_str(&l, "file", m->name);
@@ -113,28 +141,37 @@ static bool apply(PGconn *c, const svc_migration *m)
         svc_log_end(&l);
     }
     return true;
+
+out_rollback:
+    PQclear(PQexec(c, "ROLLBACK"));
+    return false;
 }
 
 static bool run(PGconn *c)
 {
+    if (!begin_locked(c, "bootstrap"))
+        return false;
+    if (!exec(c,
+              "CREATE TABLE IF NOT EXISTS schema_migrations ("
+              " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+              NULL, NULL, "bootstrap", NULL) ||
+        !exec(c, "COMMIT", NULL, NULL, "commit", "bootstrap")) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        return false;
+    }
     for (size_t i = 0; i < svc_migrations_count; i++) {
-        const svc_migration *m = &svc_migrations[i];
-        bool needed;
-
-        if (is_seed(m->name)) {
-            if (!query_bool(c, seed_needed_sql, NULL, &needed, m->name))
-                return false;
-        } else {
-            if (!query_bool(c,
-                            "SELECT NOT EXISTS (SELECT 1 FROM schema_migrations"
-                            " WHERE version = $1)",
-                            m->name, &needed, m->name))
-                return false;
-        }
-        if (needed && !apply(c, m))
+        if (!apply(c, &svc_migrations[i]))
             return false;
     }
     return true;
+}
+
+/* Notices ("relation already exists, skipping") are expected on every start: dropped here
+ * rather than silenced with a SET, which would outlive this run on a pooler's session. */
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
 }
 
 /* Connects, retrying every 250 ms until deadline_ns; NULL when the time ran out. */
@@ -168,18 +205,9 @@ int svc_migrate(const char *conninfo, uint32_t wait_ms)
     c = connect_with_retry(conninfo, deadline);
     if (c == NULL)
         return UV_ETIMEDOUT;
-    /* Notices ("relation already exists, skipping") are expected on every start. */
-    PQclear(PQexec(c, "SET client_min_messages = warning"));
-    if (!exec(c, "SELECT pg_advisory_lock(" LOCK_KEY ")", NULL, NULL, "lock", NULL))
-        goto out_finish;
-    if (exec(c,
-             "CREATE TABLE IF NOT EXISTS schema_migrations ("
-             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-             NULL, NULL, "bootstrap", NULL) &&
-        run(c))
+    PQsetNoticeProcessor(c, ignore_notice, NULL);
+    if (run(c))
         err = 0;
-    PQclear(PQexec(c, "SELECT pg_advisory_unlock(" LOCK_KEY ")"));
-out_finish:
     PQfinish(c);
     return err;
 }

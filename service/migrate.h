@@ -9,7 +9,9 @@
  *
  * This runs before the loop serves, so it may block: it uses one plain libpq connection and
  * waits, with a bound, for the database to come up. Several instances starting at once
- * serialize on a PostgreSQL advisory lock, so each file is applied by exactly one of them.
+ * serialize on a PostgreSQL advisory lock taken in each file's transaction, so each file is
+ * applied by exactly one of them; nothing outlives a transaction, so it works the same through
+ * a pooler in transaction mode.
  */
 #ifndef SVC_MIGRATE_H
 #define SVC_MIGRATE_H
@@ -28,8 +30,8 @@ extern const size_t svc_migrations_count;
 
 /**
  * Connects to conninfo (retrying until wait_ms has passed while the database is unreachable),
- * takes the migration advisory lock, applies what is missing, and disconnects. Each step is
- * logged. Returns 0, UV_ETIMEDOUT when no connection could be made in time, or UV_EIO when a
+ * applies what is missing, each file under the migration advisory lock, and disconnects. Each step
+ * is logged. Returns 0, UV_ETIMEDOUT when no connection could be made in time, or UV_EIO when a
  * statement failed (logged with the server's message). Blocking: startup only.
  */
 int svc_migrate(const char *conninfo, uint32_t wait_ms);

@@ -5,7 +5,10 @@
  * from the outside what the pool did.
  *
  * Every test talks to a real PostgreSQL at TEST_DATABASE_URL (deploy/pg.sh's default when it is
- * unset). A database that cannot be reached fails the test: nothing here skips.
+ * unset). A database that cannot be reached fails the test: nothing here skips. With
+ * HS_TEST_TRANSACTION_POOLER=1 that URL is a pooler in transaction mode (tests/db/pgbouncer.sh):
+ * pools are opened with transaction_pooler set, and the few cases that need a session of their
+ * own skip.
  *
  * The teardown is the leak check: it closes the pool (if the test did not), the runtime, fails
  * on any handle still open, and requires uv_loop_close() == 0 and no live task.
@@ -168,6 +171,14 @@ static inline void dbt_run_for(dbt_fixture *fx, uint64_t ms)
     dbt_run_until(fx, dbt_never, NULL, ms);
 }
 
+/* TEST_DATABASE_URL is a pooler in transaction mode. */
+static inline bool dbt_behind_pooler(void)
+{
+    const char *v = getenv("HS_TEST_TRANSACTION_POOLER");
+
+    return v != NULL && strcmp(v, "1") == 0;
+}
+
 static inline rt_db_config dbt_config(size_t pool, size_t depth)
 {
     rt_db_config cfg;
@@ -177,6 +188,7 @@ static inline rt_db_config dbt_config(size_t pool, size_t depth)
     cfg.pool_size = pool;
     cfg.pipeline_depth = depth;
     cfg.application_name = "hindsight-test";
+    cfg.transaction_pooler = dbt_behind_pooler();
     return cfg;
 }
 

@@ -125,6 +125,13 @@ PGconn *pt_db_connect(void)
     return db;
 }
 
+bool pt_behind_pooler(void)
+{
+    const char *v = getenv("HS_TEST_TRANSACTION_POOLER");
+
+    return v != NULL && strcmp(v, "1") == 0;
+}
+
 int64_t pt_db_int(PGconn *db, const char *sql, const char *param)
 {
     const char *params[1] = {param};

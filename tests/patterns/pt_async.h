@@ -61,6 +61,10 @@ double pt_metric(const char *metrics, const char *series);
 /** Connects to TEST_DATABASE_URL (else deploy/pg.sh's default); fails the test if it can't. */
 PGconn *pt_db_connect(void);
 
+/** True when TEST_DATABASE_URL is a pooler in transaction mode (HS_TEST_TRANSACTION_POOLER=1,
+ * set by tests/db/pgbouncer.sh). */
+bool pt_behind_pooler(void);
+
 /** Runs sql with one text parameter (or none: NULL) and returns the integer at row 0, col 0. */
 int64_t pt_db_int(PGconn *db, const char *sql, const char *param);
 

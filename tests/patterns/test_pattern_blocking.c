@@ -191,6 +191,12 @@ static void test_before_reconnects(void **state)
     pt_call slow;
     e2e_resp r;
 
+    /* Behind a pooler in transaction mode (tests/db/pgbouncer.sh) a backend is not one
+     * connection's: the one terminated could be serving the test's own query. */
+    if (pt_behind_pooler()) {
+        PQfinish(db);
+        skip();
+    }
     /* Ours is the before connection sleeping right now (other instances may hold idle ones). */
     pt_call_start(&slow, p, "GET", "/before/users/42?delay_ms=800", NULL);
     e2e_sleep_ms(300);

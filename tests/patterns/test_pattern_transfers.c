@@ -169,9 +169,15 @@ static void run(const char *variant, outcome *o)
 
 static void test_before_breaks_the_invariant(void **state)
 {
+    const char *pooler = getenv("HS_TEST_TRANSACTION_POOLER");
     outcome o;
 
     (void)state;
+    /* Behind a pooler in transaction mode (tests/db/pgbouncer.sh) statements go one at a time
+     * through one more hop, and the SIGTERM 150 ms into the second burst may come before any
+     * debit landed: the anti-pattern's damage is shown directly; here only `after` matters. */
+    if (pooler != NULL && strcmp(pooler, "1") == 0)
+        skip();
     run("before", &o);
     assert_int_equal(o.other, 0);
     /* Each blow on its own leaves money debited and never credited. */
