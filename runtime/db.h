@@ -151,8 +151,9 @@ typedef struct rt_db_stats {
     /* Connections over time. */
     uint64_t connects_ok;
     uint64_t connects_failed;
-    uint64_t conns_lost;   /* an established connection broke or was discarded */
-    uint64_t cancels_sent; /* PQcancel requests issued */
+    uint64_t conns_lost;        /* an established connection broke or was discarded */
+    uint64_t cancels_sent;      /* cancel requests sent */
+    uint64_t cancels_timed_out; /* cancelled statements not ended within cancel_timeout_ms */
     /* Time from start to getting a connection: cumulative counts per rt_db_wait_bounds_s. */
     uint64_t wait_le[RT_DB_WAIT_BUCKETS];
     uint64_t wait_count;

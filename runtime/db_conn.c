@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * db_conn.c - one pooled PostgreSQL connection's life on the loop: connecting without blocking,
- * loss, PQcancel and PQfinish on the thread pool, reconnection with exponential backoff and
- * jitter, and closing. What happens to requests while it is READY is db_pipe.c's.
+ * loss, cancel requests (sent by db_cancel.c), PQfinish on the thread pool, reconnection with
+ * exponential backoff and jitter, and closing. What happens to requests while it is READY is
+ * db_pipe.c's.
  *
  * The main idea: a connection is a small state machine driven by three event sources (its
  * socket's uv_poll, its one timer, and the getaddrinfo answer). Every transition asserts its
@@ -119,14 +120,6 @@ int rt__db_conn_watch(db_conn *c, int events, bool fresh)
 
 /* --- blocking libpq calls on the thread pool ------------------------------------------------ */
 
-static int job_cancel_fn(rt_work *w)
-{
-    db_job *j = w->arg;
-    char errbuf[256];
-
-    return PQcancel(j->cancel, errbuf, sizeof(errbuf)) ? 0 : UV_EIO;
-}
-
 static int job_finish_fn(rt_work *w)
 {
     db_job *j = w->arg;
@@ -138,19 +131,11 @@ static int job_finish_fn(rt_work *w)
 static void job_after(rt_post *p)
 {
     db_job *j = rt_container_of(p, db_job, after);
-    db_conn *c = j->conn;
-    rt_db *db = c->db;
-    bool was_cancel = j->cancel != NULL;
+    rt_db *db = j->conn->db;
 
-    if (j->cancel != NULL)
-        PQfreeCancel(j->cancel);
-    j->cancel = NULL;
     j->pg = NULL;
     j->busy = false;
     db->jobs--;
-    /* The connection was not placeable while its cancel was in flight; it may be now. */
-    if (was_cancel && c->state == CONN_READY)
-        rt__db_conn_settle(c);
     rt__db_maybe_closed(db);
 }
 
@@ -191,22 +176,32 @@ static void conn_finish_pg(db_conn *c, PGconn *pg)
     job_start(c, &c->finish_job, job_finish_fn);
 }
 
-/* Interrupts the statement running on c with PQcancel, off the loop, bounded by cancel_timeout. */
+/*
+ * Interrupts the statement running on c with a cancel request sent from the loop (db_cancel.c),
+ * bounded by cancel_timeout_ms: if the cancelled work has not ended by then, c is discarded,
+ * which also drops the request. While it is in flight c takes no new work.
+ */
 void rt__db_conn_cancel_running(db_conn *c)
 {
-    PGcancel *pc;
-
     assert(c->state == CONN_READY);
-    if (c->cancel_job.busy)
+    if (c->cancel != NULL)
         return;
-    /* Armed first: without memory for the cancel request, the bound still ends the wait. */
+    /* Armed first: when no request can be sent, the bound still ends the wait. */
     rt__db_conn_arm_bound(c, BOUND_CANCEL, c->db->cfg.cancel_timeout_ms);
-    pc = PQgetCancel(c->pg);
-    if (pc == NULL)
+    c->cancelled_seq = c->count > 0 ? db_conn_slot(c, 0)->seq : c->seq;
+    if (rt__db_cancel_start(c) == 0)
+        c->db->st.cancels_sent++;
+}
+
+void rt__db_conn_cancel_done(db_conn *c, bool landed)
+{
+    (void)landed; /* a request that could not be sent is left to the bound */
+    if (c->state != CONN_READY)
         return;
-    c->cancel_job.cancel = pc;
-    job_start(c, &c->cancel_job, job_cancel_fn);
-    c->db->st.cancels_sent++;
+    /* The statement it was for may have ended meanwhile, and the next orphan started. */
+    rt__db_conn_cancel_orphans(c);
+    if (c->cancel == NULL)
+        rt__db_conn_settle(c);
 }
 
 /* --- connecting ------------------------------------------------------------------------------ */
@@ -418,7 +413,6 @@ void rt__db_conn_init(db_conn *c, rt_db *db, db_slot *slots)
     c->db = db;
     c->slots = slots;
     c->state = CONN_BACKOFF;
-    rt_post_init(&c->cancel_job.after);
     rt_post_init(&c->finish_job.after);
     /* Cannot fail on Linux; the pool counts the handle so that its close is awaited. */
     uv_timer_init(db->loop, &c->timer);
@@ -479,6 +473,8 @@ static void conn_on_timer(uv_timer_t *t)
         conn_attempt_failed(c, UV_ETIMEDOUT);
         break;
     case CONN_READY:
+        if (c->bound == BOUND_CANCEL)
+            c->db->st.cancels_timed_out++;
         rt__db_conn_discard(c, UV_ETIMEDOUT,
                             c->bound == BOUND_COMMIT ? "no answer to COMMIT in time"
                                                      : "no answer after cancel or ROLLBACK");
@@ -509,6 +505,10 @@ void rt__db_conn_discard(db_conn *c, int err, const char *detail)
     uv_timer_stop(&c->timer);
     c->bound = BOUND_NONE;
     conn_unwatch(c);
+    /* The request was for this backend only; whatever it would still do, nobody waits for it. */
+    rt__db_cancel_abandon(c);
+    c->seq = 0;
+    c->cancelled_seq = 0;
     /* detail may point into pg's error buffer: fail the slots before finishing pg. */
     rt__db_conn_fail_slots(c, err, detail);
     c->pg = NULL;
@@ -544,8 +544,10 @@ void rt__db_conn_close(db_conn *c)
         conn_attempt_failed(c, UV_ECANCELED);
         break;
     case CONN_READY:
-        if (c->count > 0 || c->tx != NULL || c->cancel_job.busy)
+        if (c->count > 0 || c->tx != NULL)
             break; /* rt__db_conn_settle comes back here once they are done */
+        /* Nothing is left for a cancel request in flight to hit: the session ends now. */
+        rt__db_cancel_abandon(c);
         uv_timer_stop(&c->timer);
         conn_unwatch(c);
         c->state = CONN_CLOSED;

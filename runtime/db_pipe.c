@@ -77,7 +77,7 @@ bool rt__db_conn_is_placeable(const db_conn *c)
 {
     const db_slot *head = &c->slots[c->head];
 
-    return c->state == CONN_READY && !c->held && !c->cancel_job.busy && c->count < db_conn_cap(c) &&
+    return c->state == CONN_READY && !c->held && c->cancel == NULL && c->count < db_conn_cap(c) &&
            !(c->count > 0 && head->kind == SLOT_ORPHAN);
 }
 
@@ -114,6 +114,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     s->q = q;
     s->res = NULL;
     s->sent_ns = uv_hrtime();
+    s->seq = ++c->seq;
     s->prepare = false;
     s->prep_name = NULL;
     c->count++;
@@ -158,16 +159,21 @@ static bool conn_only_orphans(const db_conn *c)
 }
 
 /*
- * PQcancel interrupts whatever the backend runs when the request lands, which may already be the
+ * A cancel request interrupts whatever the backend runs when it lands, which may already be the
  * next statement in the pipeline. So it is sent only when every statement on the connection is
  * an orphan: then whichever it hits, nobody loses a result. An orphan with live neighbours runs
  * to its end (statement_timeout bounds it), and no new work is placed behind an orphan at the
- * head.
+ * head. Each orphan that reaches the head of the pipeline gets its own request (one in flight at
+ * a time; the next is sent when it has landed or when the head moves on), so every statement of
+ * a cancelled request stops, not only the one running when the first request went out.
  */
-static void conn_cancel_orphans(db_conn *c)
+void rt__db_conn_cancel_orphans(db_conn *c)
 {
-    if (conn_only_orphans(c))
-        rt__db_conn_cancel_running(c);
+    if (c->state != CONN_READY || c->cancel != NULL || !conn_only_orphans(c))
+        return;
+    if (db_conn_slot(c, 0)->seq == c->cancelled_seq)
+        return;
+    rt__db_conn_cancel_running(c);
 }
 
 /* The query in s completed early (cancelled): its result will be read and dropped. */
@@ -176,7 +182,7 @@ void rt__db_conn_orphan(db_conn *c, db_slot *s)
     assert(s->kind == SLOT_QUERY);
     s->kind = SLOT_ORPHAN;
     s->q = NULL;
-    conn_cancel_orphans(c);
+    rt__db_conn_cancel_orphans(c);
 }
 
 /*
@@ -198,7 +204,7 @@ void rt__db_conn_settle(db_conn *c)
     }
     /* A cancel request still on its way could hit the next statement (the ROLLBACK, or someone
      * else's query): wait for it to land; its completion settles the connection again. */
-    if (c->cancel_job.busy)
+    if (c->cancel != NULL)
         return;
     if (c->bound != BOUND_NONE) {
         uv_timer_stop(&c->timer);
@@ -277,7 +283,7 @@ static void conn_slot_done(db_conn *c)
         PQclear(s.res);
         break;
     }
-    conn_cancel_orphans(c);
+    rt__db_conn_cancel_orphans(c);
     rt__db_conn_settle(c);
 }
 

@@ -13,7 +13,8 @@ and middleboxes do:
   drop_commit N    the next N COMMITs reach the server, but from the answer to each on, nothing
                    more comes back on that connection (the socket stays open); -1: every COMMIT
   cancel_hang on   a CancelRequest (the 16-byte packet on a new connection) is read and then
-                   never forwarded nor answered, the socket kept open; `off` forwards it again
+                   never forwarded nor answered, the socket kept open; `off` forwards new ones
+                   again and closes the sockets of those held
   kill_after MS    reset each new connection MS milliseconds after accept (0: off)
   stats            one line of JSON counters
   quit             exit
@@ -51,6 +52,7 @@ class Proxy:
         self.flowing.set()
         self.quit = asyncio.Event()
         self.conns = set()
+        self.hung = set()  # writers of the cancel requests being held
         self.st = {
             "accepted": 0,
             "active": 0,
@@ -90,6 +92,11 @@ class Proxy:
                 return "ok"
             if cmd == "cancel_hang" and len(args) == 1 and args[0] in ("on", "off"):
                 self.cancel_hang = args[0] == "on"
+                if not self.cancel_hang:
+                    # The cancels held so far are let go: their sockets close (unanswered).
+                    for w in list(self.hung):
+                        w.close()
+                    self.hung.clear()
                 return "ok"
             if cmd == "kill_after" and len(args) == 1:
                 self.kill_after_ms = max(0, int(args[0]))
@@ -194,12 +201,14 @@ class Conn:
                 return
             if p.cancel_hang:
                 p.st["cancels_swallowed"] += 1
-                # Read (and ignore) until the client gives up; never answer.
+                # Read (and ignore) until the client gives up or `cancel_hang off`; never answer.
+                p.hung.add(self.cw)
                 try:
                     while await self.cr.read(4096):
                         pass
                 except (ConnectionError, OSError):
                     pass
+                p.hung.discard(self.cw)
                 self.cw.close()
                 return
         try:
