@@ -93,6 +93,17 @@ typedef struct rt_db_config {
     uint32_t cancel_timeout_ms;     /* after PQcancel, wait this long before discarding */
     uint32_t backoff_min_ms;        /* first reconnect delay after a failure */
     uint32_t backoff_max_ms;        /* cap of the exponential backoff */
+    /* A connection idle this long is checked with an empty statement, whose answer must come
+     * within idle_check_timeout_ms, else it is discarded; 0: never checked. A silent partition
+     * (no reset, no answer) is found this way even with no traffic. */
+    uint32_t idle_check_ms;
+    uint32_t idle_check_timeout_ms;
+    /* TCP keepalive (libpq's keepalives_idle/_interval/_count, in seconds) and tcp_user_timeout
+     * (ms; 0: the kernel's) for every connection, unless conninfo sets them itself. */
+    uint32_t keepalive_idle_s;
+    uint32_t keepalive_interval_s;
+    uint32_t keepalive_count;
+    uint32_t tcp_user_timeout_ms;
 } rt_db_config;
 
 /** Fills cfg with the defaults (pool 10, queue 1000, depth 8, stall 5 ms, timeouts in seconds). */

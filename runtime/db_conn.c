@@ -257,16 +257,11 @@ static void conn_ready(db_conn *c)
     db->ready++;
     db->down = false;
     db->st.connects_ok++;
-    /* The database answers again: whoever is waiting out a backoff tries now. */
-    for (size_t i = 0; i < db->cfg.pool_size; i++) {
-        db_conn *o = &db->conns[i];
-
-        if (o->state == CONN_BACKOFF && o->failures > 0) {
-            o->failures = 0;
-            uv_timer_start(&o->timer, conn_on_timer, 0, 0);
-        }
-    }
+    /* The other connections keep their own backoff: one success says little about a server
+     * that drops connections shortly after accepting them, and resetting every backoff on it
+     * made the whole pool retry at once. */
     rt__db_dispatch(db);
+    rt__db_conn_arm_idle(c);
 }
 
 static void conn_connect(db_conn *c, const char *host, const char *hostaddr)
@@ -473,11 +468,16 @@ static void conn_on_timer(uv_timer_t *t)
         conn_attempt_failed(c, UV_ETIMEDOUT);
         break;
     case CONN_READY:
+        if (c->bound == BOUND_IDLE) {
+            rt__db_conn_check_idle(c);
+            break;
+        }
         if (c->bound == BOUND_CANCEL)
             c->db->st.cancels_timed_out++;
         rt__db_conn_discard(c, UV_ETIMEDOUT,
-                            c->bound == BOUND_COMMIT ? "no answer to COMMIT in time"
-                                                     : "no answer after cancel or ROLLBACK");
+                            c->bound == BOUND_COMMIT  ? "no answer to COMMIT in time"
+                            : c->bound == BOUND_CHECK ? "no answer to the idle check in time"
+                                                      : "no answer after cancel or ROLLBACK");
         break;
     default:
         break;

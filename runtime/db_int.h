@@ -44,11 +44,23 @@ enum db_slot_kind {
     SLOT_STMT,      /* one of its statements */
     SLOT_COMMIT,    /* its COMMIT: from here on, cancellation no longer strikes */
     SLOT_ROLLBACK,  /* the pool's own cleanup after an abandoned transaction */
-    SLOT_DROPPED    /* a transaction statement whose transaction already completed */
+    SLOT_DROPPED,   /* a transaction statement whose transaction already completed */
+    SLOT_CHECK      /* the pool's own empty statement checking an idle connection */
 };
 
-/* What the connection's timer is bounding while READY. */
-enum db_bound { BOUND_NONE = 0, BOUND_COMMIT, BOUND_ROLLBACK, BOUND_CANCEL };
+/* What the connection's timer is bounding while READY (BOUND_IDLE: the wait before an idle
+ * connection is checked; BOUND_CHECK: the check's answer). */
+enum db_bound {
+    BOUND_NONE = 0,
+    BOUND_COMMIT,
+    BOUND_ROLLBACK,
+    BOUND_CANCEL,
+    BOUND_IDLE,
+    BOUND_CHECK
+};
+
+/* conninfo keywords add_keepalives (db.c) may add. */
+#define DB_KEEPALIVE_KEYS 5
 
 typedef struct rt_db__slot {
     rt_db_query *q;        /* SLOT_QUERY only */
@@ -122,6 +134,7 @@ struct rt_db {
     char *host;         /* a name to resolve before each attempt, or NULL */
     char *host_literal; /* host as given when it needs no resolution, or NULL */
     char *hostaddr;     /* hostaddr as given, or NULL */
+    char keepalive_vals[DB_KEEPALIVE_KEYS][12];
     db_conn *conns;
     db_slot *slots; /* pool_size rings of pipeline_depth slots */
     rt_list queue;
@@ -194,6 +207,10 @@ void rt__db_conn_settle(db_conn *c);
 void rt__db_conn_on_io(db_conn *c, int status, int events);
 void rt__db_conn_fail_slots(db_conn *c, int err, const char *detail);
 void rt__db_conn_forget_names(db_conn *c);
+/* c has been idle for idle_check_ms: sends the empty statement that checks it. */
+void rt__db_conn_check_idle(db_conn *c);
+/* Arms the idle check's wait when c is idle and nothing else is bounded. */
+void rt__db_conn_arm_idle(db_conn *c);
 
 /* db_tx.c */
 void rt__db_tx_place(rt_db_tx *tx, db_conn *c);

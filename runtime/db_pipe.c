@@ -233,6 +233,30 @@ void rt__db_conn_settle(db_conn *c)
     }
     if (db->queued > 0)
         rt__db_dispatch(db);
+    rt__db_conn_arm_idle(c);
+}
+
+void rt__db_conn_arm_idle(db_conn *c)
+{
+    if (c->state == CONN_READY && c->bound == BOUND_NONE && c->db->cfg.idle_check_ms > 0 &&
+        rt__db_conn_is_idle(c))
+        rt__db_conn_arm_bound(c, BOUND_IDLE, c->db->cfg.idle_check_ms);
+}
+
+/*
+ * An idle connection sends nothing and is sent nothing, so a partition that drops packets
+ * without a reset goes unnoticed by the socket (TCP keepalive finds a vanished peer, but not
+ * a middlebox that keeps answering for it). So after idle_check_ms of idleness the connection
+ * sends an empty statement, and is discarded when no answer comes in idle_check_timeout_ms.
+ * Work may be placed behind it meanwhile: it costs the server next to nothing.
+ */
+void rt__db_conn_check_idle(db_conn *c)
+{
+    c->bound = BOUND_NONE;
+    if (!rt__db_conn_is_idle(c))
+        return; /* busy: its work has its own bounds, and settle arms the wait again */
+    if (rt__db_conn_send(c, SLOT_CHECK, NULL, NULL, "", 0, NULL) != NULL)
+        rt__db_conn_arm_bound(c, BOUND_CHECK, c->db->cfg.idle_check_timeout_ms);
 }
 
 /* Keeps the first error of a slot (a Parse error outranks the Execute it aborted); a success is
@@ -271,6 +295,18 @@ static void conn_slot_done(db_conn *c)
     case SLOT_COMMIT:
         rt__db_tx_on_result(c, &s);
         return;
+    case SLOT_CHECK:
+        if (c->bound == BOUND_CHECK) {
+            uv_timer_stop(&c->timer);
+            c->bound = BOUND_NONE;
+        }
+        if (s.res_is_error) {
+            PQclear(s.res);
+            rt__db_conn_discard(c, RT_DB_ELOST, "the idle check failed");
+            return;
+        }
+        PQclear(s.res);
+        break;
     case SLOT_ROLLBACK:
         if (s.res == NULL || s.res_is_error) {
             PQclear(s.res);
