@@ -104,6 +104,12 @@ typedef struct rt_db_config {
     uint32_t keepalive_interval_s;
     uint32_t keepalive_count;
     uint32_t tcp_user_timeout_ms;
+    /* Told once per change of the pool's connection state, on the loop (may be NULL): failing
+     * is true with why (libpq's message, one line, naming the host and each address tried) when
+     * attempts start failing or fail for another reason, false with why NULL once every
+     * connection is up again. Not once per attempt: a refusing server would flood the log. */
+    void (*on_change)(void *arg, bool failing, const char *why);
+    void *on_change_arg;
 } rt_db_config;
 
 /** Fills cfg with the defaults (pool 10, queue 1000, depth 8, stall 5 ms, timeouts in seconds). */
@@ -162,9 +168,11 @@ typedef struct rt_db_stats {
     /* Connections over time. */
     uint64_t connects_ok;
     uint64_t connects_failed;
-    uint64_t conns_lost;        /* an established connection broke or was discarded */
-    uint64_t cancels_sent;      /* cancel requests sent */
-    uint64_t cancels_timed_out; /* cancelled statements not ended within cancel_timeout_ms */
+    uint64_t connects_timed_out; /* of connects_failed: no answer within connect_timeout_ms */
+    uint64_t connects_refused;   /* of connects_failed: refused while others worked (full) */
+    uint64_t conns_lost;         /* an established connection broke or was discarded */
+    uint64_t cancels_sent;       /* cancel requests sent */
+    uint64_t cancels_timed_out;  /* cancelled statements not ended within cancel_timeout_ms */
     /* Time from start to getting a connection: cumulative counts per rt_db_wait_bounds_s. */
     uint64_t wait_le[RT_DB_WAIT_BUCKETS];
     uint64_t wait_count;

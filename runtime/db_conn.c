@@ -36,10 +36,14 @@
  * server that accepts and then drops every connection does not get a tight reconnect loop. */
 #define DB_MIN_HEALTHY_MS 1000
 
+/* A connection refused while others work backs off up to this many times backoff_max_ms. */
+#define DB_CROWDED_BACKOFF 8
+
 static void conn_on_poll(uv_poll_t *h, int status, int events);
 static void conn_on_timer(uv_timer_t *t);
 static void conn_attempt(db_conn *c);
 static void conn_attempt_failed(db_conn *c, int err);
+static void conn_report(rt_db *db, const char *why);
 
 static void silent_notice(void *arg, const char *message)
 {
@@ -210,14 +214,19 @@ static uint64_t conn_backoff_ms(db_conn *c)
 {
     rt_db *db = c->db;
     uint64_t d;
+    uint64_t cap;
     unsigned shift;
 
     if (c->failures == 0)
         return 0;
     shift = c->failures - 1 > 16 ? 16 : c->failures - 1;
     d = (uint64_t)db->cfg.backoff_min_ms << shift;
-    if (d > db->cfg.backoff_max_ms)
-        d = db->cfg.backoff_max_ms;
+    /* Refused while other connections work: the server is full (max_connections, a role's or a
+     * database's connection limit) and says so on every attempt, so ask far less often. */
+    cap =
+        c->crowded ? (uint64_t)db->cfg.backoff_max_ms * DB_CROWDED_BACKOFF : db->cfg.backoff_max_ms;
+    if (d > cap)
+        d = cap;
     /* Jitter in [d/2, d], so connections that failed together do not retry together. */
     db->rng ^= db->rng << 13;
     db->rng ^= db->rng >> 7;
@@ -257,6 +266,8 @@ static void conn_ready(db_conn *c)
     db->ready++;
     db->down = false;
     db->st.connects_ok++;
+    c->crowded = false;
+    conn_report(db, NULL);
     /* The other connections keep their own backoff: one success says little about a server
      * that drops connections shortly after accepting them, and resetting every backoff on it
      * made the whole pool retry at once. */
@@ -376,19 +387,73 @@ static void conn_attempt(db_conn *c)
         conn_attempt_failed(c, err);
 }
 
+/* Reports a change of the pool's connection state through on_change: why is NULL when every
+ * connection is up, else why attempts fail (reported only when it differs from the last). */
+static void conn_report(rt_db *db, const char *why)
+{
+    char line[sizeof(db->why)];
+    size_t n = 0;
+
+    if (why == NULL) {
+        if (db->why[0] == '\0' || db->ready < db->cfg.pool_size)
+            return;
+        db->why[0] = '\0';
+        if (db->cfg.on_change != NULL)
+            db->cfg.on_change(db->cfg.on_change_arg, false, NULL);
+        return;
+    }
+    /* One line: libpq's message spans several (one per address tried, hints indented). */
+    for (const char *p = why; *p != '\0' && n + 1 < sizeof(line); p++) {
+        char ch = *p == '\n' || *p == '\t' ? ' ' : *p;
+
+        if (ch == ' ' && (n == 0 || line[n - 1] == ' '))
+            continue;
+        line[n++] = ch;
+    }
+    while (n > 0 && line[n - 1] == ' ')
+        n--;
+    line[n] = '\0';
+    if (strcmp(line, db->why) == 0)
+        return;
+    memcpy(db->why, line, n + 1);
+    if (db->cfg.on_change != NULL)
+        db->cfg.on_change(db->cfg.on_change_arg, true, db->why);
+}
+
 static void conn_attempt_failed(db_conn *c, int err)
 {
     rt_db *db = c->db;
+    char why[sizeof(db->why)];
 
-    (void)err;
     uv_timer_stop(&c->timer);
     conn_unwatch(c);
+    if (err == UV_ETIMEDOUT)
+        snprintf(why, sizeof(why), "%s: no answer within connect_timeout_ms",
+                 db->host != NULL           ? db->host
+                 : db->host_literal != NULL ? db->host_literal
+                                            : "the server");
+    else if (c->pg != NULL && *PQerrorMessage(c->pg) != '\0')
+        snprintf(why, sizeof(why), "%s", PQerrorMessage(c->pg));
+    else if (err == UV_EAI_NONAME || (err < 0 && c->state == CONN_RESOLVING))
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", db->host ? db->host : "the host",
+                 uv_strerror(err));
+    else
+        snprintf(why, sizeof(why), "%s", uv_strerror(err));
+    /* The server's refusals for being full (SQLSTATE 53300: max_connections, or a role's or a
+     * database's limit) all say "too many"; libpq gives no SQLSTATE for a failed handshake. */
+    c->crowded = c->pg != NULL && db->ready > 0 && strstr(why, "too many") != NULL;
     if (c->pg != NULL) {
         PQfinish(c->pg); /* never established: sends nothing, cannot block */
         c->pg = NULL;
     }
     db->st.connects_failed++;
+    if (err == UV_ETIMEDOUT)
+        db->st.connects_timed_out++;
+    if (c->crowded)
+        db->st.connects_refused++;
     c->failures++;
+    if (!db->closing)
+        conn_report(db, why);
     if (db->closing) {
         conn_closed(c);
         return;

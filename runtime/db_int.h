@@ -110,6 +110,7 @@ struct rt_db__conn {
     rt_db_tx *tx;      /* the transaction holding the connection, or NULL */
     bool held;         /* a transaction or its cleanup owns the connection */
     unsigned failures; /* consecutive failed attempts, for the backoff */
+    bool crowded;      /* the last attempt was refused while other connections worked */
     uint64_t ready_at; /* loop time when it last became READY */
     char **names;      /* statements prepared on this connection (owned copies) */
     size_t nnames;
@@ -141,7 +142,8 @@ struct rt_db {
     size_t queued;
     size_t ready; /* connections in CONN_READY */
     size_t in_flight;
-    bool down; /* the last attempt failed and no connection works */
+    bool down;     /* the last attempt failed and no connection works */
+    char why[256]; /* the failure last reported through on_change, "" when none is */
     bool closing;
     size_t watches; /* db_watch and cancel request handles not yet closed */
     size_t timers;  /* connection timers not yet closed */

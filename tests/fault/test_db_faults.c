@@ -240,6 +240,77 @@ static void test_flapping_server_bounded_attempts(void **state)
     assert_true(rate <= 12.0);
 }
 
+typedef struct changes {
+    int failing;
+    int recovered;
+    char why[256];
+} changes;
+
+static void on_change(void *arg, bool failing, const char *why)
+{
+    changes *ch = arg;
+
+    if (failing) {
+        ch->failing++;
+        snprintf(ch->why, sizeof(ch->why), "%s", why);
+    } else {
+        ch->recovered++;
+    }
+}
+
+/*
+ * A server with fewer connections to give than the pool wants (here a role's CONNECTION LIMIT,
+ * the same refusal, SQLSTATE 53300, as max_connections): the connections it refuses back off far
+ * longer than for an outage, and the refusal is reported once, not once per attempt.
+ */
+static void test_full_server_backs_off_and_reports_once(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(6, 1);
+    PGconn *d = dbt_plain();
+    char url[512];
+    changes ch;
+    rt_db_stats st;
+    uint64_t f0;
+    uint64_t t0;
+    double rate;
+
+    memset(&ch, 0, sizeof(ch));
+    dbt_exec(d, "SET client_min_messages = warning");
+    dbt_exec(d, "DROP ROLE IF EXISTS hs_fault_limited");
+    dbt_exec(d, "CREATE ROLE hs_fault_limited LOGIN CONNECTION LIMIT 2");
+    snprintf(url, sizeof(url), "postgresql://hs_fault_limited@127.0.0.1:%d/%s",
+             pgp_url_port(dbt_url()), PQdb(d));
+    cfg.conninfo = url;
+    cfg.backoff_min_ms = 250;
+    cfg.backoff_max_ms = 1000;
+    cfg.on_change = on_change;
+    cfg.on_change_arg = &ch;
+    assert_int_equal(rt_db_open(&fx->db, &fx->rt, &cfg), 0);
+    if (!dbt_run_until(fx, dbt_is_up, fx, 10000))
+        fail_msg("the pool did not connect");
+    /* Warm-up: the refused connections' backoffs grow. */
+    dbt_run_for(fx, 4000);
+    rt_db_stats_get(fx->db, &st);
+    f0 = st.connects_failed;
+    t0 = dbt_now(fx);
+    dbt_run_for(fx, 8000);
+    rt_db_stats_get(fx->db, &st);
+    rate = (double)(st.connects_failed - f0) * 1000.0 / (double)(dbt_now(fx) - t0);
+    print_message("%.2f refused attempts per second for 4 connections; reported %d time(s): %s\n",
+                  rate, ch.failing, ch.why);
+    assert_int_equal(st.conns_idle + st.conns_busy, 2);
+    /* An outage's cap (1 s here, jitter from half) would be over 5 per second for four. */
+    assert_true(rate < 2.0);
+    assert_true(st.connects_refused > 0);
+    assert_int_equal(ch.failing, 1);
+    assert_int_equal(ch.recovered, 0);
+    assert_non_null(strstr(ch.why, "too many"));
+    dbt_close_db(fx);
+    dbt_exec(d, "DROP ROLE hs_fault_limited");
+    PQfinish(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -247,6 +318,7 @@ int main(void)
         FAULT_TEST(test_every_pipelined_cancelled_statement_stops),
         FAULT_TEST(test_idle_partition_is_noticed),
         FAULT_TEST(test_flapping_server_bounded_attempts),
+        FAULT_TEST(test_full_server_backs_off_and_reports_once),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
