@@ -433,7 +433,10 @@ static void conn_attempt_failed(db_conn *c, int err)
                  : db->host_literal != NULL ? db->host_literal
                                             : "the server");
     else if (c->pg != NULL && *PQerrorMessage(c->pg) != '\0')
-        snprintf(why, sizeof(why), "%s", PQerrorMessage(c->pg));
+        /* libpq names each address it tried; given them as hostaddr, it no longer names the
+         * host they came from. */
+        snprintf(why, sizeof(why), "%s%s%s", db->host != NULL ? db->host : "",
+                 db->host != NULL ? ": " : "", PQerrorMessage(c->pg));
     else if (err == UV_EAI_NONAME || (err < 0 && c->state == CONN_RESOLVING))
         snprintf(why, sizeof(why), "cannot resolve %s: %s", db->host ? db->host : "the host",
                  uv_strerror(err));
@@ -495,10 +498,11 @@ static void conn_on_poll(uv_poll_t *h, int status, int events)
         PostgresPollingStatusType r;
         int err;
 
-        if (status < 0) {
-            conn_attempt_failed(c, status);
-            return;
-        }
+        /* An error on the socket (libuv reports POLLERR as a status, and stops the watch) is
+         * libpq's to judge: a refused connect to one address of the host moves on to the next
+         * (localhost is ::1 first on a stock Debian, where the server may listen on IPv4 only),
+         * and only when none is left does PQconnectPoll fail the attempt. */
+        (void)status;
         r = PQconnectPoll(c->pg);
         if (r == PGRES_POLLING_OK) {
             conn_ready(c);
