@@ -40,6 +40,12 @@ static const setting settings[] = {
     {"DB_POOL_SIZE", K_INT, AT(db_pool_size), 1, 512, "16", "database connections in the pool"},
     {"DB_QUEUE_LIMIT", K_INT, AT(db_queue_limit), 0, 1000000, "1024",
      "requests allowed to wait for a connection; beyond it 503 + Retry-After"},
+    {"DB_CANCEL_TIMEOUT_MS", K_INT, AT(db_cancel_timeout_ms), 1, 600000, "2000",
+     "a cancelled statement must end within this (the cancel request included), else its "
+     "connection is replaced"},
+    {"DB_IDLE_CHECK_MS", K_INT, AT(db_idle_check_ms), 0, 3600000, "10000",
+     "a connection idle this long is checked with an empty statement (answer within 5 s, else "
+     "replaced), so a silent partition is noticed with no traffic; 0: never"},
     {"BATCH_CONCURRENCY", K_INT, AT(batch_concurrency), 1, 1000, "20",
      "default concurrency of POST /after/batch"},
     {"REQUEST_TIMEOUT_MS", K_INT, AT(request_timeout_ms), 1, 3600000, "30000",

@@ -198,6 +198,8 @@ static int open_pool(hs_main *m)
     dc.application_name = "hindsight";
     dc.pool_size = (size_t)m->cfg.db_pool_size;
     dc.queue_limit = (size_t)m->cfg.db_queue_limit;
+    dc.cancel_timeout_ms = (uint32_t)m->cfg.db_cancel_timeout_ms;
+    dc.idle_check_ms = (uint32_t)m->cfg.db_idle_check_ms;
     dc.on_change = on_db_change;
     return rt_db_open(&m->app.db, &m->rt, &dc);
 }
