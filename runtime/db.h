@@ -171,6 +171,8 @@ typedef struct rt_db_stats {
     uint64_t connects_timed_out; /* of connects_failed: no answer within connect_timeout_ms */
     uint64_t connects_refused;   /* of connects_failed: refused while others worked (full) */
     uint64_t conns_lost;         /* an established connection broke or was discarded */
+    uint64_t conns_expired;      /* of conns_lost: discarded because an awaited answer (COMMIT,
+                                    ROLLBACK, cancelled work, idle check) outlasted its bound */
     uint64_t cancels_sent;       /* cancel requests sent */
     uint64_t cancels_timed_out;  /* cancelled statements not ended within cancel_timeout_ms */
     /* Time from start to getting a connection: cumulative counts per rt_db_wait_bounds_s. */

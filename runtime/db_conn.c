@@ -543,6 +543,7 @@ static void conn_on_timer(uv_timer_t *t)
         }
         if (c->bound == BOUND_CANCEL)
             c->db->st.cancels_timed_out++;
+        c->db->st.conns_expired++;
         rt__db_conn_discard(c, UV_ETIMEDOUT,
                             c->bound == BOUND_COMMIT  ? "no answer to COMMIT in time"
                             : c->bound == BOUND_CHECK ? "no answer to the idle check in time"
