@@ -19,13 +19,15 @@
  * Acquisition is a bounded FIFO queue: when `queue_limit` requests already wait, a new one fails
  * at once with UV_EBUSY (a 503, never memory growth). While the database is known to be down (no
  * connection works and the last attempt failed), requests fail fast with UV_ECONNREFUSED;
- * connections reconnect by themselves with exponential backoff and jitter.
+ * connections reconnect by themselves, each with its own exponential backoff and jitter, and
+ * idle connections are checked (idle_check_ms) so that a silent partition is noticed.
  *
  * Cancellation (the task's signal, or rt_task_cancel) completes the task at once with the reason;
  * the connection it was using is cleaned up by the pool before anyone else gets it:
- *  - a statement whose connection carries nothing anyone still waits for is interrupted with
- *    PQcancel, which blocks and therefore runs on the thread pool (rt_work), never on the loop;
- *    one pipelined between live neighbours runs to its end, and its result is dropped;
+ *  - a statement whose connection carries nothing anyone still waits for is interrupted by a
+ *    cancel request sent from the loop (db_cancel.c; never a blocking PQcancel), bounded by
+ *    cancel_timeout_ms, after which the connection is replaced; one pipelined between live
+ *    neighbours runs to its end, and its result is dropped;
  *  - a transaction cancelled before COMMIT is sent is rolled back (COMMIT is never sent, so
  *    nothing it wrote is ever visible); once COMMIT is sent, cancellation no longer strikes: the
  *    outcome is awaited, bounded by `commit_timeout_ms`, and reported;
@@ -90,7 +92,7 @@ typedef struct rt_db_config {
     uint32_t idle_in_tx_timeout_ms; /* idle_in_transaction_session_timeout; 0: none */
     uint32_t connect_timeout_ms;    /* bound on one connection attempt (resolve + handshake) */
     uint32_t commit_timeout_ms;     /* bound on waiting for COMMIT's answer (and ROLLBACK's) */
-    uint32_t cancel_timeout_ms;     /* after PQcancel, wait this long before discarding */
+    uint32_t cancel_timeout_ms;     /* after a cancel request, wait this long before discarding */
     uint32_t backoff_min_ms;        /* first reconnect delay after a failure */
     uint32_t backoff_max_ms;        /* cap of the exponential backoff */
     /* A connection idle this long is checked with an empty statement, whose answer must come

@@ -9,10 +9,11 @@
  * read only while a slot is open, and what libpq returns must match what the ring expects: a
  * mismatch means the connection's state is unknown, and it is discarded, never guessed at.
  *
- * Before a connection takes new work after a transaction, an orphaned statement or a PQcancel,
- * rt__db_conn_settle makes sure it is back to a known, idle state: it waits for the cancel
- * request to have landed (so it cannot hit the next statement), rolls back what was left open,
- * and discards what it cannot explain.
+ * Before a connection takes new work after a transaction, an orphaned statement or a cancel
+ * request, rt__db_conn_settle makes sure it is back to a known, idle state: it waits for the
+ * cancel request to have landed (so it cannot hit the next statement), rolls back what was left
+ * open, and discards what it cannot explain. An idle connection is checked now and then with an
+ * empty statement (rt__db_conn_check_idle), so that a silent partition is noticed.
  */
 #include "db_int.h"
 
