@@ -103,8 +103,10 @@ static void test_hanging_cancel_does_not_wedge(void **state)
     dbt_run_for(fx, 200);
     for (int i = 0; i < 4; i++)
         rt_task_cancel(&slow[i].q.task, UV_ETIMEDOUT);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
         dbt_wait_query(fx, &slow[i], 1000);
+        rt_task_release(&slow[i].q.task);
+    }
     t0 = dbt_now(fx);
     for (int i = 0; i < 8; i++) {
         dbt_query_start(&fast[i], fx->db, "SELECT 1", 0, NULL, NULL);
@@ -112,8 +114,10 @@ static void test_hanging_cancel_does_not_wedge(void **state)
     }
     /* Bound: the cancel timeout (1 s), a reconnect, and a wide margin. */
     dbt_wait_count(fx, &done, 8, 15000);
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 8; i++) {
         assert_int_equal(fast[i].status, 0);
+        rt_task_release(&fast[i].q.task);
+    }
     print_message("fresh work answered %llu ms after the hung cancels\n",
                   (unsigned long long)(dbt_now(fx) - t0));
     assert_true(pgp_stat(&proxy, "cancels_swallowed") >= 1);
@@ -132,6 +136,10 @@ static void test_hanging_cancel_does_not_wedge(void **state)
     for (int i = 0; i < 4; i++)
         rt_task_cancel(&slow[i].q.task, UV_ETIMEDOUT);
     close_within(fx, 15000);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(slow[i].delivered, 1);
+        rt_task_release(&slow[i].q.task);
+    }
 }
 
 /*
@@ -172,6 +180,9 @@ static void test_every_pipelined_cancelled_statement_stops(void **state)
     print_message("all three stopped %llu ms after the cancel\n", (unsigned long long)stopped);
     dbt_wait_query(fx, &fast, 8000);
     assert_int_equal(fast.status, 0);
+    rt_task_release(&fast.q.task);
+    for (int i = 0; i < 3; i++)
+        rt_task_release(&q[i].q.task);
     PQfinish(d);
 }
 
