@@ -48,6 +48,12 @@ void rt_db_config_default(rt_db_config *cfg)
     cfg->cancel_timeout_ms = 2000;
     cfg->backoff_min_ms = 50;
     cfg->backoff_max_ms = 2000;
+    cfg->idle_check_ms = 10000;
+    cfg->idle_check_timeout_ms = 5000;
+    cfg->keepalive_idle_s = 10;
+    cfg->keepalive_interval_s = 5;
+    cfg->keepalive_count = 3;
+    cfg->tcp_user_timeout_ms = 25000;
 }
 
 char *rt__db_strdup(const char *s)
@@ -154,6 +160,34 @@ static void free_conninfo(rt_db *db)
         PQconninfoFree(db->parsed);
 }
 
+static bool has_key(const rt_db *db, const char *key)
+{
+    for (size_t i = 0; i < db->nkeys; i++) {
+        if (strcmp(db->keys[i], key) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* TCP keepalive and tcp_user_timeout, where conninfo does not set them: a peer that vanished
+ * without a reset is found by the kernel, and unacknowledged data gives up in bounded time. */
+static void add_keepalives(rt_db *db, const rt_db_config *cfg)
+{
+    static const char *const keys[DB_KEEPALIVE_KEYS] = {"keepalives", "keepalives_idle",
+                                                        "keepalives_interval", "keepalives_count",
+                                                        "tcp_user_timeout"};
+    uint32_t vals[DB_KEEPALIVE_KEYS] = {1, cfg->keepalive_idle_s, cfg->keepalive_interval_s,
+                                        cfg->keepalive_count, cfg->tcp_user_timeout_ms};
+
+    for (size_t i = 0; i < DB_KEEPALIVE_KEYS; i++) {
+        if (vals[i] == 0 || has_key(db, keys[i]))
+            continue;
+        snprintf(db->keepalive_vals[i], sizeof(db->keepalive_vals[i]), "%u", (unsigned)vals[i]);
+        db->keys[db->nkeys] = keys[i];
+        db->vals[db->nkeys++] = db->keepalive_vals[i];
+    }
+}
+
 static int parse_conninfo(rt_db *db, const rt_db_config *cfg)
 {
     const char *host = NULL;
@@ -173,8 +207,8 @@ static int parse_conninfo(rt_db *db, const rt_db_config *cfg)
     }
     for (PQconninfoOption *o = db->parsed; o->keyword != NULL; o++)
         n++;
-    db->keys = rt_calloc(n + 3, sizeof(*db->keys));
-    db->vals = rt_calloc(n + 3, sizeof(*db->vals));
+    db->keys = rt_calloc(n + 3 + DB_KEEPALIVE_KEYS, sizeof(*db->keys));
+    db->vals = rt_calloc(n + 3 + DB_KEEPALIVE_KEYS, sizeof(*db->vals));
     if (db->keys == NULL || db->vals == NULL)
         return UV_ENOMEM;
     for (PQconninfoOption *o = db->parsed; o->keyword != NULL; o++) {
@@ -204,6 +238,7 @@ static int parse_conninfo(rt_db *db, const rt_db_config *cfg)
         err = parse_host(db, host, hostaddr);
     if (err < 0)
         return err;
+    add_keepalives(db, cfg);
     db->keys[db->nkeys] = "application_name";
     db->vals[db->nkeys++] = db->app_name;
     db->keys[db->nkeys] = "options";
@@ -216,7 +251,8 @@ static bool config_is_valid(const rt_db_config *cfg)
     return cfg->conninfo != NULL && cfg->pool_size >= 1 && cfg->pool_size <= 1000 &&
            cfg->pipeline_depth >= 1 && cfg->pipeline_depth <= 1024 && cfg->connect_timeout_ms > 0 &&
            cfg->commit_timeout_ms > 0 && cfg->cancel_timeout_ms > 0 && cfg->backoff_min_ms > 0 &&
-           cfg->backoff_max_ms >= cfg->backoff_min_ms;
+           cfg->backoff_max_ms >= cfg->backoff_min_ms &&
+           (cfg->idle_check_ms == 0 || cfg->idle_check_timeout_ms > 0);
 }
 
 /* --- open and close -------------------------------------------------------------------------- */

@@ -19,13 +19,15 @@
  * Acquisition is a bounded FIFO queue: when `queue_limit` requests already wait, a new one fails
  * at once with UV_EBUSY (a 503, never memory growth). While the database is known to be down (no
  * connection works and the last attempt failed), requests fail fast with UV_ECONNREFUSED;
- * connections reconnect by themselves with exponential backoff and jitter.
+ * connections reconnect by themselves, each with its own exponential backoff and jitter, and
+ * idle connections are checked (idle_check_ms) so that a silent partition is noticed.
  *
  * Cancellation (the task's signal, or rt_task_cancel) completes the task at once with the reason;
  * the connection it was using is cleaned up by the pool before anyone else gets it:
- *  - a statement whose connection carries nothing anyone still waits for is interrupted with
- *    PQcancel, which blocks and therefore runs on the thread pool (rt_work), never on the loop;
- *    one pipelined between live neighbours runs to its end, and its result is dropped;
+ *  - a statement whose connection carries nothing anyone still waits for is interrupted by a
+ *    cancel request sent from the loop (db_cancel.c; never a blocking PQcancel), bounded by
+ *    cancel_timeout_ms, after which the connection is replaced; one pipelined between live
+ *    neighbours runs to its end, and its result is dropped;
  *  - a transaction cancelled before COMMIT is sent is rolled back (COMMIT is never sent, so
  *    nothing it wrote is ever visible); once COMMIT is sent, cancellation no longer strikes: the
  *    outcome is awaited, bounded by `commit_timeout_ms`, and reported;
@@ -90,7 +92,7 @@ typedef struct rt_db_config {
     uint32_t idle_in_tx_timeout_ms; /* idle_in_transaction_session_timeout; 0: none */
     uint32_t connect_timeout_ms;    /* bound on one connection attempt (resolve + handshake) */
     uint32_t commit_timeout_ms;     /* bound on waiting for COMMIT's answer (and ROLLBACK's) */
-    uint32_t cancel_timeout_ms;     /* after PQcancel, wait this long before discarding */
+    uint32_t cancel_timeout_ms;     /* after a cancel request, wait this long before discarding */
     uint32_t backoff_min_ms;        /* first reconnect delay after a failure */
     uint32_t backoff_max_ms;        /* cap of the exponential backoff */
     /*
@@ -105,6 +107,23 @@ typedef struct rt_db_config {
      * still run there, so another client could read their results as its own.
      */
     bool transaction_pooler;
+    /* A connection idle this long is checked with an empty statement, whose answer must come
+     * within idle_check_timeout_ms, else it is discarded; 0: never checked. A silent partition
+     * (no reset, no answer) is found this way even with no traffic. */
+    uint32_t idle_check_ms;
+    uint32_t idle_check_timeout_ms;
+    /* TCP keepalive (libpq's keepalives_idle/_interval/_count, in seconds) and tcp_user_timeout
+     * (ms; 0: the kernel's) for every connection, unless conninfo sets them itself. */
+    uint32_t keepalive_idle_s;
+    uint32_t keepalive_interval_s;
+    uint32_t keepalive_count;
+    uint32_t tcp_user_timeout_ms;
+    /* Told once per change of the pool's connection state, on the loop (may be NULL): failing
+     * is true with why (libpq's message, one line, naming the host and each address tried) when
+     * attempts start failing or fail for another reason, false with why NULL once every
+     * connection is up again. Not once per attempt: a refusing server would flood the log. */
+    void (*on_change)(void *arg, bool failing, const char *why);
+    void *on_change_arg;
 } rt_db_config;
 
 /** Fills cfg with the defaults (pool 10, queue 1000, depth 8, stall 5 ms, timeouts in seconds). */
@@ -163,8 +182,13 @@ typedef struct rt_db_stats {
     /* Connections over time. */
     uint64_t connects_ok;
     uint64_t connects_failed;
-    uint64_t conns_lost;   /* an established connection broke or was discarded */
-    uint64_t cancels_sent; /* PQcancel requests issued */
+    uint64_t connects_timed_out; /* of connects_failed: no answer within connect_timeout_ms */
+    uint64_t connects_refused;   /* of connects_failed: refused while others worked (full) */
+    uint64_t conns_lost;         /* an established connection broke or was discarded */
+    uint64_t conns_expired;      /* of conns_lost: discarded because an awaited answer (COMMIT,
+                                    ROLLBACK, cancelled work, idle check) outlasted its bound */
+    uint64_t cancels_sent;       /* cancel requests sent */
+    uint64_t cancels_timed_out;  /* cancelled statements not ended within cancel_timeout_ms */
     /* Time from start to getting a connection: cumulative counts per rt_db_wait_bounds_s. */
     uint64_t wait_le[RT_DB_WAIT_BUCKETS];
     uint64_t wait_count;

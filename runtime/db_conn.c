@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * db_conn.c - one pooled PostgreSQL connection's life on the loop: connecting without blocking,
- * loss, PQcancel and PQfinish on the thread pool, reconnection with exponential backoff and
- * jitter, and closing. What happens to requests while it is READY is db_pipe.c's.
+ * loss, cancel requests (sent by db_cancel.c), PQfinish on the thread pool, reconnection with
+ * exponential backoff and jitter, and closing. What happens to requests while it is READY is
+ * db_pipe.c's.
  *
  * The main idea: a connection is a small state machine driven by three event sources (its
  * socket's uv_poll, its one timer, and the getaddrinfo answer). Every transition asserts its
@@ -35,10 +36,14 @@
  * server that accepts and then drops every connection does not get a tight reconnect loop. */
 #define DB_MIN_HEALTHY_MS 1000
 
+/* A connection refused while others work backs off up to this many times backoff_max_ms. */
+#define DB_CROWDED_BACKOFF 8
+
 static void conn_on_poll(uv_poll_t *h, int status, int events);
 static void conn_on_timer(uv_timer_t *t);
 static void conn_attempt(db_conn *c);
 static void conn_attempt_failed(db_conn *c, int err);
+static void conn_report(rt_db *db, const char *why);
 
 static void silent_notice(void *arg, const char *message)
 {
@@ -119,14 +124,6 @@ int rt__db_conn_watch(db_conn *c, int events, bool fresh)
 
 /* --- blocking libpq calls on the thread pool ------------------------------------------------ */
 
-static int job_cancel_fn(rt_work *w)
-{
-    db_job *j = w->arg;
-    char errbuf[256];
-
-    return PQcancel(j->cancel, errbuf, sizeof(errbuf)) ? 0 : UV_EIO;
-}
-
 static int job_finish_fn(rt_work *w)
 {
     db_job *j = w->arg;
@@ -138,19 +135,11 @@ static int job_finish_fn(rt_work *w)
 static void job_after(rt_post *p)
 {
     db_job *j = rt_container_of(p, db_job, after);
-    db_conn *c = j->conn;
-    rt_db *db = c->db;
-    bool was_cancel = j->cancel != NULL;
+    rt_db *db = j->conn->db;
 
-    if (j->cancel != NULL)
-        PQfreeCancel(j->cancel);
-    j->cancel = NULL;
     j->pg = NULL;
     j->busy = false;
     db->jobs--;
-    /* The connection was not placeable while its cancel was in flight; it may be now. */
-    if (was_cancel && c->state == CONN_READY)
-        rt__db_conn_settle(c);
     rt__db_maybe_closed(db);
 }
 
@@ -191,22 +180,32 @@ static void conn_finish_pg(db_conn *c, PGconn *pg)
     job_start(c, &c->finish_job, job_finish_fn);
 }
 
-/* Interrupts the statement running on c with PQcancel, off the loop, bounded by cancel_timeout. */
+/*
+ * Interrupts the statement running on c with a cancel request sent from the loop (db_cancel.c),
+ * bounded by cancel_timeout_ms: if the cancelled work has not ended by then, c is discarded,
+ * which also drops the request. While it is in flight c takes no new work.
+ */
 void rt__db_conn_cancel_running(db_conn *c)
 {
-    PGcancel *pc;
-
     assert(c->state == CONN_READY);
-    if (c->cancel_job.busy)
+    if (c->cancel != NULL)
         return;
-    /* Armed first: without memory for the cancel request, the bound still ends the wait. */
+    /* Armed first: when no request can be sent, the bound still ends the wait. */
     rt__db_conn_arm_bound(c, BOUND_CANCEL, c->db->cfg.cancel_timeout_ms);
-    pc = PQgetCancel(c->pg);
-    if (pc == NULL)
+    c->cancelled_seq = c->count > 0 ? db_conn_slot(c, 0)->seq : c->seq;
+    if (rt__db_cancel_start(c) == 0)
+        c->db->st.cancels_sent++;
+}
+
+void rt__db_conn_cancel_done(db_conn *c, bool landed)
+{
+    (void)landed; /* a request that could not be sent is left to the bound */
+    if (c->state != CONN_READY)
         return;
-    c->cancel_job.cancel = pc;
-    job_start(c, &c->cancel_job, job_cancel_fn);
-    c->db->st.cancels_sent++;
+    /* The statement it was for may have ended meanwhile, and the next orphan started. */
+    rt__db_conn_cancel_orphans(c);
+    if (c->cancel == NULL)
+        rt__db_conn_settle(c);
 }
 
 /* --- connecting ------------------------------------------------------------------------------ */
@@ -215,14 +214,19 @@ static uint64_t conn_backoff_ms(db_conn *c)
 {
     rt_db *db = c->db;
     uint64_t d;
+    uint64_t cap;
     unsigned shift;
 
     if (c->failures == 0)
         return 0;
     shift = c->failures - 1 > 16 ? 16 : c->failures - 1;
     d = (uint64_t)db->cfg.backoff_min_ms << shift;
-    if (d > db->cfg.backoff_max_ms)
-        d = db->cfg.backoff_max_ms;
+    /* Refused while other connections work: the server is full (max_connections, a role's or a
+     * database's connection limit) and says so on every attempt, so ask far less often. */
+    cap =
+        c->crowded ? (uint64_t)db->cfg.backoff_max_ms * DB_CROWDED_BACKOFF : db->cfg.backoff_max_ms;
+    if (d > cap)
+        d = cap;
     /* Jitter in [d/2, d], so connections that failed together do not retry together. */
     db->rng ^= db->rng << 13;
     db->rng ^= db->rng >> 7;
@@ -262,16 +266,13 @@ static void conn_ready(db_conn *c)
     db->ready++;
     db->down = false;
     db->st.connects_ok++;
-    /* The database answers again: whoever is waiting out a backoff tries now. */
-    for (size_t i = 0; i < db->cfg.pool_size; i++) {
-        db_conn *o = &db->conns[i];
-
-        if (o->state == CONN_BACKOFF && o->failures > 0) {
-            o->failures = 0;
-            uv_timer_start(&o->timer, conn_on_timer, 0, 0);
-        }
-    }
+    c->crowded = false;
+    conn_report(db, NULL);
+    /* The other connections keep their own backoff: one success says little about a server
+     * that drops connections shortly after accepting them, and resetting every backoff on it
+     * made the whole pool retry at once. */
     rt__db_dispatch(db);
+    rt__db_conn_arm_idle(c);
 }
 
 static void conn_connect(db_conn *c, const char *host, const char *hostaddr)
@@ -386,19 +387,76 @@ static void conn_attempt(db_conn *c)
         conn_attempt_failed(c, err);
 }
 
+/* Reports a change of the pool's connection state through on_change: why is NULL when every
+ * connection is up, else why attempts fail (reported only when it differs from the last). */
+static void conn_report(rt_db *db, const char *why)
+{
+    char line[sizeof(db->why)];
+    size_t n = 0;
+
+    if (why == NULL) {
+        if (db->why[0] == '\0' || db->ready < db->cfg.pool_size)
+            return;
+        db->why[0] = '\0';
+        if (db->cfg.on_change != NULL)
+            db->cfg.on_change(db->cfg.on_change_arg, false, NULL);
+        return;
+    }
+    /* One line: libpq's message spans several (one per address tried, hints indented). */
+    for (const char *p = why; *p != '\0' && n + 1 < sizeof(line); p++) {
+        char ch = *p == '\n' || *p == '\t' ? ' ' : *p;
+
+        if (ch == ' ' && (n == 0 || line[n - 1] == ' '))
+            continue;
+        line[n++] = ch;
+    }
+    while (n > 0 && line[n - 1] == ' ')
+        n--;
+    line[n] = '\0';
+    if (strcmp(line, db->why) == 0)
+        return;
+    memcpy(db->why, line, n + 1);
+    if (db->cfg.on_change != NULL)
+        db->cfg.on_change(db->cfg.on_change_arg, true, db->why);
+}
+
 static void conn_attempt_failed(db_conn *c, int err)
 {
     rt_db *db = c->db;
+    char why[sizeof(db->why)];
 
-    (void)err;
     uv_timer_stop(&c->timer);
     conn_unwatch(c);
+    if (err == UV_ETIMEDOUT)
+        snprintf(why, sizeof(why), "%s: no answer within connect_timeout_ms",
+                 db->host != NULL           ? db->host
+                 : db->host_literal != NULL ? db->host_literal
+                                            : "the server");
+    else if (c->pg != NULL && *PQerrorMessage(c->pg) != '\0')
+        /* libpq names each address it tried; given them as hostaddr, it no longer names the
+         * host they came from. */
+        snprintf(why, sizeof(why), "%s%s%s", db->host != NULL ? db->host : "",
+                 db->host != NULL ? ": " : "", PQerrorMessage(c->pg));
+    else if (err == UV_EAI_NONAME || (err < 0 && c->state == CONN_RESOLVING))
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", db->host ? db->host : "the host",
+                 uv_strerror(err));
+    else
+        snprintf(why, sizeof(why), "%s", uv_strerror(err));
+    /* The server's refusals for being full (SQLSTATE 53300: max_connections, or a role's or a
+     * database's limit) all say "too many"; libpq gives no SQLSTATE for a failed handshake. */
+    c->crowded = c->pg != NULL && db->ready > 0 && strstr(why, "too many") != NULL;
     if (c->pg != NULL) {
         PQfinish(c->pg); /* never established: sends nothing, cannot block */
         c->pg = NULL;
     }
     db->st.connects_failed++;
+    if (err == UV_ETIMEDOUT)
+        db->st.connects_timed_out++;
+    if (c->crowded)
+        db->st.connects_refused++;
     c->failures++;
+    if (!db->closing)
+        conn_report(db, why);
     if (db->closing) {
         conn_closed(c);
         return;
@@ -418,7 +476,6 @@ void rt__db_conn_init(db_conn *c, rt_db *db, db_slot *slots)
     c->db = db;
     c->slots = slots;
     c->state = CONN_BACKOFF;
-    rt_post_init(&c->cancel_job.after);
     rt_post_init(&c->finish_job.after);
     /* Cannot fail on Linux; the pool counts the handle so that its close is awaited. */
     uv_timer_init(db->loop, &c->timer);
@@ -441,10 +498,11 @@ static void conn_on_poll(uv_poll_t *h, int status, int events)
         PostgresPollingStatusType r;
         int err;
 
-        if (status < 0) {
-            conn_attempt_failed(c, status);
-            return;
-        }
+        /* An error on the socket (libuv reports POLLERR as a status, and stops the watch) is
+         * libpq's to judge: a refused connect to one address of the host moves on to the next
+         * (localhost is ::1 first on a stock Debian, where the server may listen on IPv4 only),
+         * and only when none is left does PQconnectPoll fail the attempt. */
+        (void)status;
         r = PQconnectPoll(c->pg);
         if (r == PGRES_POLLING_OK) {
             conn_ready(c);
@@ -479,9 +537,17 @@ static void conn_on_timer(uv_timer_t *t)
         conn_attempt_failed(c, UV_ETIMEDOUT);
         break;
     case CONN_READY:
+        if (c->bound == BOUND_IDLE) {
+            rt__db_conn_check_idle(c);
+            break;
+        }
+        if (c->bound == BOUND_CANCEL)
+            c->db->st.cancels_timed_out++;
+        c->db->st.conns_expired++;
         rt__db_conn_discard(c, UV_ETIMEDOUT,
-                            c->bound == BOUND_COMMIT ? "no answer to COMMIT in time"
-                                                     : "no answer after cancel or ROLLBACK");
+                            c->bound == BOUND_COMMIT  ? "no answer to COMMIT in time"
+                            : c->bound == BOUND_CHECK ? "no answer to the idle check in time"
+                                                      : "no answer after cancel or ROLLBACK");
         break;
     default:
         break;
@@ -509,6 +575,10 @@ void rt__db_conn_discard(db_conn *c, int err, const char *detail)
     uv_timer_stop(&c->timer);
     c->bound = BOUND_NONE;
     conn_unwatch(c);
+    /* The request was for this backend only; whatever it would still do, nobody waits for it. */
+    rt__db_cancel_abandon(c);
+    c->seq = 0;
+    c->cancelled_seq = 0;
     /* detail may point into pg's error buffer: fail the slots before finishing pg. */
     rt__db_conn_fail_slots(c, err, detail);
     c->pg = NULL;
@@ -544,8 +614,10 @@ void rt__db_conn_close(db_conn *c)
         conn_attempt_failed(c, UV_ECANCELED);
         break;
     case CONN_READY:
-        if (c->count > 0 || c->tx != NULL || c->cancel_job.busy)
+        if (c->count > 0 || c->tx != NULL)
             break; /* rt__db_conn_settle comes back here once they are done */
+        /* Nothing is left for a cancel request in flight to hit: the session ends now. */
+        rt__db_cancel_abandon(c);
         uv_timer_stop(&c->timer);
         conn_unwatch(c);
         c->state = CONN_CLOSED;

@@ -16,8 +16,8 @@
  * point. A slot belongs to a query, to the transaction holding the connection, or to nobody (an
  * orphan, whose task already completed, or the pool's own ROLLBACK); results of ownerless slots
  * are read and dropped. A connection takes new work only when it is "placeable" (see
- * rt__db_conn_is_placeable): never behind an orphan, never while a PQcancel for it is in flight,
- * never while a transaction holds it or its cleanup is pending.
+ * rt__db_conn_is_placeable): never behind an orphan, never while a cancel request for it is in
+ * flight, never while a transaction holds it or its cleanup is pending.
  */
 #ifndef RT_DB_INT_H
 #define RT_DB_INT_H
@@ -44,16 +44,29 @@ enum db_slot_kind {
     SLOT_STMT,      /* one of its statements */
     SLOT_COMMIT,    /* its COMMIT: from here on, cancellation no longer strikes */
     SLOT_ROLLBACK,  /* the pool's own cleanup after an abandoned transaction */
-    SLOT_DROPPED    /* a transaction statement whose transaction already completed */
+    SLOT_DROPPED,   /* a transaction statement whose transaction already completed */
+    SLOT_CHECK      /* the pool's own empty statement checking an idle connection */
 };
 
-/* What the connection's timer is bounding while READY. */
-enum db_bound { BOUND_NONE = 0, BOUND_COMMIT, BOUND_ROLLBACK, BOUND_CANCEL };
+/* What the connection's timer is bounding while READY (BOUND_IDLE: the wait before an idle
+ * connection is checked; BOUND_CHECK: the check's answer). */
+enum db_bound {
+    BOUND_NONE = 0,
+    BOUND_COMMIT,
+    BOUND_ROLLBACK,
+    BOUND_CANCEL,
+    BOUND_IDLE,
+    BOUND_CHECK
+};
+
+/* conninfo keywords add_keepalives (db.c) may add. */
+#define DB_KEEPALIVE_KEYS 5
 
 typedef struct rt_db__slot {
     rt_db_query *q;        /* SLOT_QUERY only */
     PGresult *res;         /* the statement's result, or the first error seen for it */
     uint64_t sent_ns;      /* uv_hrtime() when it was sent */
+    uint64_t seq;          /* the connection's count of slots sent, this one included */
     const char *prep_name; /* the connection's copy of the name being prepared, or NULL */
     uint8_t kind;          /* enum db_slot_kind */
     bool prepare;          /* a Parse was sent and its result is still to come */
@@ -79,15 +92,17 @@ typedef struct db_watch {
     int fd;
 } db_watch;
 
-/* A blocking libpq call run on the thread pool: PQcancel or PQfinish. */
+/* A blocking libpq call run on the thread pool: PQfinish of a live connection. */
 typedef struct db_job {
     rt_work work;
     rt_post after; /* the job's end, handled once its task has been fully delivered */
     db_conn *conn;
-    PGcancel *cancel; /* PQcancel job */
-    PGconn *pg;       /* PQfinish job */
+    PGconn *pg;
     bool busy;
 } db_job;
+
+/* A cancel request in flight on the loop (db_cancel.c). */
+typedef struct db_cancel db_cancel;
 
 struct rt_db__conn {
     rt_db *db;
@@ -105,11 +120,14 @@ struct rt_db__conn {
     rt_db_tx *tx;      /* the transaction holding the connection, or NULL */
     bool held;         /* a transaction or its cleanup owns the connection */
     unsigned failures; /* consecutive failed attempts, for the backoff */
+    bool crowded;      /* the last attempt was refused while other connections worked */
     uint64_t ready_at; /* loop time when it last became READY */
     db_name *names;    /* statements prepared, or being prepared, on this connection */
     size_t nnames;
     size_t names_cap;
-    db_job cancel_job;
+    uint64_t seq;           /* slots sent on this PGconn */
+    uint64_t cancelled_seq; /* the slot the last cancel request was sent for */
+    db_cancel *cancel;      /* the cancel request in flight, or NULL */
     db_job finish_job;
 };
 
@@ -127,15 +145,17 @@ struct rt_db {
     char *host;         /* a name to resolve before each attempt, or NULL */
     char *host_literal; /* host as given when it needs no resolution, or NULL */
     char *hostaddr;     /* hostaddr as given, or NULL */
+    char keepalive_vals[DB_KEEPALIVE_KEYS][12];
     db_conn *conns;
     db_slot *slots; /* pool_size rings of pipeline_depth slots */
     rt_list queue;
     size_t queued;
     size_t ready; /* connections in CONN_READY */
     size_t in_flight;
-    bool down; /* the last attempt failed and no connection works */
+    bool down;     /* the last attempt failed and no connection works */
+    char why[256]; /* the failure last reported through on_change, "" when none is */
     bool closing;
-    size_t watches; /* db_watch handles not yet closed */
+    size_t watches; /* db_watch and cancel request handles not yet closed */
     size_t timers;  /* connection timers not yet closed */
     size_t jobs;    /* db_jobs on the thread pool */
     bool finalizing;
@@ -173,8 +193,10 @@ void rt__db_conn_init(db_conn *c, rt_db *db, db_slot *slots);
 void rt__db_conn_start(db_conn *c);
 /* Pool closing: stops c now, or (READY with work) once it has settled. */
 void rt__db_conn_close(db_conn *c);
-/* PQcancel on the thread pool for the statement running on c, bounded by cancel_timeout_ms. */
+/* A cancel request (db_cancel.c) for the statement running on c, bounded by cancel_timeout_ms. */
 void rt__db_conn_cancel_running(db_conn *c);
+/* c's cancel request ended: it landed (the server closed it), or it could not be sent. */
+void rt__db_conn_cancel_done(db_conn *c, bool landed);
 /* Arms c's timer to discard c unless the awaited answer comes within ms. */
 void rt__db_conn_arm_bound(db_conn *c, uint8_t bound, uint32_t ms);
 /* c is in an unknown or broken state: fail what is on it, finish it, reconnect. */
@@ -188,17 +210,31 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
                           const char *sql, int nparams, const char *const *params);
 /* The query in s completed early: drop its result when it comes. */
 void rt__db_conn_orphan(db_conn *c, db_slot *s);
+/* When nobody waits for anything on c, interrupts the statement running now, unless a cancel
+ * request was already sent for it or is still in flight. */
+void rt__db_conn_cancel_orphans(db_conn *c);
 /* Brings c back to a known state after its work ended, then lets it take queued work. */
 void rt__db_conn_settle(db_conn *c);
 /* Socket events on a READY connection. */
 void rt__db_conn_on_io(db_conn *c, int status, int events);
 void rt__db_conn_fail_slots(db_conn *c, int err, const char *detail);
 void rt__db_conn_forget_names(db_conn *c);
+/* c has been idle for idle_check_ms: sends the empty statement that checks it. */
+void rt__db_conn_check_idle(db_conn *c);
+/* Arms the idle check's wait when c is idle and nothing else is bounded. */
+void rt__db_conn_arm_idle(db_conn *c);
 
 /* db_tx.c */
 void rt__db_tx_place(rt_db_tx *tx, db_conn *c);
 void rt__db_tx_on_result(db_conn *c, db_slot *s);
 void rt__db_tx_on_lost(db_conn *c, int err, const char *detail);
+
+/* db_cancel.c: cancel requests on the loop. */
+/* Sends a cancel request for c's backend; c->cancel is set until it ends (reported through
+ * rt__db_conn_cancel_done). Returns 0, or an error when none could be sent. */
+int rt__db_cancel_start(db_conn *c);
+/* c no longer waits for its cancel request: it is dropped and its socket closed. */
+void rt__db_cancel_abandon(db_conn *c);
 
 /* db_result.c */
 /* Classifies an error result: RT_DB_ESQL, or UV_ETIMEDOUT for statement_timeout (57014). */

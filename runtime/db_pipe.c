@@ -9,10 +9,11 @@
  * read only while a slot is open, and what libpq returns must match what the ring expects: a
  * mismatch means the connection's state is unknown, and it is discarded, never guessed at.
  *
- * Before a connection takes new work after a transaction, an orphaned statement or a PQcancel,
- * rt__db_conn_settle makes sure it is back to a known, idle state: it waits for the cancel
- * request to have landed (so it cannot hit the next statement), rolls back what was left open,
- * and discards what it cannot explain.
+ * Before a connection takes new work after a transaction, an orphaned statement or a cancel
+ * request, rt__db_conn_settle makes sure it is back to a known, idle state: it waits for the
+ * cancel request to have landed (so it cannot hit the next statement), rolls back what was left
+ * open, and discards what it cannot explain. An idle connection is checked now and then with an
+ * empty statement (rt__db_conn_check_idle), so that a silent partition is noticed.
  */
 #include "db_int.h"
 
@@ -85,7 +86,7 @@ bool rt__db_conn_is_placeable(const db_conn *c)
 {
     const db_slot *head = &c->slots[c->head];
 
-    return c->state == CONN_READY && !c->held && !c->cancel_job.busy && c->count < db_conn_cap(c) &&
+    return c->state == CONN_READY && !c->held && c->cancel == NULL && c->count < db_conn_cap(c) &&
            !(c->count > 0 && head->kind == SLOT_ORPHAN);
 }
 
@@ -122,6 +123,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     s->q = q;
     s->res = NULL;
     s->sent_ns = uv_hrtime();
+    s->seq = ++c->seq;
     s->prepare = false;
     s->prep_name = NULL;
     c->count++;
@@ -176,16 +178,21 @@ static bool conn_only_orphans(const db_conn *c)
 }
 
 /*
- * PQcancel interrupts whatever the backend runs when the request lands, which may already be the
+ * A cancel request interrupts whatever the backend runs when it lands, which may already be the
  * next statement in the pipeline. So it is sent only when every statement on the connection is
  * an orphan: then whichever it hits, nobody loses a result. An orphan with live neighbours runs
  * to its end (statement_timeout bounds it), and no new work is placed behind an orphan at the
- * head.
+ * head. Each orphan that reaches the head of the pipeline gets its own request (one in flight at
+ * a time; the next is sent when it has landed or when the head moves on), so every statement of
+ * a cancelled request stops, not only the one running when the first request went out.
  */
-static void conn_cancel_orphans(db_conn *c)
+void rt__db_conn_cancel_orphans(db_conn *c)
 {
-    if (conn_only_orphans(c))
-        rt__db_conn_cancel_running(c);
+    if (c->state != CONN_READY || c->cancel != NULL || !conn_only_orphans(c))
+        return;
+    if (db_conn_slot(c, 0)->seq == c->cancelled_seq)
+        return;
+    rt__db_conn_cancel_running(c);
 }
 
 /* The query in s completed early (cancelled): its result will be read and dropped. */
@@ -194,7 +201,7 @@ void rt__db_conn_orphan(db_conn *c, db_slot *s)
     assert(s->kind == SLOT_QUERY);
     s->kind = SLOT_ORPHAN;
     s->q = NULL;
-    conn_cancel_orphans(c);
+    rt__db_conn_cancel_orphans(c);
 }
 
 /*
@@ -216,7 +223,7 @@ void rt__db_conn_settle(db_conn *c)
     }
     /* A cancel request still on its way could hit the next statement (the ROLLBACK, or someone
      * else's query): wait for it to land; its completion settles the connection again. */
-    if (c->cancel_job.busy)
+    if (c->cancel != NULL)
         return;
     if (c->bound != BOUND_NONE) {
         uv_timer_stop(&c->timer);
@@ -245,6 +252,30 @@ void rt__db_conn_settle(db_conn *c)
     }
     if (db->queued > 0)
         rt__db_dispatch(db);
+    rt__db_conn_arm_idle(c);
+}
+
+void rt__db_conn_arm_idle(db_conn *c)
+{
+    if (c->state == CONN_READY && c->bound == BOUND_NONE && c->db->cfg.idle_check_ms > 0 &&
+        rt__db_conn_is_idle(c))
+        rt__db_conn_arm_bound(c, BOUND_IDLE, c->db->cfg.idle_check_ms);
+}
+
+/*
+ * An idle connection sends nothing and is sent nothing, so a partition that drops packets
+ * without a reset goes unnoticed by the socket (TCP keepalive finds a vanished peer, but not
+ * a middlebox that keeps answering for it). So after idle_check_ms of idleness the connection
+ * sends an empty statement, and is discarded when no answer comes in idle_check_timeout_ms.
+ * Work may be placed behind it meanwhile: it costs the server next to nothing.
+ */
+void rt__db_conn_check_idle(db_conn *c)
+{
+    c->bound = BOUND_NONE;
+    if (!rt__db_conn_is_idle(c))
+        return; /* busy: its work has its own bounds, and settle arms the wait again */
+    if (rt__db_conn_send(c, SLOT_CHECK, NULL, NULL, "", 0, NULL) != NULL)
+        rt__db_conn_arm_bound(c, BOUND_CHECK, c->db->cfg.idle_check_timeout_ms);
 }
 
 /* Keeps the first error of a slot (a Parse error outranks the Execute it aborted); a success is
@@ -283,6 +314,18 @@ static void conn_slot_done(db_conn *c)
     case SLOT_COMMIT:
         rt__db_tx_on_result(c, &s);
         return;
+    case SLOT_CHECK:
+        if (c->bound == BOUND_CHECK) {
+            uv_timer_stop(&c->timer);
+            c->bound = BOUND_NONE;
+        }
+        if (s.res_is_error) {
+            PQclear(s.res);
+            rt__db_conn_discard(c, RT_DB_ELOST, "the idle check failed");
+            return;
+        }
+        PQclear(s.res);
+        break;
     case SLOT_ROLLBACK:
         if (s.res == NULL || s.res_is_error) {
             PQclear(s.res);
@@ -295,7 +338,7 @@ static void conn_slot_done(db_conn *c)
         PQclear(s.res);
         break;
     }
-    conn_cancel_orphans(c);
+    rt__db_conn_cancel_orphans(c);
     rt__db_conn_settle(c);
 }
 

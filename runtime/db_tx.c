@@ -6,7 +6,7 @@
  *
  *   phase      on the connection           cancellation                      left by
  *   QUEUED     nothing (in the pool queue) leaves the queue, completes       rt__db_tx_place
- *   BEGIN      BEGIN in flight             completes now; PQcancel; the      its result
+ *   BEGIN      BEGIN in flight             completes now; cancel sent; the   its result
  *   STMT       a statement in flight         pool rolls back afterwards      its result
  *   (step)     nothing: the callback runs  remembered, applied after it      the callback's choice
  *   COMMIT     COMMIT in flight            ignored: the answer is awaited,   its result, loss, or

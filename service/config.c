@@ -44,6 +44,12 @@ static const setting settings[] = {
      "DATABASE_URL is a pooler in transaction mode (PgBouncer pool_mode=transaction): on sends "
      "every statement unnamed and one at a time per connection (no prepared statements, no "
      "pipelining) and no session settings at connect: on|off"},
+    {"DB_CANCEL_TIMEOUT_MS", K_INT, AT(db_cancel_timeout_ms), 1, 600000, "2000",
+     "a cancelled statement must end within this (the cancel request included), else its "
+     "connection is replaced"},
+    {"DB_IDLE_CHECK_MS", K_INT, AT(db_idle_check_ms), 0, 3600000, "10000",
+     "a connection idle this long is checked with an empty statement (answer within 5 s, else "
+     "replaced), so a silent partition is noticed with no traffic; 0: never"},
     {"BATCH_CONCURRENCY", K_INT, AT(batch_concurrency), 1, 1000, "20",
      "default concurrency of POST /after/batch"},
     {"REQUEST_TIMEOUT_MS", K_INT, AT(request_timeout_ms), 1, 3600000, "30000",

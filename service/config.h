@@ -26,6 +26,8 @@ struct svc_config {
     int db_pool_size;              /* DB_POOL_SIZE: connections in the pool */
     int db_queue_limit;            /* DB_QUEUE_LIMIT: requests waiting for a connection, then 503 */
     bool db_transaction_pooler;    /* DB_TRANSACTION_POOLER: a transaction-mode pooler in between */
+    int db_cancel_timeout_ms;      /* DB_CANCEL_TIMEOUT_MS: a cancel's bound, then reconnect */
+    int db_idle_check_ms;          /* DB_IDLE_CHECK_MS: idle connections are checked this often */
     int batch_concurrency;         /* BATCH_CONCURRENCY: default `concurrency` of after/batch */
     int request_timeout_ms;        /* REQUEST_TIMEOUT_MS: each request's deadline (504) */
     int drain_delay_ms;            /* DRAIN_DELAY_MS: keep serving after readiness turns 503 */

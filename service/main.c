@@ -161,6 +161,20 @@ static void log_start(const hs_main *m, uint16_t port)
     svc_log_end(&l);
 }
 
+/* The pool's connection state changed: logged once per change, never once per attempt. */
+static void on_db_change(void *arg, bool failing, const char *why)
+{
+    svc_log_line l;
+
+    (void)arg;
+    if (!svc_log_begin(&l, failing ? SVC_LOG_WARN : SVC_LOG_INFO,
+                       failing ? "db_connect_failing" : "db_connected"))
+        return;
+    if (why != NULL)
+        svc_log_str(&l, "error", why);
+    svc_log_end(&l);
+}
+
 static int open_pool(hs_main *m)
 {
     rt_db_config dc;
@@ -171,6 +185,9 @@ static int open_pool(hs_main *m)
     dc.pool_size = (size_t)m->cfg.db_pool_size;
     dc.queue_limit = (size_t)m->cfg.db_queue_limit;
     dc.transaction_pooler = m->cfg.db_transaction_pooler;
+    dc.cancel_timeout_ms = (uint32_t)m->cfg.db_cancel_timeout_ms;
+    dc.idle_check_ms = (uint32_t)m->cfg.db_idle_check_ms;
+    dc.on_change = on_db_change;
     return rt_db_open(&m->app.db, &m->rt, &dc);
 }
 

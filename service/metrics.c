@@ -430,12 +430,21 @@ static void render_db(buf *b, const rt_db *db)
     emit(b, "hs_db_rollbacks_total{cause=\"user\"} %llu\n", (unsigned long long)st.rollbacks_user);
     header(b, "hs_db_connects_total", "counter", "Connection attempts by outcome.");
     emit(b, "hs_db_connects_total{outcome=\"ok\"} %llu\n", (unsigned long long)st.connects_ok);
+    /* The outcomes partition the attempts: "failed" is what is neither timed out nor full. */
     emit(b, "hs_db_connects_total{outcome=\"failed\"} %llu\n",
-         (unsigned long long)st.connects_failed);
+         (unsigned long long)(st.connects_failed - st.connects_timed_out - st.connects_refused));
+    emit(b, "hs_db_connects_total{outcome=\"timed_out\"} %llu\n",
+         (unsigned long long)st.connects_timed_out);
+    emit(b, "hs_db_connects_total{outcome=\"refused_full\"} %llu\n",
+         (unsigned long long)st.connects_refused);
     header(b, "hs_db_connections_lost_total", "counter", "Established connections that broke.");
     emit(b, "hs_db_connections_lost_total %llu\n", (unsigned long long)st.conns_lost);
-    header(b, "hs_db_cancels_sent_total", "counter", "Statement cancellations sent (PQcancel).");
+    header(b, "hs_db_cancels_sent_total", "counter",
+           "Cancel requests sent for running statements.");
     emit(b, "hs_db_cancels_sent_total %llu\n", (unsigned long long)st.cancels_sent);
+    header(b, "hs_db_cancels_timed_out_total", "counter",
+           "Cancelled work not ended within the cancel bound (its connection was replaced).");
+    emit(b, "hs_db_cancels_timed_out_total %llu\n", (unsigned long long)st.cancels_timed_out);
     header(b, "hs_db_acquire_wait_seconds", "histogram", "Time from request to connection.");
     /* The driver's buckets are already cumulative. */
     for (size_t i = 0; i < RT_DB_WAIT_BUCKETS; i++)

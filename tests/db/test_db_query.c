@@ -9,6 +9,9 @@
 
 #include "runtime/cancel.h"
 
+#include <netdb.h>
+#include <sys/socket.h>
+
 /* Queries run on different connections at once: four 300 ms sleeps on four connections take
  * about 300 ms, not 1200, and report four different backends. */
 static void test_concurrent_queries_across_pool(void **state)
@@ -478,6 +481,48 @@ static void test_host_name_resolution(void **state)
     rt_task_release(&q.q.task);
 }
 
+static void keep_why(void *arg, bool failing, const char *why)
+{
+    if (failing)
+        snprintf(arg, 512, "%s", why);
+}
+
+/* A host name none of whose addresses works: the attempt fails with a message naming the host
+ * and every address tried (each one that the system resolves "localhost" to). */
+static void test_host_name_no_working_address(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 1);
+    char why[512] = "";
+    struct addrinfo hints;
+    struct addrinfo *res;
+    int n = 0;
+
+    cfg.conninfo = "postgresql://postgres@localhost:1/none";
+    cfg.on_change = keep_why;
+    cfg.on_change_arg = why;
+    assert_int_equal(rt_db_open(&fx->db, &fx->rt, &cfg), 0);
+    while (why[0] == '\0' && n++ < 100)
+        dbt_run_for(fx, 50);
+    print_message("%s\n", why);
+    assert_non_null(strstr(why, "localhost"));
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    assert_int_equal(getaddrinfo("localhost", NULL, &hints, &res), 0);
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        char addr[INET6_ADDRSTRLEN];
+
+        if (ai->ai_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)ai->ai_addr, addr, sizeof(addr));
+        else
+            uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, addr, sizeof(addr));
+        if (strstr(why, addr) == NULL)
+            fail_msg("%s is not named in: %s", addr, why);
+    }
+    freeaddrinfo(res);
+}
+
 /* No server: the pool keeps trying, reports down, and fails requests fast with RT_DB_EDOWN. */
 static void test_database_down_fails_fast(void **state)
 {
@@ -541,6 +586,7 @@ int main(void)
         DBT_TEST(test_close_cancels_pipelined_statements),
         DBT_TEST(test_statement_timeout),
         DBT_TEST(test_host_name_resolution),
+        DBT_TEST(test_host_name_no_working_address),
         DBT_TEST(test_database_down_fails_fast),
         DBT_TEST(test_open_rejects_bad_config),
     };

@@ -1,0 +1,336 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_db_faults.c - the driver under network faults injected by tests/fault/pgproxy.py between
+ * the pool and TEST_DATABASE_URL's server: cancel requests that never return, pipelined
+ * statements of a cancelled request, a silent partition of an idle pool, and a server that
+ * drops every connection shortly after accepting it.
+ *
+ * Every bound checked here is wide relative to the delay injected (a busy machine can only make
+ * things slower, and each check is either a lower bound or a bound many times the expected time).
+ */
+#include "db_test.h"
+
+#include "fault/pgproxy.h"
+
+static pgp proxy;
+static char proxied[256];
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (pgp_start(&proxy, pgp_url_port(dbt_url())) != 0)
+        fail_msg("cannot start the proxy");
+    pgp_url(&proxy, dbt_url(), proxied, sizeof(proxied));
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    pgp_stop(&proxy);
+    return 0;
+}
+
+static void proxy_heal(void)
+{
+    assert_int_equal(pgp_cmd(&proxy, "pass"), 0);
+    assert_int_equal(pgp_cmd(&proxy, "delay 0"), 0);
+    assert_int_equal(pgp_cmd(&proxy, "drop_commit 0"), 0);
+    assert_int_equal(pgp_cmd(&proxy, "cancel_hang off"), 0);
+    assert_int_equal(pgp_cmd(&proxy, "kill_after 0"), 0);
+}
+
+static int setup(void **state)
+{
+    proxy_heal();
+    return dbt_setup(state);
+}
+
+/* The proxy heals first, so that whatever a failed test left hanging can end. */
+static int teardown(void **state)
+{
+    proxy_heal();
+    return dbt_teardown(state);
+}
+
+#define FAULT_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+static bool db_closed(void *arg)
+{
+    return ((dbt_fixture *)arg)->db_closed > 0;
+}
+
+/* Closes the pool and requires it to be closed within ms. */
+static void close_within(dbt_fixture *fx, uint64_t ms)
+{
+    rt_db_close(fx->db, dbt_db_closed, fx);
+    fx->db = NULL;
+    if (!dbt_run_until(fx, db_closed, fx, ms))
+        fail_msg("the pool did not close within %llu ms", (unsigned long long)ms);
+}
+
+static int count_active(PGconn *c, const char *app, const char *like)
+{
+    char sql[512];
+
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
+             "AND state = 'active' AND query LIKE '%s'",
+             app, like);
+    return (int)dbt_scalar(c, sql);
+}
+
+/*
+ * A cancel request that never returns (the proxy swallows it) must not wedge the pool: pool of 4,
+ * four statements cancelled while the cancel requests hang. Within a bound, new work runs again,
+ * readiness tells the truth, and the pool closes.
+ */
+static void test_hanging_cancel_does_not_wedge(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(4, 1);
+    dbt_query slow[4];
+    dbt_query fast[8];
+    int done = 0;
+    uint64_t t0;
+
+    cfg.conninfo = proxied;
+    cfg.cancel_timeout_ms = 1000;
+    dbt_open(fx, &cfg);
+    assert_int_equal(pgp_cmd(&proxy, "cancel_hang on"), 0);
+    for (int i = 0; i < 4; i++)
+        dbt_query_start(&slow[i], fx->db, "SELECT pg_sleep(20)", 0, NULL, NULL);
+    dbt_run_for(fx, 200);
+    for (int i = 0; i < 4; i++)
+        rt_task_cancel(&slow[i].q.task, UV_ETIMEDOUT);
+    for (int i = 0; i < 4; i++) {
+        dbt_wait_query(fx, &slow[i], 1000);
+        rt_task_release(&slow[i].q.task);
+    }
+    t0 = dbt_now(fx);
+    for (int i = 0; i < 8; i++) {
+        dbt_query_start(&fast[i], fx->db, "SELECT 1", 0, NULL, NULL);
+        fast[i].counter = &done;
+    }
+    /* Bound: the cancel timeout (1 s), a reconnect, and a wide margin. */
+    dbt_wait_count(fx, &done, 8, 15000);
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(fast[i].status, 0);
+        rt_task_release(&fast[i].q.task);
+    }
+    print_message("fresh work answered %llu ms after the hung cancels\n",
+                  (unsigned long long)(dbt_now(fx) - t0));
+    assert_true(pgp_stat(&proxy, "cancels_swallowed") >= 1);
+    assert_true(rt_db_is_up(fx->db));
+    {
+        rt_db_stats st;
+
+        rt_db_stats_get(fx->db, &st);
+        assert_true(st.cancels_sent >= 1);
+        assert_true(st.cancels_timed_out >= 1);
+    }
+    /* Another round of hanging cancels, then the pool closes within a bound. */
+    for (int i = 0; i < 4; i++)
+        dbt_query_start(&slow[i], fx->db, "SELECT pg_sleep(20)", 0, NULL, NULL);
+    dbt_run_for(fx, 200);
+    for (int i = 0; i < 4; i++)
+        rt_task_cancel(&slow[i].q.task, UV_ETIMEDOUT);
+    close_within(fx, 15000);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(slow[i].delivered, 1);
+        rt_task_release(&slow[i].q.task);
+    }
+}
+
+/*
+ * Pool of one, three statements pipelined on it, all cancelled: every one of them stops on the
+ * server within a bound, not only the first (pg_stat_activity shows what still runs).
+ */
+static void test_every_pipelined_cancelled_statement_stops(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 4);
+    dbt_query q[3];
+    dbt_query fast;
+    PGconn *d = dbt_plain();
+    uint64_t t0;
+    uint64_t stopped = 0;
+
+    cfg.application_name = "hs-test-pipecancel";
+    cfg.pipeline_stall_us = 1000 * 1000; /* let all three pipeline on the one connection */
+    dbt_open(fx, &cfg);
+    for (int i = 0; i < 3; i++)
+        dbt_query_start(&q[i], fx->db, "SELECT pg_sleep(20)", 0, NULL, NULL);
+    dbt_run_for(fx, 300);
+    t0 = dbt_now(fx);
+    for (int i = 0; i < 3; i++)
+        rt_task_cancel(&q[i].q.task, UV_ETIMEDOUT);
+    dbt_query_start(&fast, fx->db, "SELECT 1", 0, NULL, NULL);
+    /* Each statement stops within a cancel round trip of its start: 8 s is wide against that and
+     * far below the 20 s any of them would run uncancelled. */
+    while (dbt_now(fx) - t0 < 8000) {
+        dbt_run_for(fx, 100);
+        if (count_active(d, "hs-test-pipecancel", "SELECT pg_sleep%") == 0) {
+            stopped = dbt_now(fx) - t0;
+            break;
+        }
+    }
+    if (stopped == 0)
+        fail_msg("a cancelled pipelined statement still runs 8 s after the cancel");
+    print_message("all three stopped %llu ms after the cancel\n", (unsigned long long)stopped);
+    dbt_wait_query(fx, &fast, 8000);
+    assert_int_equal(fast.status, 0);
+    rt_task_release(&fast.q.task);
+    for (int i = 0; i < 3; i++)
+        rt_task_release(&q[i].q.task);
+    PQfinish(d);
+}
+
+/*
+ * An idle pool behind a silent partition (the proxy stops forwarding, sockets stay open) finds
+ * out within 30 s, with no traffic of its own; once the partition heals, it is up again within a
+ * few seconds.
+ */
+static void test_idle_partition_is_noticed(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(2, 1);
+    uint64_t t0;
+    uint64_t down_ms;
+    uint64_t up_ms;
+
+    cfg.conninfo = proxied;
+    dbt_open(fx, &cfg);
+    assert_int_equal(pgp_cmd(&proxy, "blackhole"), 0);
+    t0 = dbt_now(fx);
+    while (rt_db_is_up(fx->db) && dbt_now(fx) - t0 < 40000)
+        dbt_run_for(fx, 100);
+    down_ms = dbt_now(fx) - t0;
+    if (rt_db_is_up(fx->db))
+        fail_msg("still up 40 s into a silent partition");
+    print_message("down %llu ms into the partition\n", (unsigned long long)down_ms);
+    assert_true(down_ms < 30000);
+    assert_int_equal(pgp_cmd(&proxy, "pass"), 0);
+    t0 = dbt_now(fx);
+    if (!dbt_run_until(fx, dbt_is_up, fx, 20000))
+        fail_msg("not up 20 s after the partition healed");
+    up_ms = dbt_now(fx) - t0;
+    print_message("up %llu ms after healing\n", (unsigned long long)up_ms);
+    /* The backoff cap plus one handshake; wide for a busy machine. */
+    assert_true(up_ms < 10000);
+}
+
+/*
+ * A server that drops every connection 100 ms after accepting it (a flapping database): a pool of
+ * 16 makes at most about 10 attempts per second, because each connection backs off on its own.
+ */
+static void test_flapping_server_bounded_attempts(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(16, 1);
+    long a0;
+    long a1;
+    uint64_t t0;
+    uint64_t t1;
+    double rate;
+
+    cfg.conninfo = proxied;
+    dbt_open(fx, &cfg);
+    assert_int_equal(pgp_cmd(&proxy, "kill_after 100"), 0);
+    assert_int_equal(pgp_cmd(&proxy, "reset"), 0);
+    assert_int_equal(pgp_cmd(&proxy, "pass"), 0);
+    /* Warm-up: the backoffs grow to their cap. */
+    dbt_run_for(fx, 5000);
+    a0 = pgp_stat(&proxy, "accepted");
+    t0 = dbt_now(fx);
+    dbt_run_for(fx, 6000);
+    a1 = pgp_stat(&proxy, "accepted");
+    t1 = dbt_now(fx);
+    rate = (double)(a1 - a0) * 1000.0 / (double)(t1 - t0);
+    print_message("%.1f connection attempts per second with a pool of 16\n", rate);
+    assert_true(rate <= 12.0);
+}
+
+typedef struct changes {
+    int failing;
+    int recovered;
+    char why[256];
+} changes;
+
+static void on_change(void *arg, bool failing, const char *why)
+{
+    changes *ch = arg;
+
+    if (failing) {
+        ch->failing++;
+        snprintf(ch->why, sizeof(ch->why), "%s", why);
+    } else {
+        ch->recovered++;
+    }
+}
+
+/*
+ * A server with fewer connections to give than the pool wants (here a role's CONNECTION LIMIT,
+ * the same refusal, SQLSTATE 53300, as max_connections): the connections it refuses back off far
+ * longer than for an outage, and the refusal is reported once, not once per attempt.
+ */
+static void test_full_server_backs_off_and_reports_once(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(6, 1);
+    PGconn *d = dbt_plain();
+    char url[512];
+    changes ch;
+    rt_db_stats st;
+    uint64_t f0;
+    uint64_t t0;
+    double rate;
+
+    memset(&ch, 0, sizeof(ch));
+    dbt_exec(d, "SET client_min_messages = warning");
+    dbt_exec(d, "DROP ROLE IF EXISTS hs_fault_limited");
+    dbt_exec(d, "CREATE ROLE hs_fault_limited LOGIN CONNECTION LIMIT 2");
+    snprintf(url, sizeof(url), "postgresql://hs_fault_limited@127.0.0.1:%d/%s",
+             pgp_url_port(dbt_url()), PQdb(d));
+    cfg.conninfo = url;
+    cfg.backoff_min_ms = 250;
+    cfg.backoff_max_ms = 1000;
+    cfg.on_change = on_change;
+    cfg.on_change_arg = &ch;
+    assert_int_equal(rt_db_open(&fx->db, &fx->rt, &cfg), 0);
+    if (!dbt_run_until(fx, dbt_is_up, fx, 10000))
+        fail_msg("the pool did not connect");
+    /* Warm-up: the refused connections' backoffs grow. */
+    dbt_run_for(fx, 4000);
+    rt_db_stats_get(fx->db, &st);
+    f0 = st.connects_failed;
+    t0 = dbt_now(fx);
+    dbt_run_for(fx, 8000);
+    rt_db_stats_get(fx->db, &st);
+    rate = (double)(st.connects_failed - f0) * 1000.0 / (double)(dbt_now(fx) - t0);
+    print_message("%.2f refused attempts per second for 4 connections; reported %d time(s): %s\n",
+                  rate, ch.failing, ch.why);
+    assert_int_equal(st.conns_idle + st.conns_busy, 2);
+    /* An outage's cap (1 s here, jitter from half) would be over 5 per second for four. */
+    assert_true(rate < 2.0);
+    assert_true(st.connects_refused > 0);
+    assert_int_equal(ch.failing, 1);
+    assert_int_equal(ch.recovered, 0);
+    assert_non_null(strstr(ch.why, "too many"));
+    dbt_close_db(fx);
+    dbt_exec(d, "DROP ROLE hs_fault_limited");
+    PQfinish(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        FAULT_TEST(test_hanging_cancel_does_not_wedge),
+        FAULT_TEST(test_every_pipelined_cancelled_statement_stops),
+        FAULT_TEST(test_idle_partition_is_noticed),
+        FAULT_TEST(test_flapping_server_bounded_attempts),
+        FAULT_TEST(test_full_server_backs_off_and_reports_once),
+    };
+
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
