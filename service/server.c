@@ -10,7 +10,8 @@
  *
  * A request, as MHD calls the access handler for it:
  *
- *   call 1 (headers parsed)  create the request, echo or make its id; return MHD_YES without a
+ *   call 1 (headers parsed)  create the request, echo or make its id and trace context; return
+ *                            MHD_YES without a
  *                            response: queueing here makes MHD close the connection after it
  *                            (DESIGN.md). Exception: a Content-Length over MAX_BODY_BYTES, where
  *                            closing is the point and the body must not be read.
@@ -47,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -169,6 +171,7 @@ static enum MHD_Result queue_response(conn_req *cr, struct MHD_Connection *conn)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             req->resp_type ? req->resp_type : "application/json; charset=utf-8");
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
+    MHD_add_response_header(resp, "traceparent", svc_request_traceparent(req));
     MHD_add_response_header(resp, "Server-Timing", timing);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->server_header);
     for (size_t i = 0; i < req->nheaders; i++)
@@ -318,6 +321,29 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     return queue_response(cr, conn);
 }
 
+static enum MHD_Result count_traceparent(void *arg, enum MHD_ValueKind kind, const char *key,
+                                         const char *value)
+{
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, "traceparent") == 0)
+        (*(int *)arg)++;
+    return MHD_YES;
+}
+
+/* The client's traceparent header, borrowed; NULL when absent or repeated (W3C: a request with
+ * several is treated as having none). Only a request that sent one pays for the count. */
+static const char *client_traceparent(struct MHD_Connection *conn)
+{
+    const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+    int n = 0;
+
+    if (tp == NULL)
+        return NULL;
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_traceparent, &n);
+    return n == 1 ? tp : NULL;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -339,6 +365,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         svc_request_init(&cr->req, s->app, &cr->in, method, url);
         svc_request_set_id(&cr->req,
                            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
+        svc_request_set_trace(&cr->req, client_traceparent(conn));
         *con_cls = cr;
         s->in_flight++;
         svc_metrics_request_begin(s->metrics);
@@ -405,7 +432,7 @@ static void log_request(const conn_req *cr, int status, uint64_t ns)
         level = SVC_LOG_DEBUG;
     if (!svc_log_begin(&l, level, "request"))
         return;
-    svc_log_str(&l, "request_id", req->request_id);
+    svc_request_log_ids(&l, req);
     svc_log_str(&l, "method", req->method);
     svc_log_str(&l, "path", req->path);
     svc_log_str(&l, "route", req->route ? req->route->pattern : NULL);
