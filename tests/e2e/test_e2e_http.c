@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_e2e_http.c - the built binary over real HTTP: probes, the headers every response carries,
- * error shapes, 404/405/413, /routes, /metrics, the per-request log line and W3C trace context.
+ * error shapes, 404/405/413, /routes, /metrics, /openapi.json, the per-request log line and W3C
+ * trace context.
  *
  * One service instance serves this whole group (started in the group setup): these checks do
  * not disturb each other, and starting the binary once keeps the suite fast. Tests that need
@@ -376,6 +377,31 @@ static void test_request_log(void **state)
     free(log);
 }
 
+/* GET /openapi.json serves the repository's openapi.json, as the binary was built with it. */
+static void test_openapi(void **state)
+{
+    char path[512];
+    json_t *file;
+    json_t *served;
+    e2e_resp r;
+    char v[128];
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/openapi.json", getenv("HS_SOURCE_DIR"));
+    file = json_load_file(path, 0, NULL);
+    assert_non_null(file);
+    e2e_get(&svc, "/openapi.json", &r);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "Content-Type", v, sizeof(v)));
+    assert_string_equal(v, "application/json; charset=utf-8");
+    served = body_json(&r);
+    assert_string_equal(json_string_value(json_object_get(served, "openapi")), "3.1.0");
+    assert_true(json_equal(served, file));
+    json_decref(served);
+    json_decref(file);
+    e2e_resp_free(&r);
+}
+
 static void test_server_timing_db(void **state)
 {
     e2e_resp r;
@@ -490,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_body_limit),       cmocka_unit_test(test_routes),
         cmocka_unit_test(test_metrics),          cmocka_unit_test(test_request_log),
         cmocka_unit_test(test_server_timing_db), cmocka_unit_test(test_trace_context),
+        cmocka_unit_test(test_openapi),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
