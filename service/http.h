@@ -88,6 +88,7 @@ struct svc_app {
     rt_cancel *drain;         /* fires at shutdown step 3: batches stop taking new items */
     rt_cancel *hard_cancel;   /* fires at shutdown step 5: everything left is being cancelled */
     bool draining;            /* shutdown has begun (step 1): readiness answers 503 */
+    uint64_t draining_since_ns; /* uv_hrtime() when shutdown began; 0 before (metrics) */
 };
 
 /* Which side of a pattern's before/after pair a row is. */
