@@ -18,24 +18,18 @@ so the list cannot go stale.
 Needs TEST_DATABASE_URL (a server where it may create a database) and psql; skips (77) without."""
 
 import concurrent.futures
-import http.client
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import jsonschema
 
-ROOT = os.environ.get("HS_SOURCE_DIR") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.environ.get("HINDSIGHT_BIN", os.path.join(ROOT, "build", "hindsight"))
-SKIP = 77
+from opslib import ROOT, Service, request, skip
 
 # Documented responses that no request of this matrix can produce, each with the reason.
 # (method, path, status); path "*" means every operation.
@@ -57,11 +51,6 @@ NOT_YET = {
     ("GET", "/routes", "503"): "as /metrics",
     ("GET", "/openapi.json", "503"): "as /metrics",
 }
-
-
-def skip(why):
-    print("SKIP: " + why)
-    sys.exit(SKIP)
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -103,78 +92,6 @@ def find_path(path):
         if re.match(template_regex(tpl), path):
             return tpl
     return None
-
-
-# --- the service ---------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    def __init__(self, name, env):
-        self.name = name
-        self.url = env.get("DATABASE_URL")
-        self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="contract-%s-" % name, suffix=".log",
-                                               delete=False)
-        full = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-        full.update({"PORT": str(self.port), "HOST": "127.0.0.1", "LOG_LEVEL": "warn"})
-        full.update(env)
-        self.proc = subprocess.Popen([BIN], env=full, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit("%s exited at start: %s" % (name, open(self.log.name).read()))
-            try:
-                if request(self, "GET", "/healthz").status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        sys.exit("%s did not answer /healthz" % name)
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-class Response:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers  # lower-case name -> list of values
-        self.body = body
-
-
-def request(svc, method, path, body=None, headers=None, raw_body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
-    try:
-        data = raw_body if raw_body is not None else (
-            json.dumps(body).encode() if body is not None else None)
-        h = dict(headers or {})
-        if data is not None:
-            h.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=data, headers=h)
-        r = conn.getresponse()
-        hdrs = {}
-        for k, v in r.getheaders():
-            hdrs.setdefault(k.lower(), []).append(v)
-        return Response(r.status, hdrs, r.read())
-    finally:
-        conn.close()
 
 
 # --- checking one response -----------------------------------------------------------------------
