@@ -29,7 +29,7 @@ import time
 
 import jsonschema
 
-from opslib import ROOT, Service, request, skip
+from opslib import ROOT, Service, private_database, psql, request, skip
 
 # Documented responses that no request of this matrix can produce, each with the reason.
 # (method, path, status); path "*" means every operation.
@@ -203,19 +203,6 @@ class Contract:
         return answers
 
 
-# --- the database ---------------------------------------------------------------------------------
-
-def admin_url(url, db):
-    return re.sub(r"/[^/?]*(\?|$)", "/" + db + r"\1", url.split("://", 1)[1], count=1).join(
-        [url.split("://", 1)[0] + "://", ""])
-
-
-def psql(url, sql):
-    run = subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
-                         capture_output=True, text=True, timeout=60)
-    return run.stdout.strip()
-
-
 # --- the matrix -------------------------------------------------------------------------------------
 
 def matrix_main(c, svc):
@@ -343,55 +330,54 @@ def matrix_held_pool(c, svc):
         locker.wait(30)
 
 
+def run_matrix(c, services, t0):
+    main_svc, no_db, held = services
+    # The handler table and the document list the same operations.
+    routes = json.loads(request(main_svc, "GET", "/routes").body)
+    table = {(r["method"], r["pattern"]) for r in routes}
+    if table != set(OPERATIONS):
+        c.fail("the handler table and the document differ: only in the table %s, only in "
+               "the document %s" % (sorted(table - set(OPERATIONS)),
+                                    sorted(set(OPERATIONS) - table)))
+
+    matrix_main(c, main_svc)
+    matrix_no_db(c, no_db)
+    matrix_held_pool(c, held)
+    # Draining: readiness turns to 503 at once and stays so for DRAIN_DELAY_MS.
+    main_svc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2.5
+    while request(main_svc, "GET", "/readyz").status == 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.check(main_svc, "GET", "/readyz", 503)
+    for s in services:
+        if s.stop() != 0:
+            c.fail("%s did not exit 0 after SIGTERM" % s.name)
+    print("matrix: %d responses in %.1f s" % (c.checked, time.monotonic() - t0))
+
+
 def main():
     if shutil.which("psql") is None:
         skip("psql is not installed (deploy/setup.sh installs postgresql)")
     base = os.environ.get("TEST_DATABASE_URL")
     if not base:
         skip("TEST_DATABASE_URL is not set")
-    name = "hs_test_contract_%d" % os.getpid()
-    admin = admin_url(base, "postgres")
-    url = admin_url(base, name)
-    psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    psql(admin, "CREATE DATABASE %s" % name)
     c = Contract()
     services = []
-    try:
-        t0 = time.monotonic()
-        main_svc = Service("main", {"DATABASE_URL": url, "MAX_BODY_BYTES": "4096",
-                                    "REQUEST_TIMEOUT_MS": "10000", "DRAIN_DELAY_MS": "3000"})
-        services.append(main_svc)
-        no_db = Service("no-db", {"MAX_BODY_BYTES": "4096"})
-        services.append(no_db)
-        held = Service("held-pool", {"DATABASE_URL": url, "DB_POOL_SIZE": "1",
-                                     "DB_QUEUE_LIMIT": "4", "REQUEST_TIMEOUT_MS": "500"})
-        services.append(held)
-
-        # The handler table and the document list the same operations.
-        routes = json.loads(request(main_svc, "GET", "/routes").body)
-        table = {(r["method"], r["pattern"]) for r in routes}
-        if table != set(OPERATIONS):
-            c.fail("the handler table and the document differ: only in the table %s, only in "
-                   "the document %s" % (sorted(table - set(OPERATIONS)),
-                                        sorted(set(OPERATIONS) - table)))
-
-        matrix_main(c, main_svc)
-        matrix_no_db(c, no_db)
-        matrix_held_pool(c, held)
-        # Draining: readiness turns to 503 at once and stays so for DRAIN_DELAY_MS.
-        main_svc.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 2.5
-        while request(main_svc, "GET", "/readyz").status == 200 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        c.check(main_svc, "GET", "/readyz", 503)
-        for s in services:
-            if s.stop() != 0:
-                c.fail("%s did not exit 0 after SIGTERM" % s.name)
-        print("matrix: %d responses in %.1f s" % (c.checked, time.monotonic() - t0))
-    finally:
-        for s in services:
-            s.kill()
-        psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    with private_database(base, "contract") as url:
+        try:
+            t0 = time.monotonic()
+            main_svc = Service("main", {"DATABASE_URL": url, "MAX_BODY_BYTES": "4096",
+                                        "REQUEST_TIMEOUT_MS": "10000", "DRAIN_DELAY_MS": "3000"})
+            services.append(main_svc)
+            no_db = Service("no-db", {"MAX_BODY_BYTES": "4096"})
+            services.append(no_db)
+            held = Service("held-pool", {"DATABASE_URL": url, "DB_POOL_SIZE": "1",
+                                         "DB_QUEUE_LIMIT": "4", "REQUEST_TIMEOUT_MS": "500"})
+            services.append(held)
+            run_matrix(c, services, t0)
+        finally:
+            for s in services:
+                s.kill()
 
     # Both ways: every documented response produced, except NOT_YET, which must not be.
     for (method, tpl), operation in sorted(OPERATIONS.items()):

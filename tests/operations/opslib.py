@@ -2,6 +2,7 @@
 """What the operations checks share: the built service on a free loopback port, plain HTTP
 requests to it, and a real Prometheus scraping it (tests/operations/)."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -29,6 +30,32 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def db_url(url, db):
+    """url with its database name replaced by db."""
+    u = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(u._replace(path="/" + db))
+
+
+def psql(url, sql):
+    run = subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                         capture_output=True, text=True, timeout=60)
+    return run.stdout.strip()
+
+
+@contextlib.contextmanager
+def private_database(base_url, tag):
+    """A database of this run's own on the server of base_url (its URL), dropped afterwards;
+    the service migrates and seeds it at start."""
+    name = "hs_test_%s_%d" % (tag, os.getpid())
+    admin = db_url(base_url, "postgres")
+    psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    psql(admin, "CREATE DATABASE %s" % name)
+    try:
+        yield db_url(base_url, name)
+    finally:
+        psql(admin, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
 
 
 class Service:
@@ -183,26 +210,34 @@ class Prometheus:
 
 
 class Load:
-    """n threads, each sending GET path to svc over its own keep-alive connection, until
-    stopped; counts the answers by status."""
+    """n threads, each sending the requests (a path to GET, or a list of (method, path, body)
+    taken in turn) to svc over its own keep-alive connection until stopped; counts the answers
+    by status."""
 
-    def __init__(self, svc, path, n):
+    def __init__(self, svc, requests, n):
         import threading
+        if isinstance(requests, str):
+            requests = [("GET", requests, None)]
         self.statuses = {}
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run, args=(svc, path), daemon=True)
-                        for _ in range(n)]
+        self.threads = [threading.Thread(target=self.run, args=(svc, requests, i), daemon=True)
+                        for i in range(n)]
         for t in self.threads:
             t.start()
 
-    def run(self, svc, path):
+    def run(self, svc, requests, first):
         conn = None
+        i = first
         while not self.stop_flag.is_set():
+            method, path, body = requests[i % len(requests)]
+            i += 1
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
-                conn.request("GET", path)
+                data = json.dumps(body).encode() if body is not None else None
+                conn.request(method, path, body=data,
+                             headers={"Content-Type": "application/json"} if data else {})
                 r = conn.getresponse()
                 r.read()
                 status = r.status
