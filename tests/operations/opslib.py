@@ -86,18 +86,26 @@ class Service:
         sys.exit("%s did not answer /healthz" % name)
 
     def stop(self, timeout=20):
+        """SIGTERM, then the exit status (None if it had to be killed). The log is removed,
+        after its tail is printed when the exit was not clean."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            return None
+            rc = None
+        self.kill(show_log=rc != 0)
+        return rc
 
-    def kill(self):
+    def kill(self, show_log=False):
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if os.path.exists(self.log.name):
+            if show_log:
+                with open(self.log.name) as f:
+                    print("%s log (tail):\n%s" % (self.name, "".join(f.readlines()[-20:])))
+            os.unlink(self.log.name)
 
 
 class Response:
