@@ -24,10 +24,22 @@ hs_build_packages=(
     gcc libc6-dev make cmake pkg-config
     libmicrohttpd-dev libuv1-dev libpq-dev libjansson-dev libcmocka-dev libcurl4-openssl-dev
 )
+# The operations checks (tests/operations/) only: the OpenAPI lint (nodejs and npm fetch
+# @redocly/cli from the npm registry), the contract test (python3-jsonschema), and the
+# Prometheus rules, alerts and dashboard queries against a real Prometheus (prometheus, which
+# brings promtool; about 100 MB installed, npm with its node modules about as much again). The
+# service and its image need none of them.
+hs_operations_packages=(prometheus python3-jsonschema)
+# A Node.js installed otherwise (nodesource's nodejs bundles npm, and conflicts with Debian's npm)
+# is used as it is.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    hs_operations_packages+=(nodejs npm)
+fi
 hs_packages=(
     "${hs_build_packages[@]}"
     postgresql pgbouncer procps curl python3 python3-yaml clang-format
     wrk nginx-light docker-compose gnuplot-nox slowhttptest
+    "${hs_operations_packages[@]}"
 )
 # Only when run as a command: a script sourcing this one has arguments of its own.
 if [ "${BASH_SOURCE[0]}" = "$0" ] && [ "${1:-}" = --deps-only ]; then

@@ -454,7 +454,7 @@ static void log_batch_end(const batch *b, const char *how)
 
     if (!svc_log_begin(&l, SVC_LOG_INFO, "batch_stopped"))
         return;
-    svc_log_str(&l, "request_id", b->req->request_id);
+    svc_request_log_ids(&l, b->req);
     svc_log_str(&l, "batch_id", b->batch_id);
     svc_log_str(&l, "variant", b->variant);
     svc_log_str(&l, "cause", how);

@@ -65,7 +65,7 @@ void hs__log_db_error(const svc_request *req, int status, const char *sqlstate, 
 
     if (!svc_log_begin(&l, SVC_LOG_WARN, "db_error"))
         return;
-    svc_log_str(&l, "request_id", req->request_id);
+    svc_request_log_ids(&l, req);
     svc_log_str(&l, "route", req->route != NULL ? req->route->pattern : NULL);
     svc_log_str(&l, "error", uv_err_name(status));
     if (sqlstate != NULL && sqlstate[0] != '\0')

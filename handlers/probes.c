@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * probes.c - GET /healthz, /readyz, /metrics and /routes.
+ * probes.c - GET /healthz, /readyz, /metrics, /routes and /openapi.json.
  *
- * All four answer at once, without a task and without suspending the connection: they read
+ * All five answer at once, without a task and without suspending the connection: they read
  * state the loop already has. /healthz is the cheapest route in the service by design (a
  * literal body, no allocation beyond the response), since orchestrators and load balancers call
  * it constantly and it must keep answering while everything else is slow. /readyz reads the
@@ -16,6 +16,7 @@
 #include "runtime/db.h"
 #include "service/config.h"
 #include "service/metrics.h"
+#include "service/openapi.h"
 #include "service/router.h"
 
 typedef struct probes {
@@ -88,6 +89,15 @@ static int routes(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
+static int openapi(svc_request *req, void *state, rt_task **task_out)
+{
+    (void)state;
+    (void)task_out;
+    /* The embedded document lives as long as the process: served as is, never copied. */
+    svc_respond_static(req, 200, svc_openapi_json);
+    return 0;
+}
+
 int hs_probes_register(svc_router *r, svc_app *app)
 {
     probes *p = calloc(1, sizeof(*p));
@@ -111,6 +121,8 @@ int hs_probes_register(svc_router *r, svc_app *app)
         {"GET", "/metrics", SVC_VARIANT_NONE, "Prometheus text exposition (format 0.0.4)", metrics,
          p, SVC_ROUTE_QUIET},
         {"GET", "/routes", SVC_VARIANT_NONE, "this handler table", routes, p, 0},
+        {"GET", "/openapi.json", SVC_VARIANT_NONE, "the OpenAPI 3.1 document of this contract",
+         openapi, p, 0},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
         err = svc_router_add(r, &rows[i]);

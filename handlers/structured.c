@@ -129,6 +129,11 @@ typedef struct writer {
     char user_s[HS_INT_TEXT];
     char delay_s[16];
     char seq_s[16];
+    /* The ids of the request that started it, copied: in the service scope it outlives the
+     * request, and its log lines still belong to that request's trace. */
+    char request_id[SVC_REQUEST_ID_MAX + 1];
+    char trace_id[SVC_TRACE_ID_LEN + 1];
+    char span_id[SVC_SPAN_ID_LEN + 1];
 } writer;
 
 static const char *const scope_names[] = {"request", "service"};
@@ -263,6 +268,13 @@ static void writer_step(rt_db_tx *tx)
     }
 }
 
+static void log_writer_ids(svc_log_line *l, const writer *w)
+{
+    svc_log_str(l, "request_id", w->request_id);
+    svc_log_str(l, "trace_id", w->trace_id);
+    svc_log_str(l, "span_id", w->span_id);
+}
+
 /* Completes the writer; an early end is logged and counted, so every event is accounted for. */
 static void writer_finish(writer *w, int status)
 {
@@ -276,6 +288,7 @@ static void writer_finish(writer *w, int status)
             (*w->events_cancelled) += (uint64_t)not_written;
         }
         if (svc_log_begin(&l, SVC_LOG_WARN, cancelled ? "task_cancelled" : "task_failed")) {
+            log_writer_ids(&l, w);
             svc_log_str(&l, "task", "welcome");
             svc_log_str(&l, "task_id", w->task_id);
             svc_log_str(&l, "scope", scope_names[w->scope]);
@@ -345,6 +358,7 @@ static void writer_on_tx(rt_task *t, int status)
             svc_log_line l;
 
             svc_log_begin(&l, SVC_LOG_WARN, "db_error");
+            log_writer_ids(&l, w);
             svc_log_str(&l, "task_id", w->task_id);
             svc_log_str(&l, "sqlstate", w->tx.result.sqlstate);
             svc_log_str(&l, "detail", rt_db_result_error(&w->tx.result));
@@ -411,6 +425,9 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
     w->events_cancelled = s->c.events_cancelled[scope];
     w->events = wr->a.events;
     snprintf(w->task_id, sizeof(w->task_id), "%s", task_id);
+    snprintf(w->request_id, sizeof(w->request_id), "%s", wr->req->request_id);
+    snprintf(w->trace_id, sizeof(w->trace_id), "%s", wr->req->trace_id);
+    snprintf(w->span_id, sizeof(w->span_id), "%s", wr->req->span_id);
     hs__int_text(w->user_s, wr->a.user_id);
     snprintf(w->delay_s, sizeof(w->delay_s), "%d", wr->a.delay_ms);
     if (scope == SCOPE_REQUEST)

@@ -109,7 +109,7 @@ void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt
 
     if (!svc_log_begin(&l, SVC_LOG_WARN, "db_error"))
         return;
-    svc_log_str(&l, "request_id", req->request_id);
+    svc_request_log_ids(&l, req);
     svc_log_str(&l, "route", "transfers");
     svc_log_str(&l, "variant", variant);
     svc_log_str(&l, "sqlstate", r->sqlstate);
@@ -174,7 +174,7 @@ static void before_stopped(xfer_before *x, int step, int status)
 
     (*x->t->cancelled_before)++;
     if (svc_log_begin(&l, SVC_LOG_WARN, "transfer_cancelled")) {
-        svc_log_str(&l, "request_id", x->req->request_id);
+        svc_request_log_ids(&l, x->req);
         svc_log_str(&l, "variant", "before");
         svc_log_str(&l, "reason", uv_err_name(status));
         svc_log_str(&l, "at_step", before_step_names[step]);

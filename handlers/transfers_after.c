@@ -274,7 +274,7 @@ static void after_log(const xfer_after *x, svc_log_level level, const char *even
 
     if (!svc_log_begin(&l, level, event))
         return;
-    svc_log_str(&l, "request_id", x->req->request_id);
+    svc_request_log_ids(&l, x->req);
     svc_log_str(&l, "variant", "after");
     svc_log_str(&l, "reason", uv_err_name(status));
     svc_log_str(&l, "outcome", outcomes[x->tx.outcome]);

@@ -36,8 +36,15 @@
  * req->scope may use req freely, and a task spawned into the service scope must copy what it
  * needs (it outlives the request).
  *
- * Every response gets X-Request-Id, Server-Timing (total, and db when svc_request_add_db_time
- * was called), Server and Date from the server; handlers add only what is theirs.
+ * Every response gets X-Request-Id, traceparent, Server-Timing (total, and db when
+ * svc_request_add_db_time was called), Server and Date from the server; handlers add only what is
+ * theirs.
+ *
+ * Trace context (W3C traceparent): a request continues the trace of a valid `traceparent` header,
+ * or starts a new one when it is absent or invalid (an invalid one is ignored, never an error). It
+ * always gets a span id of its own, and answers with the traceparent naming that span, so a
+ * caller can find the server's log lines of its request. Every log line a request causes carries
+ * request_id, trace_id and span_id (svc_request_log_ids).
  *
  * What it deliberately does not expose: libmicrohttpd. Handlers never see a connection, so the
  * suspend/resume contract (resume exactly once, never stop the daemon with a suspended
@@ -63,6 +70,7 @@ typedef struct svc_route svc_route;
 typedef struct svc_router svc_router;
 typedef struct rt_db rt_db;
 typedef struct svc_metrics svc_metrics;
+struct svc_log_line; /* service/log.h */
 
 /*
  * The service around the handlers, created by main.c. Handlers read it through req->app (or keep
@@ -80,6 +88,7 @@ struct svc_app {
     rt_cancel *drain;         /* fires at shutdown step 3: batches stop taking new items */
     rt_cancel *hard_cancel;   /* fires at shutdown step 5: everything left is being cancelled */
     bool draining;            /* shutdown has begun (step 1): readiness answers 503 */
+    uint64_t draining_since_ns; /* uv_hrtime() when shutdown began; 0 before (metrics) */
 };
 
 /* Which side of a pattern's before/after pair a row is. */
@@ -121,6 +130,11 @@ struct svc_route {
 #define SVC_MAX_HEADERS    8
 #define SVC_REQUEST_ID_MAX 64
 
+/* W3C trace context: ids in lower-case hex, and the traceparent header of version 00. */
+#define SVC_TRACE_ID_LEN    32
+#define SVC_SPAN_ID_LEN     16
+#define SVC_TRACEPARENT_LEN 55
+
 typedef struct svc_kv {
     const char *key;
     const char *value;
@@ -137,6 +151,8 @@ struct svc_request {
     const char *method;
     const char *path;       /* without the query string */
     const char *request_id; /* echoed from the client when sane, else generated */
+    const char *trace_id;   /* SVC_TRACE_ID_LEN hex: the client's traceparent's, else new */
+    const char *span_id;    /* SVC_SPAN_ID_LEN hex: this request's own span, new every time */
     /* The next three are set when the handler's task is started (NULL / RT_NO_DEADLINE while
      * the handler function itself runs): spawn children from the task's start on. */
     rt_scope *scope;   /* the request scope: its children finish before the response */
@@ -161,6 +177,11 @@ struct svc_request {
     size_t nheaders;
     svc_kv headers[SVC_MAX_HEADERS]; /* owned copies */
     char id_buf[SVC_REQUEST_ID_MAX + 1];
+    /* "00-<trace_id>-<span_id>-<flags>": the response's traceparent; trace_id and span_id point
+     * at the NUL-terminated copies below */
+    char traceparent[SVC_TRACEPARENT_LEN + 1];
+    char trace_id_buf[SVC_TRACE_ID_LEN + 1];
+    char span_id_buf[SVC_SPAN_ID_LEN + 1];
 };
 
 /* --- the handler table -------------------------------------------------------------------- */
@@ -202,6 +223,12 @@ int svc_query_bool(svc_request *req, const char *name, bool dflt, bool *out);
 
 /** The request header `name` (case-insensitive), borrowed; NULL when absent. */
 const char *svc_request_header(const svc_request *req, const char *name);
+
+/**
+ * Appends the request's request_id, trace_id and span_id to a log line (service/log.h): every
+ * line a request causes carries them, so one trace id finds them all. l and req are borrowed.
+ */
+void svc_request_log_ids(struct svc_log_line *l, const svc_request *req);
 
 /** The raw body (not NUL-terminated), borrowed; *len receives its length (0 when none). */
 const void *svc_request_body(const svc_request *req, size_t *len);

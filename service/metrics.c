@@ -368,6 +368,14 @@ static void render_tasks(buf *b, const svc_metrics *m, const svc_app *app, rt_sc
     header(b, "hs_shutdown_cancelled_tasks_total", "counter",
            "Tasks still running when the shutdown grace period ended, and cancelled.");
     emit(b, "hs_shutdown_cancelled_tasks_total %llu\n", (unsigned long long)m->shutdown_cancelled);
+    /* With hs_scope_tasks{scope="service"}, this is what tells a shutdown that drains from one
+     * whose background work outlives it (deploy/prometheus/alerts.yml). */
+    header(b, "hs_shutdown_seconds", "gauge",
+           "Seconds since shutdown began (readiness turned 503); 0 while serving.");
+    emit(b, "hs_shutdown_seconds %.3f\n",
+         app->draining && app->draining_since_ns != 0
+             ? (double)(uv_hrtime() - app->draining_since_ns) / 1e9
+             : 0.0);
 }
 
 static void render_loop(buf *b, const svc_metrics *m)

@@ -21,6 +21,7 @@
 
 #include <microhttpd.h>
 
+#include "service/log.h"
 #include "service/utf8.h"
 
 void svc_request_init(svc_request *req, svc_app *app, struct svc_request_int *in,
@@ -33,6 +34,11 @@ void svc_request_init(svc_request *req, svc_app *app, struct svc_request_int *in
     req->method = method;
     req->path = path;
     req->request_id = req->id_buf;
+    req->traceparent[0] = '\0';
+    req->trace_id_buf[0] = '\0';
+    req->span_id_buf[0] = '\0';
+    req->trace_id = req->trace_id_buf;
+    req->span_id = req->span_id_buf;
     req->deadline = RT_NO_DEADLINE;
     req->start_ns = uv_hrtime();
 }
@@ -105,6 +111,138 @@ void svc_request_set_id(svc_request *req, const char *client_id)
     for (int i = 0; i < 10; i++)
         req->id_buf[9 + i] = hex[(counter >> (36 - 4 * i)) & 0xf];
     req->id_buf[19] = '\0';
+}
+
+/* --- trace context ------------------------------------------------------------------------ */
+
+static bool is_hex_digit(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+/* n lower-case hex digits at s, not all zeros (W3C: an all-zero id is invalid). */
+static bool is_trace_id(const char *s, size_t n)
+{
+    bool nonzero = false;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!is_hex_digit(s[i]))
+            return false;
+        nonzero |= s[i] != '0';
+    }
+    return nonzero;
+}
+
+static int hex_value(char c)
+{
+    return c <= '9' ? c - '0' : c - 'a' + 10;
+}
+
+int svc_traceparent_parse(const char *h, svc_traceparent *out)
+{
+    size_t n;
+
+    /* "vv-<32 hex>-<16 hex>-ff": dashes at 2, 35 and 52. strnlen reads one past the fields. */
+    if (h == NULL)
+        return UV_EINVAL;
+    n = strnlen(h, SVC_TRACEPARENT_LEN + 1);
+    if (n < SVC_TRACEPARENT_LEN || h[2] != '-' || h[35] != '-' || h[52] != '-')
+        return UV_EINVAL;
+    /* The version: two hex digits, never "ff". Version 00 ends after the flags; a later one may
+     * add fields, each after a '-'. */
+    if (!is_hex_digit(h[0]) || !is_hex_digit(h[1]) || (h[0] == 'f' && h[1] == 'f'))
+        return UV_EINVAL;
+    if (n > SVC_TRACEPARENT_LEN && (h[SVC_TRACEPARENT_LEN] != '-' || (h[0] == '0' && h[1] == '0')))
+        return UV_EINVAL;
+    if (!is_trace_id(h + 3, SVC_TRACE_ID_LEN) || !is_trace_id(h + 36, SVC_SPAN_ID_LEN) ||
+        !is_hex_digit(h[53]) || !is_hex_digit(h[54]))
+        return UV_EINVAL;
+    memcpy(out->trace_id, h + 3, SVC_TRACE_ID_LEN);
+    out->trace_id[SVC_TRACE_ID_LEN] = '\0';
+    memcpy(out->parent_id, h + 36, SVC_SPAN_ID_LEN);
+    out->parent_id[SVC_SPAN_ID_LEN] = '\0';
+    out->flags = (uint8_t)(hex_value(h[53]) << 4 | hex_value(h[54]));
+    return 0;
+}
+
+/*
+ * The next 64 random bits for ids: splitmix64 seeded once from the kernel. Trace and span ids
+ * must be unique, not secret, and a getrandom() per request would cost more than the rest of a
+ * /healthz answer's bookkeeping. The loop thread is the only caller.
+ */
+static uint64_t trace_random(void)
+{
+    static uint64_t state;
+    static bool seeded;
+    uint64_t z;
+
+    if (!seeded) {
+        if (uv_random(NULL, NULL, &state, sizeof(state), 0, NULL) < 0)
+            state = uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32);
+        seeded = true;
+    }
+    z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Writes a random non-zero id of n hex digits (a multiple of 16) at out. */
+static void random_hex_id(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (;;) {
+        uint64_t any = 0;
+
+        for (size_t i = 0; i < n; i += 16) {
+            uint64_t r = trace_random();
+
+            any |= r;
+            for (int k = 0; k < 16; k++)
+                out[i + (size_t)k] = hex[(r >> (60 - 4 * k)) & 0xf];
+        }
+        if (any != 0)
+            break;
+    }
+    out[n] = '\0';
+}
+
+void svc_request_set_trace(svc_request *req, const char *traceparent)
+{
+    static const char hex[] = "0123456789abcdef";
+    svc_traceparent tp;
+    uint8_t flags = 0;
+    char *p = req->traceparent;
+
+    if (traceparent != NULL && svc_traceparent_parse(traceparent, &tp) == 0) {
+        memcpy(req->trace_id_buf, tp.trace_id, sizeof(req->trace_id_buf));
+        /* Only the sampled flag is defined for version 00, which is what we send on. */
+        flags = tp.flags & 0x01;
+    } else {
+        random_hex_id(req->trace_id_buf, SVC_TRACE_ID_LEN);
+    }
+    random_hex_id(req->span_id_buf, SVC_SPAN_ID_LEN);
+    memcpy(p, "00-", 3);
+    memcpy(p + 3, req->trace_id_buf, SVC_TRACE_ID_LEN);
+    p[35] = '-';
+    memcpy(p + 36, req->span_id_buf, SVC_SPAN_ID_LEN);
+    p[52] = '-';
+    p[53] = hex[flags >> 4];
+    p[54] = hex[flags & 0xf];
+    p[55] = '\0';
+}
+
+const char *svc_request_traceparent(const svc_request *req)
+{
+    return req->traceparent;
+}
+
+void svc_request_log_ids(struct svc_log_line *l, const svc_request *req)
+{
+    svc_log_str(l, "request_id", req->request_id);
+    svc_log_str(l, "trace_id", req->trace_id);
+    svc_log_str(l, "span_id", req->span_id);
 }
 
 const char *svc_request_param(const svc_request *req, const char *name)

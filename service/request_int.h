@@ -50,6 +50,31 @@ bool svc_request_id_is_sane(const char *id);
  */
 void svc_request_set_id(svc_request *req, const char *client_id);
 
+/* The fields of a W3C traceparent header. */
+typedef struct svc_traceparent {
+    char trace_id[SVC_TRACE_ID_LEN + 1];
+    char parent_id[SVC_SPAN_ID_LEN + 1];
+    uint8_t flags;
+} svc_traceparent;
+
+/**
+ * Parses a traceparent header (W3C Trace Context): "<version>-<trace-id>-<parent-id>-<flags>",
+ * lower-case hex only, neither id all zeros, version ff refused. Version 00 is exactly 55
+ * characters; a later version may continue after a '-' (the first four fields are read, as the
+ * recommendation says). Returns 0, or UV_EINVAL (header may be NULL).
+ */
+int svc_traceparent_parse(const char *header, svc_traceparent *out);
+
+/**
+ * Sets the request's trace context from the client's traceparent (borrowed for the call; NULL or
+ * invalid starts a new trace, with flags 00): trace_id, a new span_id, and the traceparent the
+ * response carries (version 00, the caller's sampled flag kept). Never fails, never allocates.
+ */
+void svc_request_set_trace(svc_request *req, const char *traceparent);
+
+/** The traceparent header of the response ("00-<trace_id>-<span_id>-<flags>"), borrowed. */
+const char *svc_request_traceparent(const svc_request *req);
+
 /** Frees what the response owns (body, headers) and clears it. The request stays usable. */
 void svc_request_clear_response(svc_request *req);
 

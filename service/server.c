@@ -21,14 +21,13 @@
  * A request, as MHD calls the access handler for it:
  *
  *   URI log callback         create the request; check the raw target (%00, %2F: framing.h)
- *   call 1 (headers parsed)  echo or make its id, check the head's framing (framing.h), reserve
- *                            a declared body within MAX_BODY_BUFFER_BYTES; return MHD_YES
- *                            without a response: queueing here makes MHD close the connection
- *                            after it (DESIGN.md). Exceptions, where closing is the point and
- *                            the body must not be read: a refused head (400/501), a
- *                            Content-Length over MAX_BODY_BYTES (413) or over the budget (503).
- *   calls with upload data   append to the body, or stop keeping it once it is too large
- *   last call (no data)      route and run the handler:
+ *   call 1 (headers parsed)  echo or make its id and trace context, check the head's framing
+ *                            (framing.h), reserve a declared body within MAX_BODY_BUFFER_BYTES;
+ *                            return MHD_YES without a response: queueing here makes MHD close
+ *                            the connection after it (DESIGN.md). Exceptions, where closing is the
+ * point and the body must not be read: a refused head (400/501), a Content-Length over
+ * MAX_BODY_BYTES (413) or over the budget (503). calls with upload data   append to the body, or
+ * stop keeping it once it is too large last call (no data)      route and run the handler:
  *                              - answered at once: queue the response (the fast path);
  *                              - a task: open the request scope and deadline, spawn the task,
  *                                MHD_suspend_connection
@@ -64,6 +63,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <linux/sockios.h>
@@ -546,6 +546,7 @@ static enum MHD_Result queue_response(conn_req *cr, struct MHD_Connection *conn)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             req->resp_type ? req->resp_type : "application/json; charset=utf-8");
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
+    MHD_add_response_header(resp, "traceparent", svc_request_traceparent(req));
     MHD_add_response_header(resp, "Server-Timing", timing);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->server_header);
     for (size_t i = 0; i < req->nheaders; i++)
@@ -714,6 +715,29 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     return queue_response(cr, conn);
 }
 
+static enum MHD_Result count_traceparent(void *arg, enum MHD_ValueKind kind, const char *key,
+                                         const char *value)
+{
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, "traceparent") == 0)
+        (*(int *)arg)++;
+    return MHD_YES;
+}
+
+/* The client's traceparent header, borrowed; NULL when absent or repeated (W3C: a request with
+ * several is treated as having none). Only a request that sent one pays for the count. */
+static const char *client_traceparent(struct MHD_Connection *conn)
+{
+    const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent");
+    int n = 0;
+
+    if (tp == NULL)
+        return NULL;
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_traceparent, &n);
+    return n == 1 ? tp : NULL;
+}
+
 /* The fields of the request head, for the framing checks. */
 typedef struct head_fields {
     svc_header_field *f;
@@ -793,6 +817,7 @@ static enum MHD_Result begin_request(svc_server *s, conn_req *cr, struct MHD_Con
     svc_request_init(&cr->req, s->app, &cr->in, method, svc_framing_origin_path(url));
     svc_request_set_id(&cr->req,
                        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"));
+    svc_request_set_trace(&cr->req, client_traceparent(conn));
     s->in_flight++;
     svc_metrics_request_begin(s->metrics);
     track_request(s, conn, cr);
@@ -913,7 +938,7 @@ static void log_request(const conn_req *cr, int status, uint64_t ns)
         level = SVC_LOG_DEBUG;
     if (!svc_log_begin(&l, level, "request"))
         return;
-    svc_log_str(&l, "request_id", req->request_id);
+    svc_request_log_ids(&l, req);
     svc_log_str(&l, "method", req->method);
     svc_log_str(&l, "path", req->path);
     svc_log_str(&l, "route", req->route ? req->route->pattern : NULL);

@@ -162,6 +162,7 @@ void svc_shutdown_begin(svc_shutdown *sd, const char *why)
         sd->began_ns = uv_hrtime();
         sd->step = 1;
         sd->app->draining = true;
+        sd->app->draining_since_ns = sd->began_ns;
         if (svc_log_begin(&l, SVC_LOG_INFO, "shutdown")) {
             svc_log_str(&l, "step", "readiness");
             svc_log_str(&l, "signal", why);

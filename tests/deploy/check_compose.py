@@ -88,11 +88,29 @@ def main():
     c.expect(load.get("command", [])[-1:] == ["http://hindsight:%s" % port],
              "the load run targets the hindsight service, got %r" % load.get("command"))
 
+    # The observe profile: Prometheus and Grafana with the repository's own files, scraping
+    # the hindsight service.
+    for name in ("prometheus", "grafana"):
+        svc = services.get(name, {})
+        c.expect(svc.get("profiles") == ["observe"], "%s is only in the `observe` profile" % name)
+        for v in svc.get("volumes", []):
+            source = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
+            if source.startswith("/"):
+                c.expect(os.path.exists(source) and source.startswith(path("deploy")),
+                         "%s mounts %s from deploy/, which exists" % (name, source))
+    with open(path("deploy", "prometheus", "prometheus.yml")) as f:
+        prom = yaml.safe_load(f)
+    targets = [t for sc in prom.get("scrape_configs", []) for st in sc.get("static_configs", [])
+               for t in st.get("targets", [])]
+    c.expect(targets == ["hindsight:%s" % port],
+             "Prometheus scrapes hindsight:%s, got %r" % (port, targets))
+
     # Services without a profile are what a plain `up` starts: postgres and hindsight only.
     profiles = compose("config", "--profiles")
-    c.expect(profiles.returncode == 0 and profiles.stdout.split() == ["load"],
-             "the only profile is load, got %r" % profiles.stdout)
-    c.expect(all(not s.get("profiles") for n, s in services.items() if n != "load"),
+    c.expect(profiles.returncode == 0 and sorted(profiles.stdout.split()) == ["load", "observe"],
+             "the profiles are load and observe, got %r" % profiles.stdout)
+    c.expect(all(not s.get("profiles") for n, s in services.items()
+                 if n not in ("load", "prometheus", "grafana")),
              "postgres and hindsight belong to no profile")
     c.finish()
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_e2e_http.c - the built binary over real HTTP: probes, the headers every response carries,
- * error shapes, 404/405/413, /routes, /metrics, and the per-request log line.
+ * error shapes, 404/405/413, /routes, /metrics, /openapi.json, the per-request log line and W3C
+ * trace context.
  *
  * One service instance serves this whole group (started in the group setup): these checks do
  * not disturb each other, and starting the binary once keeps the suite fast. Tests that need
@@ -376,6 +377,31 @@ static void test_request_log(void **state)
     free(log);
 }
 
+/* GET /openapi.json serves the repository's openapi.json, as the binary was built with it. */
+static void test_openapi(void **state)
+{
+    char path[512];
+    json_t *file;
+    json_t *served;
+    e2e_resp r;
+    char v[128];
+
+    (void)state;
+    snprintf(path, sizeof(path), "%s/openapi.json", getenv("HS_SOURCE_DIR"));
+    file = json_load_file(path, 0, NULL);
+    assert_non_null(file);
+    e2e_get(&svc, "/openapi.json", &r);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "Content-Type", v, sizeof(v)));
+    assert_string_equal(v, "application/json; charset=utf-8");
+    served = body_json(&r);
+    assert_string_equal(json_string_value(json_object_get(served, "openapi")), "3.1.0");
+    assert_true(json_equal(served, file));
+    json_decref(served);
+    json_decref(file);
+    e2e_resp_free(&r);
+}
+
 static void test_server_timing_db(void **state)
 {
     e2e_resp r;
@@ -392,6 +418,95 @@ static void test_server_timing_db(void **state)
     e2e_resp_free(&r);
 }
 
+/* The request line of the log for request id rid, parsed (new); fails the test when absent. */
+static json_t *request_line(const char *rid)
+{
+    char needle[128];
+    char *log = NULL;
+    char *line = NULL;
+    json_t *v;
+
+    snprintf(needle, sizeof(needle), "\"event\":\"request\",\"request_id\":\"%s\"", rid);
+    /* The line is written when MHD reports the request completed, just after the answer. */
+    for (int i = 0; i < 200 && line == NULL; i++) {
+        free(log);
+        log = e2e_log(&svc);
+        line = strstr(log, needle);
+        if (line == NULL)
+            e2e_sleep_ms(25);
+    }
+    assert_non_null(line);
+    while (line > log && line[-1] != '\n')
+        line--;
+    *strchr(line, '\n') = '\0';
+    v = json_loads(line, 0, NULL);
+    free(log);
+    assert_non_null(v);
+    return v;
+}
+
+static void test_trace_context(void **state)
+{
+    const char *valid[] = {"X-Request-Id: trace-1",
+                           "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                           NULL};
+    const char *invalid[] = {"X-Request-Id: trace-2",
+                             "traceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                             NULL};
+    const char *absent[] = {"X-Request-Id: trace-3", NULL};
+    const char *bad_route[] = {"X-Request-Id: trace-4", "traceparent: nonsense", NULL};
+    const char *const tp_re = "^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$";
+    char tp[128], generated[128], want[128];
+    e2e_resp r;
+    json_t *v;
+
+    (void)state;
+    /* A valid one: the same trace, this request's own span, the caller's flags. */
+    e2e_request(&svc, "GET", "/routes", NULL, valid, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "traceparent", tp, sizeof(tp)));
+    assert_true(matches("^00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-01$", tp));
+    assert_false(matches("-00f067aa0ba902b7-", tp));
+    e2e_resp_free(&r);
+    v = request_line("trace-1");
+    assert_string_equal(json_string_value(json_object_get(v, "trace_id")),
+                        "4bf92f3577b34da6a3ce929d0e0e4736");
+    snprintf(want, sizeof(want), "00-4bf92f3577b34da6a3ce929d0e0e4736-%s-01",
+             json_string_value(json_object_get(v, "span_id")));
+    assert_string_equal(tp, want);
+    json_decref(v);
+
+    /* Invalid (upper-case hex) or absent: ignored, a new trace, never an error. */
+    e2e_request(&svc, "GET", "/routes", NULL, invalid, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "traceparent", generated, sizeof(generated)));
+    assert_true(matches(tp_re, generated));
+    assert_false(matches("4bf92f3577b34da6a3ce929d0e0e4736", generated));
+    e2e_resp_free(&r);
+    v = request_line("trace-2");
+    snprintf(want, sizeof(want), "00-%s-%s-00", json_string_value(json_object_get(v, "trace_id")),
+             json_string_value(json_object_get(v, "span_id")));
+    assert_string_equal(generated, want);
+    json_decref(v);
+
+    e2e_request(&svc, "GET", "/routes", NULL, absent, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "traceparent", tp, sizeof(tp)));
+    assert_true(matches(tp_re, tp));
+    assert_memory_not_equal(tp, generated, 35); /* another trace id */
+    e2e_resp_free(&r);
+
+    /* Errors the server answers itself carry it too. */
+    e2e_request(&svc, "GET", "/no/such/route", NULL, bad_route, &r);
+    assert_int_equal(r.status, 404);
+    assert_true(e2e_header(&r, "traceparent", tp, sizeof(tp)));
+    assert_true(matches(tp_re, tp));
+    e2e_resp_free(&r);
+    v = request_line("trace-4");
+    assert_true(json_is_string(json_object_get(v, "trace_id")));
+    json_decref(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,7 +515,8 @@ int main(void)
         cmocka_unit_test(test_not_found),        cmocka_unit_test(test_method_not_allowed),
         cmocka_unit_test(test_body_limit),       cmocka_unit_test(test_routes),
         cmocka_unit_test(test_metrics),          cmocka_unit_test(test_request_log),
-        cmocka_unit_test(test_server_timing_db),
+        cmocka_unit_test(test_server_timing_db), cmocka_unit_test(test_trace_context),
+        cmocka_unit_test(test_openapi),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -133,6 +133,25 @@ static void test_render(void **state)
     assert_true(has_line(text, "hs_test_alive 4"));
     /* No database: no pool series. */
     assert_null(strstr(text, "hs_db_"));
+    /* Not shutting down: zero. */
+    assert_true(has_line(text, "hs_shutdown_seconds 0.000"));
+    free(text);
+
+    /* Shutdown began 2.5 s ago: the gauge counts from then, so an alert can tell how long
+     * tasks have outlived the start of a shutdown. */
+    app.draining = true;
+    app.draining_since_ns = uv_hrtime() - 2500000000ull;
+    text = svc_metrics_render(m, &app, &root, &len);
+    assert_non_null(text);
+    {
+        const char *at = strstr(text, "\nhs_shutdown_seconds ");
+        double v;
+
+        assert_non_null(at);
+        v = strtod(at + strlen("\nhs_shutdown_seconds "), NULL);
+        assert_true(v >= 2.5 && v < 60);
+        assert_int_equal(count(text, "# TYPE hs_shutdown_seconds gauge"), 1);
+    }
     free(text);
 
     for (int i = 0; i < 3; i++)

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_svc_request.c - the request helpers: JSON bodies (malformed, depth, duplicates, types),
- * query and path parameter parsing with ranges, request ids, and the response setters.
+ * query and path parameter parsing with ranges, request ids, W3C trace context, and the response
+ * setters.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "service/log.h"
 #include "service/request_int.h"
 
 typedef struct fixture {
@@ -292,6 +294,110 @@ static void test_request_id(void **state)
     assert_string_not_equal(first, f->req.request_id);
 }
 
+static bool is_lower_hex(const char *s, size_t n)
+{
+    if (strlen(s) != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    }
+    return strspn(s, "0") != n; /* all zeros is not a valid id */
+}
+
+static void test_traceparent_parse(void **state)
+{
+    svc_traceparent tp;
+
+    (void)state;
+    assert_int_equal(
+        svc_traceparent_parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", &tp), 0);
+    assert_string_equal(tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_string_equal(tp.parent_id, "00f067aa0ba902b7");
+    assert_int_equal(tp.flags, 1);
+    assert_int_equal(
+        svc_traceparent_parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", &tp), 0);
+    assert_int_equal(tp.flags, 0);
+    /* A later version may append fields after a dash: the first four are read. */
+    assert_int_equal(svc_traceparent_parse(
+                         "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-next", &tp),
+                     0);
+    assert_string_equal(tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_int_equal(tp.flags, 1);
+
+    const char *bad[] = {
+        NULL,
+        "",
+        "00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        /* upper-case hex, a non-hex digit, zero ids */
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+        /* version ff is forbidden; version 00 has exactly 55 characters */
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+        "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+        /* misplaced dashes, a short trace id, spaces */
+        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+        " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "0-04bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(svc_traceparent_parse(bad[i], &tp), UV_EINVAL);
+}
+
+static void test_request_trace(void **state)
+{
+    fixture *f = *state;
+    char first[SVC_TRACE_ID_LEN + 1];
+    char expect[SVC_TRACEPARENT_LEN + 1];
+
+    /* A valid traceparent: the trace continues, with a span of this request's own. */
+    svc_request_set_trace(&f->req, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    assert_string_equal(f->req.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_true(is_lower_hex(f->req.span_id, SVC_SPAN_ID_LEN));
+    assert_string_not_equal(f->req.span_id, "00f067aa0ba902b7");
+    snprintf(expect, sizeof(expect), "00-4bf92f3577b34da6a3ce929d0e0e4736-%s-01", f->req.span_id);
+    assert_string_equal(svc_request_traceparent(&f->req), expect);
+
+    /* Absent or invalid: a new trace, never an error; each request gets a new one. */
+    const char *bad[] = {NULL, "", "garbage",
+                         "00-00000000000000000000000000000000-00f067aa0ba902b7-01"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        strcpy(first, f->req.trace_id);
+        svc_request_set_trace(&f->req, bad[i]);
+        assert_false(svc_request_has_response(&f->req));
+        assert_true(is_lower_hex(f->req.trace_id, SVC_TRACE_ID_LEN));
+        assert_true(is_lower_hex(f->req.span_id, SVC_SPAN_ID_LEN));
+        assert_string_not_equal(f->req.trace_id, first);
+        snprintf(expect, sizeof(expect), "00-%s-%s-00", f->req.trace_id, f->req.span_id);
+        assert_string_equal(svc_request_traceparent(&f->req), expect);
+    }
+}
+
+static void test_request_log_ids(void **state)
+{
+    fixture *f = *state;
+    svc_log_line l;
+    char want[128];
+
+    svc_request_set_id(&f->req, "rid-1");
+    svc_request_set_trace(&f->req, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    svc_log_setup(SVC_LOG_INFO, SVC_LOG_JSON);
+    assert_true(svc_log_begin(&l, SVC_LOG_INFO, "x"));
+    svc_request_log_ids(&l, &f->req);
+    l.buf[l.len] = '\0';
+    assert_non_null(strstr(l.buf, "\"request_id\":\"rid-1\""));
+    assert_non_null(strstr(l.buf, "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""));
+    snprintf(want, sizeof(want), "\"span_id\":\"%s\"", f->req.span_id);
+    assert_non_null(strstr(l.buf, want));
+}
+
 static void test_respond(void **state)
 {
     fixture *f = *state;
@@ -374,6 +480,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_query_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_param_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_request_id, setup, teardown),
+        cmocka_unit_test(test_traceparent_parse),
+        cmocka_unit_test_setup_teardown(test_request_trace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_log_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_respond, setup, teardown),
         cmocka_unit_test_setup_teardown(test_respond_uv_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_and_db_time, setup, teardown),
