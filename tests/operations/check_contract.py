@@ -34,20 +34,16 @@ from opslib import ROOT, Service, private_database, psql, request, skip
 # Documented responses that no request of this matrix can produce, each with the reason.
 # (method, path, status); path "*" means every operation.
 NOT_YET = {
-    ("*", "*", "408"): "header/body timeouts as a JSON 408 come with the request-parsing front door",
-    ("*", "*", "431"): "oversized headers as a JSON 431 come with the request-parsing front door",
-    ("*", "*", "501"): "an unknown Transfer-Encoding as a JSON 501 comes with the request-parsing "
-                       "front door",
-    ("GET", "/healthz", "400"): "no input to refuse: only the front door's 400s (missing Host, "
-                                "%00, forbidden framing) apply",
-    ("GET", "/readyz", "400"): "as /healthz",
-    ("GET", "/metrics", "400"): "as /healthz",
-    ("GET", "/routes", "400"): "as /healthz",
-    ("GET", "/openapi.json", "400"): "as /healthz",
-    ("GET", "/accounts/invariant", "400"): "as /healthz",
-    ("GET", "/healthz", "503"): "503 when the loop stalls beyond LIVENESS_MAX_STALL_MS, or when "
-                                "the global body budget is full, comes with the front door",
-    ("GET", "/metrics", "503"): "only the global body budget's 503, which comes with the front door",
+    ("*", "*", "408"): "a header or body deadline is answered before routing, on a connection whose "
+                       "request is not complete; tests/e2e/test_edge_loop.c proves it over raw "
+                       "sockets",
+    ("*", "*", "414"): "libmicrohttpd answers a target too long for the connection buffer itself, "
+                       "before the service sees the request (tests/e2e/test_edge_http.c proves it)",
+    ("*", "*", "431"): "likewise for a head too large for the connection buffer",
+    ("GET", "/healthz", "503"): "a loop stalled beyond LIVENESS_MAX_STALL_MS: proven in-process by "
+                                "tests/e2e/test_e2e_async.c; the global body budget's 503 needs "
+                                "megabytes held open (tests/e2e/test_edge_http.c)",
+    ("GET", "/metrics", "503"): "only the global body budget's 503 (tests/e2e/test_edge_http.c)",
     ("GET", "/routes", "503"): "as /metrics",
     ("GET", "/openapi.json", "503"): "as /metrics",
 }
@@ -278,6 +274,13 @@ def matrix_main(c, svc):
         wait_advisory_locks(svc, 1)
         c.check(svc, "POST", "/after/transfers", 409, body, key2)
         c.check(svc, "POST", "/after/transfers", 200, resp=held.result())
+
+    # The front door, before any route runs: every operation refuses an unknown transfer coding
+    # (501), and a %00 in the query (400), in the error shape.
+    for (method, tpl) in sorted(OPERATIONS):
+        path = tpl.replace("{id}", "1")
+        c.check(svc, method, path, 501, headers={"Transfer-Encoding": "xchunked"})
+        c.check(svc, method, path + "?x=%00", 400)
 
     # Undocumented paths and methods.
     c.check(svc, "GET", "/nope", 404)
