@@ -15,7 +15,8 @@ import sys
 
 import yaml
 
-from deploylib import CANCEL_WAIT_MS, Checks, allowed_vars, duration_ms, path, skip
+from deploylib import (CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS, Checks, allowed_vars, duration_ms, path,
+                       skip)
 
 COMPOSE = path("deploy", "docker-compose.yml")
 
@@ -77,6 +78,11 @@ def main():
     c.expect(grace > 0 and stop > drain + grace + CANCEL_WAIT_MS,
              "stop_grace_period (%d ms) > DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for "
              "cancellations (%d + %d + %d ms)" % (stop, drain, grace, CANCEL_WAIT_MS))
+    # podman-compose 1.0 ignores stop_grace_period and stops after the default 10 s.
+    c.expect(drain + grace + CANCEL_WAIT_MS < DOCKER_STOP_TIMEOUT_MS,
+             "DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for cancellations (%d + %d + %d ms) "
+             "also end inside the default stop timeout (%d ms), for tools that ignore "
+             "stop_grace_period" % (drain, grace, CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS))
 
     c.expect(load.get("profiles") == ["load"], "the load run is only in the `load` profile")
     c.expect(load.get("depends_on", {}).get("hindsight", {}).get("condition") == "service_healthy",

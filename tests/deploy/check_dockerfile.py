@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from deploylib import Checks, path
+from deploylib import CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS, Checks, config_default, path
 
 # Present in every debian:12-slim image.
 BASE_PACKAGES = {"libc6", "libgcc-s1"}
@@ -98,6 +98,15 @@ def main():
              "runs as a numeric non-root user, got %r" % users)
     c.expect(("EXPOSE", "8080") in run, "EXPOSE 8080")
     c.expect(("STOPSIGNAL", "SIGTERM") in run, "STOPSIGNAL SIGTERM")
+    # The image sets no shutdown setting, so `docker stop` (SIGKILL after 10 s unless told
+    # otherwise) meets the service's defaults: their whole sequence must end before that.
+    drain, grace = config_default("DRAIN_DELAY_MS"), config_default("SHUTDOWN_GRACE_MS")
+    c.expect(not any(i == "ENV" and re.search(r"DRAIN_DELAY_MS|SHUTDOWN_GRACE_MS", a)
+                     for i, a in run), "the image keeps the default shutdown settings")
+    c.expect(drain + grace + CANCEL_WAIT_MS < DOCKER_STOP_TIMEOUT_MS,
+             "the defaults' DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for cancellations "
+             "(%d + %d + %d ms) end before docker stop's SIGKILL (%d ms)"
+             % (drain, grace, CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS))
     health = [a for i, a in run if i == "HEALTHCHECK"]
     c.expect(health and "/healthz" in health[0] and "curl" in health[0],
              "HEALTHCHECK probes /healthz with curl")
