@@ -170,12 +170,14 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig)
+static void burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig,
+                  pf_ready_fn ready, void *arg)
 {
     CURLM *m = curl_multi_init();
     slot *slots = calloc(n, sizeof(*slots));
     uint64_t start = e2e_now_ms();
-    bool signalled = signal_after_ms < 0;
+    bool signalled = signal_after_ms < 0 && ready == NULL;
+    uint64_t next_poll = start;
     int running = 0;
     char url[256];
     CURLMsg *msg;
@@ -231,7 +233,16 @@ void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, in
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s->req->status);
             s->req->elapsed_ms = e2e_now_ms() - start;
         }
-        if (!signalled && e2e_now_ms() - start >= (uint64_t)signal_after_ms) {
+        if (!signalled && ready != NULL && e2e_now_ms() >= next_poll) {
+            if (ready(arg)) {
+                kill(p->pid, sig);
+                signalled = true;
+            } else if (running == 0 || e2e_now_ms() - start > 30000) {
+                fail_msg("the condition for the signal never held during the burst");
+            }
+            next_poll = e2e_now_ms() + 10;
+        } else if (!signalled && ready == NULL &&
+                   e2e_now_ms() - start >= (uint64_t)signal_after_ms) {
             kill(p->pid, sig);
             signalled = true;
         }
@@ -245,6 +256,22 @@ void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, in
     }
     free(slots);
     curl_multi_cleanup(m);
+}
+
+void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig)
+{
+    burst(p, reqs, n, signal_after_ms, sig, NULL, NULL);
+}
+
+void pf_burst_when(const e2e_proc *p, pf_req *reqs, size_t n, int sig, pf_ready_fn ready, void *arg)
+{
+    burst(p, reqs, n, -1, sig, ready, arg);
+}
+
+int64_t pf_db_sleeping(const pf_db *d)
+{
+    return pf_db_int(d, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()");
 }
 
 size_t pf_count_status(const pf_req *reqs, size_t n, long status)

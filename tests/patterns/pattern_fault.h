@@ -63,6 +63,21 @@ typedef struct pf_req {
  */
 void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig);
 
+/* A condition on observable state (a row, a session, a metric), polled during a burst. */
+typedef bool (*pf_ready_fn)(void *arg);
+
+/**
+ * Like pf_burst, but sends sig once ready(arg) returns true, polled about every 10 ms while the
+ * requests are in flight: a signal tied to what the service has done, not to the clock, holds on
+ * a busy machine. Fails the test if every request finished first, or after 30 s.
+ */
+void pf_burst_when(const e2e_proc *p, pf_req *reqs, size_t n, int sig, pf_ready_fn ready,
+                   void *arg);
+
+/** How many sessions on d's database wait in pg_sleep (a transfer between its debit and its
+ * credit, a welcome event being written). */
+int64_t pf_db_sleeping(const pf_db *d);
+
 /** How many requests of reqs got status. */
 size_t pf_count_status(const pf_req *reqs, size_t n, long status);
 
