@@ -240,7 +240,7 @@ start_instance main "$main_db"
 main_url=http://127.0.0.1:${port[main]}
 # In the background, so that a signal to this script is handled at once; `timeout` runs it in a
 # process group of its own and passes a SIGTERM on to the whole group, its wrk processes too.
-timeout 300 "$root/deploy/wrk/compare.sh" -d "$compare_duration" -c 8 -D "$compare_delay" \
+timeout 600 "$root/deploy/wrk/compare.sh" -d "$compare_duration" -c 8 -D "$compare_delay" \
     -o "$out/compare" "$main_url" > >(sed 's/^/    /') 2>&1 &
 bg_pids=($!)
 wait "${bg_pids[0]}" || die "deploy/wrk/compare.sh failed"
