@@ -125,7 +125,7 @@ healthcheck() {
 }
 
 echo "== A. plain run"
-hc=$("$engine" inspect -f '{{json .Config.Healthcheck}}' "$image" 2>/dev/null)
+hc=$("$engine" image inspect -f '{{json .Config.Healthcheck}}' "$image" 2>/dev/null)
 hs_check "the image has a HEALTHCHECK (got $hc)" grep -q healthz <<<"$hc"
 run ctr-check-a
 if wait_code "$base/readyz" 200; then
