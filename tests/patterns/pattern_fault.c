@@ -75,6 +75,7 @@ void pf_db_create(pf_db *d, const char *tag)
     PGconn *c = admin_connect();
     char sql[160];
 
+    d->watch = NULL;
     snprintf(d->name, sizeof(d->name), "hs_test_%s_%d", tag, (int)getpid());
     url_with_db(d->url, sizeof(d->url), base_url(), d->name);
     snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", d->name);
@@ -86,9 +87,14 @@ void pf_db_create(pf_db *d, const char *tag)
 
 void pf_db_drop(pf_db *d)
 {
-    PGconn *c = admin_connect();
+    PGconn *c;
     char sql[160];
 
+    if (d->watch != NULL) {
+        PQfinish(d->watch);
+        d->watch = NULL;
+    }
+    c = admin_connect();
     snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", d->name);
     admin_exec(c, sql);
     PQfinish(c);
@@ -268,10 +274,25 @@ void pf_burst_when(const e2e_proc *p, pf_req *reqs, size_t n, int sig, pf_ready_
     burst(p, reqs, n, -1, sig, ready, arg);
 }
 
-int64_t pf_db_sleeping(const pf_db *d)
+int64_t pf_db_sleeping(pf_db *d)
 {
-    return pf_db_int(d, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()");
+    static const char sql[] = "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND wait_event = 'PgSleep' AND pid <> "
+                              "pg_backend_pid()";
+    PGresult *r;
+    int64_t v;
+
+    if (d->watch == NULL) {
+        d->watch = PQconnectdb(d->url);
+        if (PQstatus(d->watch) != CONNECTION_OK)
+            fail_msg("cannot connect to %s: %s", d->url, PQerrorMessage(d->watch));
+    }
+    r = PQexec(d->watch, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1)
+        fail_msg("%s: %s", sql, PQerrorMessage(d->watch));
+    v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
 }
 
 size_t pf_count_status(const pf_req *reqs, size_t n, long status)

@@ -25,6 +25,7 @@
 typedef struct pf_db {
     char name[64];
     char url[512]; /* TEST_DATABASE_URL with the database name replaced */
+    void *watch;   /* a PGconn kept open for pf_db_sleeping's polls, or NULL */
 } pf_db;
 
 /** Creates a fresh, empty database named after tag and the test's pid (dropped first if left
@@ -75,8 +76,9 @@ void pf_burst_when(const e2e_proc *p, pf_req *reqs, size_t n, int sig, pf_ready_
                    void *arg);
 
 /** How many sessions on d's database wait in pg_sleep (a transfer between its debit and its
- * credit, a welcome event being written). */
-int64_t pf_db_sleeping(const pf_db *d);
+ * credit, a welcome event being written). Polls on one connection kept open until pf_db_drop,
+ * so that a poll costs a query, not a connection (slow on a busy machine). */
+int64_t pf_db_sleeping(pf_db *d);
 
 /** How many requests of reqs got status. */
 size_t pf_count_status(const pf_req *reqs, size_t n, long status);

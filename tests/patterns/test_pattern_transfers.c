@@ -34,8 +34,8 @@
 #define N        200 /* transfers per burst */
 #define AMOUNT   10
 #define DELAY_MS 400
-/* Transfers between debit and credit when SIGTERM goes: half the pool (DB_POOL_SIZE 16). */
-#define SIGNAL_AT 8
+/* Transfers between debit and credit when SIGTERM goes: a quarter of the pool (DB_POOL_SIZE 16). */
+#define SIGNAL_AT 4
 
 static const char sql_total_missing[] = "SELECT 1000 * count(*) - sum(balance) FROM accounts";
 static const char sql_partial[] =
