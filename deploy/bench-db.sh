@@ -22,7 +22,9 @@ secs=${1:-5}
 rounds=${2:-3}
 build=${HS_BENCH_BUILD:-$root/build-bench}
 jobs=${PGBENCH_JOBS:-1}
-pgbin=/usr/lib/postgresql/15/bin
+# shellcheck source=deploy/lib.sh
+source "$root/deploy/lib.sh"
+pgbin=$(hs_pg_bindir) || { echo "bench-db: no PostgreSQL server installed; run deploy/setup.sh" >&2; exit 1; }
 
 base=${DATABASE_URL:-$("$root/deploy/pg.sh" start)}
 server=${base%/*}

@@ -27,8 +27,9 @@
 #      logged are subtracted: lost = asked - written - reported cancelled;
 #   4. transfers, per variant and on a fresh database each (REQUEST_TIMEOUT_MS=300): 100
 #      concurrent transfers whose debit-credit gap (delay_ms=500) outlasts the deadline, then
-#      GET /accounts/invariant; then 100 more (delay_ms=100) with SIGTERM 100 ms in and
-#      SHUTDOWN_GRACE_MS=50, so that shutdown, not the deadline, cuts them; the invariant and
+#      GET /accounts/invariant; then 100 more (delay_ms=100) with SIGTERM once 4 of them sit
+#      between debit and credit (pg_stat_activity) and SHUTDOWN_GRACE_MS=50, so that shutdown,
+#      not the deadline, cuts them; the invariant and
 #      partial transfers are then read with SQL once the process has exited.
 # It exits non-zero when something that should work does not: an `after` variant loses an event
 # or breaks the invariant, a `before` variant fails to show its documented failure, a request of
@@ -67,7 +68,7 @@ dash_delay=100
 batch_ids=50 batch_delay=50 batch_conc=10
 welcome_tasks=20 welcome_events=20 welcome_delay=40 welcome_grace=300 welcome_term_after=0.2
 xfer_count=100 xfer_timeout=300 xfer_delay=500 xfer_amount=10
-term_delay=100 term_after=0.1 term_grace=50
+term_delay=100 term_at=4 term_grace=50
 
 die() {
     echo "demo: $*" >&2
@@ -79,6 +80,19 @@ hs_require demo curl psql wrk
 hs_db_server "${DATABASE_URL:-$("$root/deploy/pg.sh" url)}" ||
     die "DATABASE_URL must be a postgresql:// URL"
 db_url() { hs_db_url "$1"; }
+
+# wait_sleeping <database> <op> <n>: waits, up to 60 s, until the number of sessions on the
+# database that sit in pg_sleep (a transfer between its debit and its credit) compares to n with
+# op (= or >=). The loop runs in the server, 10 ms a turn, so the wait reacts faster than the
+# 100 ms a transfer sleeps; pg_stat_clear_snapshot makes each turn read the current sessions.
+wait_sleeping() {
+    sql "$1" "DO \$\$ BEGIN FOR i IN 1..6000 LOOP
+                PERFORM pg_stat_clear_snapshot();
+                EXIT WHEN (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                           AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()) $2 $3;
+                PERFORM pg_sleep(0.01);
+              END LOOP; END \$\$"
+}
 
 sql() { # sql <database> <statement>: one unaligned result, errors on stderr
     psql -X -q -t -A -v ON_ERROR_STOP=1 -d "$(db_url "$1")" -c "$2"
@@ -226,7 +240,7 @@ start_instance main "$main_db"
 main_url=http://127.0.0.1:${port[main]}
 # In the background, so that a signal to this script is handled at once; `timeout` runs it in a
 # process group of its own and passes a SIGTERM on to the whole group, its wrk processes too.
-timeout 300 "$root/deploy/wrk/compare.sh" -d "$compare_duration" -c 8 -D "$compare_delay" \
+timeout 600 "$root/deploy/wrk/compare.sh" -d "$compare_duration" -c 8 -D "$compare_delay" \
     -o "$out/compare" "$main_url" > >(sed 's/^/    /') 2>&1 &
 bg_pids=($!)
 wait "${bg_pids[0]}" || die "deploy/wrk/compare.sh failed"
@@ -321,7 +335,8 @@ done
 echo
 echo "## 4. Transfers: $xfer_count at once with delay_ms=$xfer_delay >" \
     "REQUEST_TIMEOUT_MS=$xfer_timeout," \
-    "then $xfer_count with delay_ms=$term_delay and SIGTERM ${term_after}s in" \
+    "then $xfer_count with delay_ms=$term_delay and SIGTERM once $term_at sit between debit" \
+    "and credit" \
     "(SHUTDOWN_GRACE_MS=$term_grace)"
 echo
 declare -A inv_ok=() inv_short=() inv_partial=() committed=() rows_after=() verdict=()
@@ -343,11 +358,24 @@ for variant in before after; do
     curl -s --max-time 10 -o "$work/$name-invariant.json" "$url/accounts/invariant"
     echo "    $variant, deadline burst: $(codes "$work/$name-deadline.cfg");" \
         "GET /accounts/invariant: $(cat "$work/$name-invariant.json")"
+    # The deadline burst's statements are over before the second burst starts, and SIGTERM goes
+    # once the second burst's transfers are between debit and credit: tied to what the service
+    # is doing, not to the clock, which a busy machine stretches.
+    # The watcher starts (and is seen running) before the burst: with REQUEST_TIMEOUT_MS=300 the
+    # whole burst may last less than a psql takes to start on a busy machine.
+    wait_sleeping "$db" = 0
+    PGAPPNAME=hs-demo-term-watch wait_sleeping "$db" ">=" "$term_at" &
+    watcher=$!
+    bg_pids=("$watcher")
+    until [ "$(sql "$db" "SELECT count(*) FROM pg_stat_activity
+                          WHERE application_name = 'hs-demo-term-watch'")" -gt 0 ]; do
+        sleep 0.05
+    done
     burst "$work/$name-term.cfg" &
-    bg_pids=($!)
-    sleep "$term_after"
+    bg_pids+=($!)
+    wait "$watcher"
     stop_instance "$name"
-    wait "${bg_pids[0]}"
+    wait "${bg_pids[1]}"
     bg_pids=()
     read -r accounts total partial n_rows < <(sql "$db" "
         SELECT (SELECT count(*) FROM accounts), (SELECT sum(balance) FROM accounts),
@@ -422,7 +450,8 @@ table() {
         "$batch_ids ids, delay_ms=$batch_delay, concurrency $batch_conc. Welcome:" \
         "$welcome_tasks tasks x $welcome_events events at $welcome_delay ms, SIGTERM" \
         "${welcome_term_after}s later. Transfers: $xfer_count with delay_ms=$xfer_delay >" \
-        "REQUEST_TIMEOUT_MS=$xfer_timeout, then $xfer_count with SIGTERM ${term_after}s in;" \
+        "REQUEST_TIMEOUT_MS=$xfer_timeout, then $xfer_count with SIGTERM once $term_at are" \
+        "between debit and credit;" \
         "missing = 1000 x accounts - total balance."
 }
 
@@ -460,8 +489,10 @@ check "users before: /healthz p99 ($(cell users before 5) ms) >= one delay ($com
 check "every single request answered 200" [ "${single_status[*]}" = "200 200 200 200" ]
 check "dashboard before (${single[dashboard.before]} ms) >= 2.5 x $dash_delay ms: sequential" \
     ge "${single[dashboard.before]}" $((dash_delay * 5 / 2))
-check "dashboard after (${single[dashboard.after]} ms) <= half of before: joined" \
-    ge "${single[dashboard.before]}" $(("${single[dashboard.after]}" * 2))
+# Joined, the three queries cost one delay instead of three: the saving is two delays, and a
+# busy machine adds the same overhead to both, so the check asks for one delay saved, not a ratio.
+check "dashboard after (${single[dashboard.after]} ms) <= before - $dash_delay ms: joined" \
+    ge "${single[dashboard.before]}" $(("${single[dashboard.after]}" + dash_delay))
 check "batch before (${single[batch.before]} ms) >= 0.9 x $batch_ids x $batch_delay ms" \
     ge "${single[batch.before]}" $((batch_ids * batch_delay * 9 / 10))
 check "batch after (${single[batch.after]} ms) <= a third of before: bounded concurrency" \

@@ -21,6 +21,22 @@ hs_free_port() {
     done
 }
 
+# hs_pg_bindir: prints the server binaries' folder (initdb, pg_ctl, pgbench) of the newest
+# PostgreSQL major installed: Debian keeps them off PATH, under /usr/lib/postgresql/MAJOR/bin,
+# and the major is the distribution's (15 on Debian 12, 17 on Debian 13). Returns 1 when no
+# server is installed. HS_PG_BINDIR chooses one explicitly.
+hs_pg_bindir() {
+    local d
+    if [ -n "${HS_PG_BINDIR:-}" ]; then
+        echo "$HS_PG_BINDIR"
+        return 0
+    fi
+    d=$(for d in /usr/lib/postgresql/*/bin/initdb; do [ -x "$d" ] && dirname "$d"; done |
+        sort -V | tail -n 1)
+    [ -n "$d" ] || return 1
+    echo "$d"
+}
+
 # hs_require WHO TOOL...: exits 1, naming WHO and the first TOOL that is not installed.
 hs_require() {
     local who=$1 tool

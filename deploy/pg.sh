@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster for running and testing the service locally.
+# A throwaway PostgreSQL cluster for running and testing the service locally, with the newest
+# server major installed (15 on Debian 12, 17 on Debian 13; deploy/lib.sh's hs_pg_bindir).
 #
 #   deploy/pg.sh start     initdb (first time) and start; prints the DATABASE_URL
 #   deploy/pg.sh stop      fast shutdown
@@ -15,7 +16,13 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 port=${HS_PG_PORT:-54329}
 data=${HS_PG_DATA:-$root/.pgdata}
-bin=/usr/lib/postgresql/15/bin
+# shellcheck source=deploy/lib.sh
+source "$root/deploy/lib.sh"
+bin=$(hs_pg_bindir) || bin=""
+# A cluster made earlier keeps the major it was made with, while that major is installed.
+if [ -f "$data/PG_VERSION" ] && [ -x "/usr/lib/postgresql/$(cat "$data/PG_VERSION")/bin/pg_ctl" ]; then
+    bin=/usr/lib/postgresql/$(cat "$data/PG_VERSION")/bin
+fi
 db=hindsight
 
 as_owner() {
@@ -37,8 +44,9 @@ is_running() {
 }
 
 start() {
-    if [ ! -x "$bin/initdb" ]; then
-        echo "pg.sh: PostgreSQL 15 is not installed ($bin/initdb missing); run deploy/setup.sh" >&2
+    if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+        echo "pg.sh: no PostgreSQL server is installed (no /usr/lib/postgresql/*/bin/initdb);" \
+            "run deploy/setup.sh" >&2
         exit 1
     fi
     mkdir -p "$data"

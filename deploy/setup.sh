@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Shared set-up for deploy/run.sh and deploy/test.sh: makes sure every Debian package the build,
-# the service, the tests and the benchmarks use is installed. On a fresh Debian 12 machine (as
-# root) that means one `apt-get update` and one `apt-get install`; when everything is present
-# already, it does nothing and touches no network.
+# the service, the tests and the benchmarks use is installed. On a fresh Debian 12 or 13 machine
+# (as root) that means one `apt-get update` and one `apt-get install`; when everything is present
+# already, it does nothing and touches no network. The names are the same on both releases
+# (nginx-light is a transitional package for nginx on Debian 13; postgresql brings 15 or 17).
 #
 #   deploy/setup.sh              install what is missing
 #   deploy/setup.sh --deps-only  only what building the binary needs (the Dockerfile's build stage)

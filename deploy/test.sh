@@ -8,6 +8,7 @@
 #   deploy/test.sh                 both trees, every label
 #   HS_TEST_LABEL=unit deploy/test.sh      one label (a ctest -L regex)
 #   HS_TEST_TREES=build deploy/test.sh     one tree
+#   HS_TEST_REGEX=transfers deploy/test.sh  only the tests whose names match (a ctest -R regex)
 set -euo pipefail
 
 # shellcheck source=deploy/setup.sh
@@ -20,6 +21,7 @@ if [ "${CI:-}" = true ]; then
 fi
 trees=${HS_TEST_TREES:-"build build-asan"}
 label=${HS_TEST_LABEL:-}
+regex=${HS_TEST_REGEX:-}
 # The two cores of a small CI machine are shared by the build, the service under test and its
 # clients; timing-sensitive tests stay reliable with two tests at a time.
 test_jobs=${HS_TEST_JOBS:-2}
@@ -51,6 +53,9 @@ for tree in $trees; do
     ctest_args=(--test-dir "$tree" --output-on-failure -j"$test_jobs")
     if [ -n "$label" ]; then
         ctest_args+=(-L "$label")
+    fi
+    if [ -n "$regex" ]; then
+        ctest_args+=(-R "$regex")
     fi
     if ctest "${ctest_args[@]}" 2>&1 | tee "$log"; then
         ok=1

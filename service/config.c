@@ -56,7 +56,9 @@ static const setting settings[] = {
      "deadline of each request; its work is cancelled and it answers 504"},
     {"DRAIN_DELAY_MS", K_INT, AT(drain_delay_ms), 0, 3600000, "0",
      "keep serving this long after readiness turns 503 at shutdown"},
-    {"SHUTDOWN_GRACE_MS", K_INT, AT(shutdown_grace_ms), 0, 3600000, "10000",
+    /* DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the 5 s allowed for cancelled work end before the
+     * SIGKILL that docker stop sends 10 s after SIGTERM by default (check_dockerfile.py). */
+    {"SHUTDOWN_GRACE_MS", K_INT, AT(shutdown_grace_ms), 0, 3600000, "4000",
      "wait this long for in-flight work at shutdown, then cancel it"},
     {"MAX_BODY_BYTES", K_INT64, AT(max_body_bytes), 0, INT64_C(1) << 30, "1048576",
      "largest request body; larger ones get 413"},

@@ -12,7 +12,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -149,21 +148,61 @@ static void put_key(svc_log_line *l, const char *key)
     }
 }
 
+/* Writes the time as 2026-01-01T10:00:00.123Z (24 bytes and a NUL) from clock_gettime and plain
+ * arithmetic (days to civil date, proleptic Gregorian), without gmtime_r/strftime: those take
+ * glibc's time zone lock, and svc_log_begin must stay usable from a signal handler. */
+static size_t format_ts(char ts[32])
+{
+    struct timespec now;
+    int64_t secs, days, sod, era, doe, yoe, doy, mp, y, m, d;
+    int64_t f[7];
+    const int width[7] = {4, 2, 2, 2, 2, 2, 3};
+    const char sep[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    size_t n = 0;
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    secs = (int64_t)now.tv_sec;
+    days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
+    sod = secs - days * 86400;
+    days += 719468;
+    era = (days >= 0 ? days : days - 146096) / 146097;
+    doe = days - era * 146097;
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    mp = (5 * doy + 2) / 153;
+    d = doy - (153 * mp + 2) / 5 + 1;
+    m = mp < 10 ? mp + 3 : mp - 9;
+    y = yoe + era * 400 + (m <= 2);
+    f[0] = y;
+    f[1] = m;
+    f[2] = d;
+    f[3] = sod / 3600;
+    f[4] = sod / 60 % 60;
+    f[5] = sod % 60;
+    f[6] = (int64_t)now.tv_nsec / 1000000;
+    for (int i = 0; i < 7; i++) {
+        int64_t v = f[i] < 0 ? 0 : f[i];
+
+        for (int k = width[i] - 1; k >= 0; k--) {
+            ts[n + (size_t)k] = (char)('0' + v % 10);
+            v /= 10;
+        }
+        n += (size_t)width[i];
+        ts[n++] = sep[i];
+    }
+    ts[n] = '\0';
+    return n;
+}
+
 bool svc_log_begin(svc_log_line *l, svc_log_level level, const char *event)
 {
-    struct timeval tv;
-    struct tm tm;
-    char ts[40];
-    size_t n;
+    char ts[32];
 
     if (level < threshold)
         return false;
     l->len = 0;
     l->truncated = false;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+    format_ts(ts);
     if (format == SVC_LOG_JSON) {
         put(l, "{\"ts\":\"", 7);
         put(l, ts, strlen(ts));

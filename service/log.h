@@ -15,6 +15,10 @@
  *     }
  *
  * The level and format are process-wide, set once at startup before any thread exists.
+ *
+ * svc_log_begin, svc_log_str (for values without control characters) and svc_log_end call only
+ * async-signal-safe functions (the time comes from clock_gettime, formatted by hand), so a signal
+ * handler may write a line with them; svc_log_int and svc_log_ms format with snprintf and may not.
  */
 #ifndef SVC_LOG_H
 #define SVC_LOG_H

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <uv.h>
 
@@ -71,6 +72,38 @@ static int register_handlers(svc_router *r, svc_app *app)
     if (err == 0)
         err = hs_transfers_register(r, app);
     return err;
+}
+
+/*
+ * Until svc_shutdown_init hands SIGTERM and SIGINT to the shutdown sequence, start-up blocks: the
+ * migration waits up to DB_STARTUP_WAIT_MS for the database, inside libpq, and then for the other
+ * instances' migration lock. Nothing has been served yet and the migration's transactions roll
+ * back when its connection goes, so a signal then ends the process at once, with status 0: what
+ * `docker stop` or Kubernetes sent it for is done. libuv's handlers replace this one
+ * (uv_signal_start installs its own with sigaction), so there is no moment without a handler.
+ */
+static void on_startup_signal(int sig)
+{
+    svc_log_line l;
+
+    if (svc_log_begin(&l, SVC_LOG_WARN, "shutdown")) {
+        svc_log_str(&l, "step", "startup");
+        svc_log_str(&l, "signal", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        svc_log_str(&l, "msg", "signal before serving began; exiting");
+        svc_log_end(&l);
+    }
+    _exit(0);
+}
+
+static void catch_startup_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_startup_signal;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 static void on_walk_close(uv_handle_t *h, void *arg)
@@ -275,6 +308,7 @@ int main(int argc, char **argv)
         break;
     }
     svc_log_setup(m.cfg.log_level, m.cfg.log_format);
+    catch_startup_signals();
     /* Writes to a vanished client must fail with EPIPE, not kill the process. */
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit(m.cfg.max_connections);

@@ -6,7 +6,12 @@ relies on.
 `docker-compose config` validates the file against the compose schema and interpolates it without
 a Docker engine; the checks then run on its normalized output, so they see what compose would run
 (durations, list forms and defaults resolved), not the spelling of the file. No container is
-started here: there is no engine on the test machines."""
+started here: there is no engine on the test machines.
+
+Debian 12 ships docker-compose 1.29 and Debian 13 docker-compose 2 (the Go rewrite); their
+normalized forms differ, and both are read: version 2 leaves a profiled service out of `config`
+unless its profile is named (so `--profile load` is given to both), and writes a volume in the
+long form (a mapping with source and target) where 1.29 writes "source:target"."""
 
 import os
 import shutil
@@ -15,7 +20,8 @@ import sys
 
 import yaml
 
-from deploylib import CANCEL_WAIT_MS, Checks, allowed_vars, duration_ms, path, skip
+from deploylib import (CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS, Checks, allowed_vars, duration_ms, path,
+                       skip)
 
 COMPOSE = path("deploy", "docker-compose.yml")
 
@@ -34,7 +40,7 @@ def main():
         skip("docker-compose is not installed (deploy/setup.sh installs it)")
     c = Checks("check_compose")
 
-    run = compose("config")
+    run = compose("--profile", "load", "config")
     if not c.expect(run.returncode == 0, "docker-compose config accepts the file: " + run.stderr):
         c.finish()
     cfg = yaml.safe_load(run.stdout)
@@ -51,7 +57,8 @@ def main():
              and pg_test[pg_test.index("-h") + 1] == "127.0.0.1",
              "postgres healthcheck is pg_isready -h 127.0.0.1, got %r" % pg_test)
     volumes = cfg.get("volumes") or {}
-    pg_mounts = [v.split(":") for v in pg.get("volumes", []) if isinstance(v, str)]
+    pg_mounts = [v.split(":") if isinstance(v, str) else [v.get("source"), v.get("target")]
+                 for v in pg.get("volumes", [])]
     c.expect(any(m[0] in volumes and m[1] == "/var/lib/postgresql/data" for m in pg_mounts),
              "postgres data lives on a named volume, got %r" % pg.get("volumes"))
 
@@ -77,6 +84,11 @@ def main():
     c.expect(grace > 0 and stop > drain + grace + CANCEL_WAIT_MS,
              "stop_grace_period (%d ms) > DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for "
              "cancellations (%d + %d + %d ms)" % (stop, drain, grace, CANCEL_WAIT_MS))
+    # podman-compose 1.0 ignores stop_grace_period and stops after the default 10 s.
+    c.expect(drain + grace + CANCEL_WAIT_MS < DOCKER_STOP_TIMEOUT_MS,
+             "DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for cancellations (%d + %d + %d ms) "
+             "also end inside the default stop timeout (%d ms), for tools that ignore "
+             "stop_grace_period" % (drain, grace, CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS))
 
     c.expect(load.get("profiles") == ["load"], "the load run is only in the `load` profile")
     c.expect(load.get("depends_on", {}).get("hindsight", {}).get("condition") == "service_healthy",

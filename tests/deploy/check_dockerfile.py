@@ -16,10 +16,13 @@ import shutil
 import subprocess
 import sys
 
-from deploylib import Checks, path
+from deploylib import CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS, Checks, config_default, path
 
-# Present in every debian:12-slim image.
+# Present in every debian:13-slim image.
 BASE_PACKAGES = {"libc6", "libgcc-s1"}
+# The runtime stage is Debian 13, while the binary checked may be built on Debian 12, whose
+# packages of the same sonames lack the 64-bit time_t transition's suffix (libuv1, libuv1t64).
+T64 = re.compile(r"t64$")
 # A sanitizer build (ENABLE_SANITIZERS) links these runtimes; the image's Release build does not.
 SANITIZER_RUNTIME = re.compile(r"lib(asan|ubsan|lsan|tsan)\d+$")
 
@@ -81,8 +84,14 @@ def main():
     if not c.expect(len(st) == 2, "two stages, got %d" % len(st)):
         c.finish()
     (build_from, build), (run_from, run) = st
-    c.expect(re.fullmatch(r"debian:12 AS build", build_from, re.I), "build stage is debian:12")
-    c.expect(run_from.split()[0] == "debian:12-slim", "runtime stage is debian:12-slim")
+    c.expect(re.fullmatch(r"debian:13 AS build", build_from, re.I), "build stage is debian:13")
+    c.expect(run_from.split()[0] == "debian:13-slim", "runtime stage is debian:13-slim")
+    with open(path("Dockerfile")) as f:
+        text = f.read()
+    # A `# syntax=` line makes BuildKit pull a frontend image from a registry for nothing.
+    c.expect(not re.match(r"#\s*syntax\s*=", text, re.I), "no `# syntax=` parser directive")
+    c.expect(re.search(r"--format docker", text) is not None,
+             "the header says podman builds with --format docker (OCI drops HEALTHCHECK)")
 
     setup = [a for i, a in build if i == "RUN" and "deploy/setup.sh" in a]
     c.expect(setup and "--deps-only" in setup[0],
@@ -98,6 +107,15 @@ def main():
              "runs as a numeric non-root user, got %r" % users)
     c.expect(("EXPOSE", "8080") in run, "EXPOSE 8080")
     c.expect(("STOPSIGNAL", "SIGTERM") in run, "STOPSIGNAL SIGTERM")
+    # The image sets no shutdown setting, so `docker stop` (SIGKILL after 10 s unless told
+    # otherwise) meets the service's defaults: their whole sequence must end before that.
+    drain, grace = config_default("DRAIN_DELAY_MS"), config_default("SHUTDOWN_GRACE_MS")
+    c.expect(not any(i == "ENV" and re.search(r"DRAIN_DELAY_MS|SHUTDOWN_GRACE_MS", a)
+                     for i, a in run), "the image keeps the default shutdown settings")
+    c.expect(drain + grace + CANCEL_WAIT_MS < DOCKER_STOP_TIMEOUT_MS,
+             "the defaults' DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the wait for cancellations "
+             "(%d + %d + %d ms) end before docker stop's SIGKILL (%d ms)"
+             % (drain, grace, CANCEL_WAIT_MS, DOCKER_STOP_TIMEOUT_MS))
     health = [a for i, a in run if i == "HEALTHCHECK"]
     c.expect(health and "/healthz" in health[0] and "curl" in health[0],
              "HEALTHCHECK probes /healthz with curl")
@@ -119,7 +137,8 @@ def main():
                 c.expect(not secret_words.search(args), "no secret in %s %s" % (ins, args))
 
     pkgs = apt_packages(run)
-    for p in ("libmicrohttpd12", "libuv1", "libpq5", "libjansson4", "ca-certificates", "curl"):
+    for p in ("libmicrohttpd12t64", "libuv1t64", "libpq5", "libjansson4", "ca-certificates",
+              "curl"):
         c.expect(p in pkgs, "the runtime stage installs %s" % p)
     c.expect(not any(p.endswith("-dev") or p in ("build-essential", "cmake", "gcc") for p in pkgs),
              "the runtime stage installs no build tools, got %s" % sorted(pkgs))
@@ -134,14 +153,15 @@ def main():
         for soname, pkg in needed_packages(binary).items():
             if pkg and SANITIZER_RUNTIME.match(pkg):
                 continue
-            c.expect(pkg in pkgs | BASE_PACKAGES,
+            have = {T64.sub("", q) for q in pkgs | BASE_PACKAGES}
+            c.expect(pkg and T64.sub("", pkg) in have,
                      "the runtime stage installs %s's package (%s)" % (soname, pkg))
 
     with open(path("deploy", "wrk", "Dockerfile")) as f:
         load = stages(instructions(f.read()))
-    c.expect(len(load) == 1 and load[0][0] == "debian:12-slim" and
+    c.expect(len(load) == 1 and load[0][0] == "debian:13-slim" and
              {"wrk", "curl", "gnuplot-nox"} <= apt_packages(load[0][1]),
-             "the load image is debian:12-slim with wrk, curl and gnuplot")
+             "the load image is debian:13-slim with wrk, curl and gnuplot")
     c.finish()
 
 

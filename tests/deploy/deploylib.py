@@ -25,6 +25,22 @@ CONFIG_VARS = {
 # not kill it before that, or a slow cancellation becomes a SIGKILL instead of a logged exit.
 CANCEL_WAIT_MS = 5000
 
+# `docker stop`, `docker run`'s --stop-timeout and podman's default: SIGKILL this long after
+# SIGTERM. The image runs with the service's defaults, so they must fit inside it.
+DOCKER_STOP_TIMEOUT_MS = 10000
+
+
+def config_default(name):
+    """The default of an integer setting, from service/config.c's settings table (the one source
+    of truth for the settings)."""
+    with open(path("service", "config.c")) as f:
+        text = f.read()
+    m = re.search(r'\{"%s",\s*K_INT(?:64)?,[^"]*"(-?\d+)"' % re.escape(name), text)
+    if not m:
+        raise ValueError("no integer setting %s in service/config.c" % name)
+    return int(m.group(1))
+
+
 # ctest's SKIP_RETURN_CODE for the checks: a missing tool is reported as skipped, not passed.
 SKIP = 77
 

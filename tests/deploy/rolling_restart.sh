@@ -102,18 +102,26 @@ start_instance() { # start_instance <name>: start it on its port and wait until 
 # roll <name>: SIGTERM the instance, watch readiness turn 503 while it drains, wait for its exit
 # (bounded), check the status, start it again.
 roll() {
-    local name=$1 p=${pid[$1]} start saw_draining=no end rc
+    local name=$1 p=${pid[$1]} start saw_draining=no end rc code seen=""
     start=$(hs_now_ms)
     kill -TERM "$p"
-    end=$((start + drain_ms))
-    while [ "$(hs_now_ms)" -lt $end ]; do
-        if [ "$(status_of "http://127.0.0.1:${port[$name]}/readyz")" = 503 ]; then
+    # Until readiness says 503, or the listener is gone (then the drain was missed), or the
+    # process exits: tied to the service's state rather than to DRAIN_DELAY_MS on the clock, which
+    # a busy machine's slow probes can use up before one of them is answered.
+    end=$((start + drain_ms + grace_ms + 5000))
+    while kill -0 "$p" 2>/dev/null && [ "$(hs_now_ms)" -lt $end ]; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+            "http://127.0.0.1:${port[$name]}/readyz")
+        if [ "$code" = 503 ]; then
             saw_draining=yes
             break
         fi
+        seen="$seen $code"
+        [ "$code" = 000 ] && break
         sleep 0.05
     done
-    hs_check "instance $name: /readyz turns 503 during DRAIN_DELAY_MS" [ $saw_draining = yes ]
+    hs_check "instance $name: /readyz turns 503 during DRAIN_DELAY_MS (before: ${seen:- none})" \
+        [ $saw_draining = yes ]
     end=$((start + drain_ms + grace_ms + 5000))
     while kill -0 "$p" 2>/dev/null && [ "$(hs_now_ms)" -lt $end ]; do
         sleep 0.05

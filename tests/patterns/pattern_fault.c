@@ -75,6 +75,7 @@ void pf_db_create(pf_db *d, const char *tag)
     PGconn *c = admin_connect();
     char sql[160];
 
+    d->watch = NULL;
     snprintf(d->name, sizeof(d->name), "hs_test_%s_%d", tag, (int)getpid());
     url_with_db(d->url, sizeof(d->url), base_url(), d->name);
     snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", d->name);
@@ -86,9 +87,14 @@ void pf_db_create(pf_db *d, const char *tag)
 
 void pf_db_drop(pf_db *d)
 {
-    PGconn *c = admin_connect();
+    PGconn *c;
     char sql[160];
 
+    if (d->watch != NULL) {
+        PQfinish(d->watch);
+        d->watch = NULL;
+    }
+    c = admin_connect();
     snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", d->name);
     admin_exec(c, sql);
     PQfinish(c);
@@ -170,12 +176,14 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig)
+static void burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig,
+                  pf_ready_fn ready, void *arg)
 {
     CURLM *m = curl_multi_init();
     slot *slots = calloc(n, sizeof(*slots));
     uint64_t start = e2e_now_ms();
-    bool signalled = signal_after_ms < 0;
+    bool signalled = signal_after_ms < 0 && ready == NULL;
+    uint64_t next_poll = start;
     int running = 0;
     char url[256];
     CURLMsg *msg;
@@ -231,7 +239,16 @@ void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, in
                 curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &s->req->status);
             s->req->elapsed_ms = e2e_now_ms() - start;
         }
-        if (!signalled && e2e_now_ms() - start >= (uint64_t)signal_after_ms) {
+        if (!signalled && ready != NULL && e2e_now_ms() >= next_poll) {
+            if (ready(arg)) {
+                kill(p->pid, sig);
+                signalled = true;
+            } else if (running == 0 || e2e_now_ms() - start > 30000) {
+                fail_msg("the condition for the signal never held during the burst");
+            }
+            next_poll = e2e_now_ms() + 10;
+        } else if (!signalled && ready == NULL &&
+                   e2e_now_ms() - start >= (uint64_t)signal_after_ms) {
             kill(p->pid, sig);
             signalled = true;
         }
@@ -245,6 +262,37 @@ void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, in
     }
     free(slots);
     curl_multi_cleanup(m);
+}
+
+void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig)
+{
+    burst(p, reqs, n, signal_after_ms, sig, NULL, NULL);
+}
+
+void pf_burst_when(const e2e_proc *p, pf_req *reqs, size_t n, int sig, pf_ready_fn ready, void *arg)
+{
+    burst(p, reqs, n, -1, sig, ready, arg);
+}
+
+int64_t pf_db_sleeping(pf_db *d)
+{
+    static const char sql[] = "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                              "current_database() AND wait_event = 'PgSleep' AND pid <> "
+                              "pg_backend_pid()";
+    PGresult *r;
+    int64_t v;
+
+    if (d->watch == NULL) {
+        d->watch = PQconnectdb(d->url);
+        if (PQstatus(d->watch) != CONNECTION_OK)
+            fail_msg("cannot connect to %s: %s", d->url, PQerrorMessage(d->watch));
+    }
+    r = PQexec(d->watch, sql);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1)
+        fail_msg("%s: %s", sql, PQerrorMessage(d->watch));
+    v = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
 }
 
 size_t pf_count_status(const pf_req *reqs, size_t n, long status)

@@ -25,6 +25,7 @@
 typedef struct pf_db {
     char name[64];
     char url[512]; /* TEST_DATABASE_URL with the database name replaced */
+    void *watch;   /* a PGconn kept open for pf_db_sleeping's polls, or NULL */
 } pf_db;
 
 /** Creates a fresh, empty database named after tag and the test's pid (dropped first if left
@@ -62,6 +63,22 @@ typedef struct pf_req {
  * the requests are in flight.
  */
 void pf_burst(const e2e_proc *p, pf_req *reqs, size_t n, int signal_after_ms, int sig);
+
+/* A condition on observable state (a row, a session, a metric), polled during a burst. */
+typedef bool (*pf_ready_fn)(void *arg);
+
+/**
+ * Like pf_burst, but sends sig once ready(arg) returns true, polled about every 10 ms while the
+ * requests are in flight: a signal tied to what the service has done, not to the clock, holds on
+ * a busy machine. Fails the test if every request finished first, or after 30 s.
+ */
+void pf_burst_when(const e2e_proc *p, pf_req *reqs, size_t n, int sig, pf_ready_fn ready,
+                   void *arg);
+
+/** How many sessions on d's database wait in pg_sleep (a transfer between its debit and its
+ * credit, a welcome event being written). Polls on one connection kept open until pf_db_drop,
+ * so that a poll costs a query, not a connection (slow on a busy machine). */
+int64_t pf_db_sleeping(pf_db *d);
 
 /** How many requests of reqs got status. */
 size_t pf_count_status(const pf_req *reqs, size_t n, long status);

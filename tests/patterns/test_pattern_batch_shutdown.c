@@ -6,7 +6,10 @@
  * finish (the log's `started` equals what was completed), no new one starts (the answer comes
  * within about one item's time of the signal, far before the rest of the batch could have run),
  * and the answer is a 200 whose `completed` is exactly the rows written and whose `cancelled` is
- * the rest. The process then exits 0.
+ * the rest. The process then exits 0. SIGTERM is sent once the first round's rows are in the
+ * database, not after a fixed time, so a busy machine (slow to start the batch) changes nothing;
+ * the answer's time is compared with what the rest of the batch would take, with a factor of two
+ * to spare, since only a clock can tell it.
  *
  * `before`: the sequential loop ignores the drain signal and runs on until the grace period ends
  * and it is cancelled; the client gets a 503 that says nothing of the rows already written.
@@ -27,8 +30,31 @@
 #include "pt_async.h"
 
 #define N_IDS       60
-#define DELAY_MS    200
+#define DELAY_MS    300
 #define CONCURRENCY 5
+
+/* Rows the `after` batch of users 501.. has written since `since`. */
+static int64_t after_rows(PGconn *db, const char *since)
+{
+    return pt_db_int(db,
+                     "SELECT count(*) FROM batch_results WHERE variant = 'after' AND "
+                     "user_id BETWEEN 501 AND 560 AND created_at >= $1::timestamptz",
+                     since);
+}
+
+static const char sql_before_rows[] =
+    "SELECT count(*) FROM batch_results WHERE variant = 'before' AND "
+    "user_id BETWEEN 601 AND 660 AND created_at >= $1::timestamptz";
+
+/* clock_timestamp() of the database, as text, into out. */
+static void db_now(PGconn *db, char *out, size_t cap)
+{
+    PGresult *res = PQexec(db, "SELECT clock_timestamp()::text");
+
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    snprintf(out, cap, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
 
 /* The log line of event batch_stopped for batch_id (new), or NULL. */
 static json_t *find_stop_line(const e2e_proc *p, const char *batch_id)
@@ -60,14 +86,23 @@ static void test_after_batch_drains_on_sigterm(void **state)
     e2e_proc p;
     pt_call call;
     uint64_t signalled;
+    uint64_t rest_ms;
+    uint64_t give_up;
     int64_t completed;
     int64_t cancelled;
+    char since[64];
 
     (void)state;
+    db_now(db, since, sizeof(since));
     e2e_start(&p, NULL, NULL, true);
     pt_call_start(&call, &p, "POST", "/after/batch", body);
-    /* About two and a half rounds of CONCURRENCY items: some done, some in flight. */
-    e2e_sleep_ms(DELAY_MS * 5 / 2);
+    /* The first round written: some items done, the next ones in flight, most not started. */
+    give_up = e2e_now_ms() + 30000;
+    while (after_rows(db, since) < CONCURRENCY) {
+        if (pt_call_is_done(&call) || e2e_now_ms() > give_up)
+            fail_msg("the batch's first %d rows never appeared", CONCURRENCY);
+        e2e_sleep_ms(10);
+    }
     signalled = e2e_now_ms();
     e2e_signal(&p, SIGTERM);
     pt_call_join(&call);
@@ -86,9 +121,14 @@ static void test_after_batch_drains_on_sigterm(void **state)
     assert_int_equal(json_array_size(json_object_get(v, "failed")), 0);
     assert_int_equal(completed + cancelled, N_IDS);
     assert_true(completed >= CONCURRENCY);
-    assert_true(cancelled >= CONCURRENCY);
-    /* The rest of the batch would take (N_IDS - completed) / CONCURRENCY more delays. */
-    assert_true(call.end_ms - signalled < 3 * DELAY_MS);
+    /* Most of the batch was still to come: the comparison below means something. */
+    assert_true(cancelled >= 4 * CONCURRENCY);
+    /* The rest of the batch would have taken cancelled / CONCURRENCY more delays; the answer
+     * comes after the items in flight (about one delay), in well under half of that. */
+    rest_ms = (uint64_t)cancelled / CONCURRENCY * DELAY_MS;
+    if (call.end_ms - signalled >= rest_ms / 2)
+        fail_msg("answered %llu ms after SIGTERM; running the rest would take %llu ms",
+                 (unsigned long long)(call.end_ms - signalled), (unsigned long long)rest_ms);
     assert_int_equal(
         pt_db_int(db, "SELECT count(*) FROM batch_results WHERE batch_id = $1", batch_id),
         completed);
@@ -109,23 +149,26 @@ static void test_after_batch_drains_on_sigterm(void **state)
 static void test_before_batch_loses_its_report(void **state)
 {
     static const char *const env[] = {"SHUTDOWN_GRACE_MS=400", NULL};
-    char *body = pt_batch_body(N_IDS, 601, DELAY_MS / 2, CONCURRENCY);
+    char *body = pt_batch_body(N_IDS, 601, 100, CONCURRENCY);
     PGconn *db = pt_db_connect();
     char since[64];
     int64_t written;
     e2e_proc p;
     pt_call call;
     uint64_t signalled;
-    PGresult *res;
+    uint64_t give_up;
 
     (void)state;
-    res = PQexec(db, "SELECT clock_timestamp()::text");
-    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
-    snprintf(since, sizeof(since), "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
+    db_now(db, since, sizeof(since));
     e2e_start(&p, env, NULL, true);
     pt_call_start(&call, &p, "POST", "/before/batch", body);
-    e2e_sleep_ms(DELAY_MS * 2);
+    /* Two rows written (of 60, one every 100 ms): the loop is under way, far from its end. */
+    give_up = e2e_now_ms() + 30000;
+    while (pt_db_int(db, sql_before_rows, since) < 2) {
+        if (pt_call_is_done(&call) || e2e_now_ms() > give_up)
+            fail_msg("the before batch's first rows never appeared");
+        e2e_sleep_ms(10);
+    }
     signalled = e2e_now_ms();
     e2e_signal(&p, SIGTERM);
     pt_call_join(&call);
@@ -135,10 +178,7 @@ static void test_before_batch_loses_its_report(void **state)
     /* It ran on past the signal until the grace period ended, then lost its answer. */
     pt_assert_error(&call.resp, 503, "unavailable");
     assert_true(call.end_ms - signalled >= 350);
-    written = pt_db_int(db,
-                        "SELECT count(*) FROM batch_results WHERE variant = 'before' AND "
-                        "user_id BETWEEN 601 AND 660 AND created_at >= $1::timestamptz",
-                        since);
+    written = pt_db_int(db, sql_before_rows, since);
     assert_true(written > 0);
     assert_true(written < N_IDS);
     e2e_resp_free(&call.resp);

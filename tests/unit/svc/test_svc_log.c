@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -87,6 +88,42 @@ static void test_text_line(void **state)
     assert_non_null(strstr(out, "path=\"/a \\\"quoted\\\" \\\\path\""));
     assert_non_null(strstr(out, "route=-"));
     svc_log_setup(SVC_LOG_INFO, SVC_LOG_JSON);
+}
+
+static void write_plain_line(void)
+{
+    svc_log_msg(SVC_LOG_INFO, "tick", "now");
+}
+
+/* The time is formatted by hand (svc_log_begin must be usable from a signal handler): it must
+ * say what gmtime_r and strftime say about the same second. */
+static void test_timestamp(void **state)
+{
+    char before[32];
+    char after[32];
+    char got[32];
+    const char *out;
+    struct tm tm;
+    time_t t0;
+    time_t t1;
+
+    (void)state;
+    svc_log_setup(SVC_LOG_INFO, SVC_LOG_TEXT);
+    t0 = time(NULL);
+    out = capture(write_plain_line);
+    t1 = time(NULL);
+    svc_log_setup(SVC_LOG_INFO, SVC_LOG_JSON);
+    strftime(before, sizeof(before), "%Y-%m-%dT%H:%M:%S.", gmtime_r(&t0, &tm));
+    strftime(after, sizeof(after), "%Y-%m-%dT%H:%M:%S.", gmtime_r(&t1, &tm));
+    assert_true(strlen(out) > 24);
+    memcpy(got, out, 20);
+    got[20] = '\0';
+    if (strcmp(got, before) != 0)
+        assert_string_equal(got, after);
+    for (int i = 20; i < 23; i++)
+        assert_true(out[i] >= '0' && out[i] <= '9');
+    assert_int_equal(out[23], 'Z');
+    assert_int_equal(out[24], ' ');
 }
 
 static void write_client_bytes_line(void)
@@ -171,7 +208,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_line),    cmocka_unit_test(test_text_line),
         cmocka_unit_test(test_client_bytes), cmocka_unit_test(test_truncation),
-        cmocka_unit_test(test_parsers),
+        cmocka_unit_test(test_parsers),      cmocka_unit_test(test_timestamp),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
