@@ -47,6 +47,12 @@ if [ "$(id -u)" = 0 ]; then
     chown postgres "$dir"
 fi
 
+# The tests run here create and drop schemas of fixed names (test_db_random, ...) while the same
+# binaries may be running directly against the server in parallel: a database of this run's own
+# keeps the two apart.
+direct="postgresql://$user@$host:$port/$db$query"
+private_db="hs_pgbouncer_$$"
+
 cleanup() {
     if [ -s "$dir/pgbouncer.pid" ]; then
         kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
@@ -56,8 +62,10 @@ cleanup() {
         done
     fi
     rm -rf "$dir"
+    psql "$direct" -qAt -c "DROP DATABASE IF EXISTS $private_db WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+psql "$direct" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $private_db" >/dev/null
 
 # A free loopback port: bind to port 0 and read what the kernel chose.
 listen_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -95,7 +103,7 @@ done
 version=$("$pgbouncer" --version | head -1)
 echo "pgbouncer.sh: $version on 127.0.0.1:$listen_port, transaction mode, -> $host:$port"
 
-export TEST_DATABASE_URL="postgresql://$user@127.0.0.1:$listen_port/$db$query"
+export TEST_DATABASE_URL="postgresql://$user@127.0.0.1:$listen_port/$private_db$query"
 export HS_TEST_TRANSACTION_POOLER=1
 export DB_TRANSACTION_POOLER=on
 
