@@ -16,17 +16,30 @@
  * same Idempotency-Key and gets the stored answer if it committed). Never a 504 "cancelled",
  * which would contradict a database that may well show the transfer.
  *
- * Inside the transaction the statements are chosen one at a time by the step callback:
+ * The transaction waits on the database twice (three times with a key):
  *
- *   BEGIN -> [key: LOCK -> LOOKUP] -> ACCOUNTS -> DEBIT -> [delay: SLEEP] -> CREDIT -> TRANSFER
- *         -> LEDGER -> [key: STORE] -> COMMIT
+ *   no key:   [BEGIN, MOVE] -> [delay: SLEEP] -> [COMMIT]
+ *   key:      [BEGIN, LOCK, LOOKUP] -> [MOVE] -> [delay: SLEEP] -> [STORE, COMMIT]
+ *
+ * where brackets are one round trip: the statements known before the transaction starts are
+ * pipelined behind BEGIN, and COMMIT goes right behind STORE. MOVE is the whole transfer in one
+ * statement: it locks both rows in id order (ORDER BY id FOR UPDATE), so two transfers in
+ * opposite directions lock in the same order and cannot deadlock; checks that both exist and
+ * that `from` holds enough; and only then debits, credits and writes the transfer row and its
+ * two ledger legs. It returns what it found, and the step callback answers 404 or 409 (the pool
+ * rolls back, nothing was written) or goes on to COMMIT. SLEEP is the demonstrations' delay_ms,
+ * played with the rows locked and nothing yet committed, so a cancellation during it rolls back.
  *
  * LOCK takes pg_try_advisory_xact_lock on the key: a second request with the same key while the
  * first is running gets false and a 409 at once instead of queuing behind it. LOOKUP replays a
- * stored response (same body hash) or refuses the key (422). ACCOUNTS locks both rows in id order
- * (ORDER BY id FOR UPDATE), so two transfers in opposite directions lock in the same order and
- * cannot deadlock. STORE writes the response in the same transaction as the money, so a stored
- * response exists exactly when the transfer committed.
+ * stored response (same body hash) or refuses the key (422); it is its own statement, pipelined
+ * behind LOCK, so that its snapshot is taken once the lock is held and sees the response of a
+ * request that held the key a moment before. MOVE waits for LOOKUP's answer rather than being
+ * pipelined too: behind a LOCK that failed it would queue on the rows the key's holder has
+ * locked. STORE writes the response in the same transaction as the money, so a stored response
+ * exists exactly when the transfer committed; should it fail, the COMMIT behind it rolls back.
+ *
+ * With DB_TRANSACTION_POOLER=on (no pipelining) the same calls send one statement at a time.
  */
 #include "handlers/transfers_int.h"
 
@@ -45,33 +58,33 @@ static const char sql_lock[] = "SELECT pg_try_advisory_xact_lock(hashtextextende
 static const char sql_lookup[] =
     "SELECT request_hash = md5($2::text), response_status, response_body "
     "FROM idempotency_keys WHERE key = $1::text";
-static const char sql_accounts[] =
-    "SELECT id, balance FROM accounts WHERE id IN ($1::bigint, $2::bigint) ORDER BY id FOR UPDATE";
-static const char sql_debit[] =
-    "UPDATE accounts SET balance = balance - $1::bigint WHERE id = $2::bigint";
-static const char sql_legs[] =
-    "INSERT INTO ledger (transfer_id, account_id, delta) "
-    "VALUES ($1::bigint, $2::bigint, -($4::bigint)), ($1::bigint, $3::bigint, $4::bigint)";
+/* The whole transfer ($1 from, $2 to, $3 amount): returns `from`'s balance (NULL: no such
+ * account), whether `to` exists, and the new transfer's id (NULL: nothing was moved). Every
+ * part reads `acc`, so both rows are locked, in id order, before anything is written; the
+ * aggregate reads all of `acc`, so both are locked even when one is missing. */
+static const char sql_move[] =
+    "WITH acc AS (SELECT id, balance FROM accounts WHERE id IN ($1::bigint, $2::bigint) "
+    "ORDER BY id FOR UPDATE), "
+    "chk AS (SELECT max(balance) FILTER (WHERE id = $1::bigint) AS from_balance, "
+    "coalesce(bool_or(id = $2::bigint), false) AS to_found FROM acc), "
+    "go AS (SELECT 1 FROM chk WHERE to_found AND from_balance >= $3::bigint), "
+    "debit AS (UPDATE accounts SET balance = balance - $3::bigint "
+    "WHERE id = $1::bigint AND EXISTS (SELECT 1 FROM go)), "
+    "credit AS (UPDATE accounts SET balance = balance + $3::bigint "
+    "WHERE id = $2::bigint AND EXISTS (SELECT 1 FROM go)), "
+    "xfer AS (INSERT INTO transfers (from_account, to_account, amount, variant) "
+    "SELECT $1::bigint, $2::bigint, $3::bigint, 'after' FROM go RETURNING id), "
+    "legs AS (INSERT INTO ledger (transfer_id, account_id, delta) "
+    "SELECT id, $1::bigint, -$3::bigint FROM xfer UNION ALL SELECT id, $2::bigint, $3::bigint "
+    "FROM xfer) "
+    "SELECT from_balance, to_found, (SELECT id FROM xfer) FROM chk";
 static const char sql_store[] =
     "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body) "
     "VALUES ($1::text, md5($2::text), 200, $3::text)";
 static const char sql_sleep[] = HS_XFER_SQL_SLEEP;
-static const char sql_credit[] = HS_XFER_SQL_CREDIT;
-static const char sql_transfer[] = HS_XFER_SQL_TRANSFER;
 
-enum after_stage {
-    A_BEGIN = 0,
-    A_LOCK,
-    A_LOOKUP,
-    A_ACCOUNTS,
-    A_DEBIT,
-    A_SLEEP,
-    A_CREDIT,
-    A_TRANSFER,
-    A_LEDGER,
-    A_STORE,
-    A_COMMIT
-};
+/* The statement whose result the step callback sees next. */
+enum after_stage { A_LOCK = 0, A_LOOKUP, A_MOVE, A_SLEEP, A_COMMIT };
 
 typedef struct xfer_after {
     rt_task task;
@@ -81,6 +94,10 @@ typedef struct xfer_after {
     svc_request *req;
     hs_xfer_args a;
     int stage;
+    /* Parameters of the statements pipelined behind BEGIN: borrowed until completion. */
+    const char *lock_p[1];
+    const char *lookup_p[2];
+    const char *move_p[3];
     int64_t transfer_id;
     char *body; /* the 200 body (owned), built before STORE so the stored copy is identical */
     /* What the step callback decided when it abandoned the transaction (status ANSWERED). */
@@ -89,7 +106,6 @@ typedef struct xfer_after {
     char answer_msg[128];
     char *replay; /* owned: a stored response body */
     uint64_t started;
-    char id_s[HS_INT_TEXT];
 } xfer_after;
 
 static void after_exec(xfer_after *x, int stage, const char *name, const char *sql, int n,
@@ -107,37 +123,38 @@ static void after_refuse(xfer_after *x, int status, const char *code, const char
     rt_db_tx_rollback(&x->tx, ANSWERED);
 }
 
-static void after_accounts(xfer_after *x)
+/* The transfer goes out once the key, if any, has been claimed. */
+static void after_move(xfer_after *x)
 {
-    const char *p[2] = {x->a.from_s, x->a.to_s};
-
-    after_exec(x, A_ACCOUNTS, "hs_xfer_accounts", sql_accounts, 2, p);
+    after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
 }
 
-static void after_credit(xfer_after *x)
+/* The transfer is in place, the response built: COMMIT (behind STORE with a key). */
+static void after_finish(xfer_after *x)
 {
-    const char *p[2] = {x->a.amount_s, x->a.to_s};
+    if (x->a.key != NULL) {
+        const char *p[3] = {x->a.key, x->a.canon, x->body};
 
-    after_exec(x, A_CREDIT, "hs_xfer_credit", sql_credit, 2, p);
+        after_exec(x, A_COMMIT, "hs_xfer_store", sql_store, 3, p);
+    }
+    x->stage = A_COMMIT;
+    rt_db_tx_commit(&x->tx);
 }
 
-/* ACCOUNTS came back: both rows are locked (in id order) if they exist. */
-static void after_check_accounts(xfer_after *x, const rt_db_result *r)
+/* MOVE came back: the rows were locked (in id order), and the money moved unless refused. */
+static void after_check_move(xfer_after *x, const rt_db_result *r)
 {
     int64_t from_balance = -1;
     bool to_found = false;
     char msg[128];
 
-    for (int i = 0; i < rt_db_result_rows(r); i++) {
-        int64_t id;
-        int64_t balance;
-
-        if (rt_db_result_int64(r, i, 0, &id) < 0 || rt_db_result_int64(r, i, 1, &balance) < 0)
-            continue;
-        if (id == x->a.from)
-            from_balance = balance;
-        else if (id == x->a.to)
-            to_found = true;
+    if (rt_db_result_rows(r) != 1 || rt_db_result_bool(r, 0, 1, &to_found) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+        return;
+    }
+    if (!rt_db_result_is_null(r, 0, 0) && rt_db_result_int64(r, 0, 0, &from_balance) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+        return;
     }
     if (from_balance < 0 || !to_found) {
         snprintf(msg, sizeof(msg), "account %" PRId64 " does not exist",
@@ -147,10 +164,16 @@ static void after_check_accounts(xfer_after *x, const rt_db_result *r)
         snprintf(msg, sizeof(msg), "account %" PRId64 " holds less than %" PRId64, x->a.from,
                  x->a.amount);
         after_refuse(x, 409, "insufficient_funds", msg);
-    } else {
-        const char *p[2] = {x->a.amount_s, x->a.from_s};
+    } else if (rt_db_result_int64(r, 0, 2, &x->transfer_id) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+    } else if ((x->body = hs__xfer_success_body(&x->a, x->transfer_id)) == NULL) {
+        rt_db_tx_rollback(&x->tx, UV_ENOMEM);
+    } else if (x->a.delay_ms > 0) {
+        const char *p[1] = {x->a.delay_s};
 
-        after_exec(x, A_DEBIT, "hs_xfer_debit", sql_debit, 2, p);
+        after_exec(x, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, p);
+    } else {
+        after_finish(x);
     }
 }
 
@@ -161,7 +184,7 @@ static void after_check_key(xfer_after *x, const rt_db_result *r)
     int64_t status;
 
     if (rt_db_result_rows(r) == 0) {
-        after_accounts(x);
+        after_move(x);
         return;
     }
     if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
@@ -188,15 +211,6 @@ static void after_step(rt_db_tx *tx)
     const rt_db_result *r = &tx->result;
 
     switch (x->stage) {
-    case A_BEGIN:
-        if (x->a.key != NULL) {
-            const char *p[1] = {x->a.key};
-
-            after_exec(x, A_LOCK, "hs_xfer_lock", sql_lock, 1, p);
-        } else {
-            after_accounts(x);
-        }
-        break;
     case A_LOCK: {
         bool got;
 
@@ -206,63 +220,21 @@ static void after_step(rt_db_tx *tx)
             after_refuse(x, 409, "idempotency_in_progress",
                          "a request with this Idempotency-Key is still running");
         } else {
-            const char *p[2] = {x->a.key, x->a.canon};
-
-            after_exec(x, A_LOOKUP, "hs_xfer_lookup", sql_lookup, 2, p);
+            x->stage = A_LOOKUP; /* pipelined behind: its result comes next */
         }
         break;
     }
     case A_LOOKUP:
         after_check_key(x, r);
         break;
-    case A_ACCOUNTS:
-        after_check_accounts(x, r);
-        break;
-    case A_DEBIT:
-        if (x->a.delay_ms > 0) {
-            const char *p[1] = {x->a.delay_s};
-
-            after_exec(x, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, p);
-        } else {
-            after_credit(x);
-        }
+    case A_MOVE:
+        after_check_move(x, r);
         break;
     case A_SLEEP:
-        after_credit(x);
-        break;
-    case A_CREDIT: {
-        const char *p[4] = {x->a.from_s, x->a.to_s, x->a.amount_s, "after"};
-
-        after_exec(x, A_TRANSFER, "hs_xfer_transfer", sql_transfer, 4, p);
-        break;
-    }
-    case A_TRANSFER: {
-        const char *p[4] = {x->id_s, x->a.from_s, x->a.to_s, x->a.amount_s};
-
-        if (rt_db_result_int64(r, 0, 0, &x->transfer_id) < 0) {
-            rt_db_tx_rollback(tx, UV_EPROTO);
-            break;
-        }
-        hs__int_text(x->id_s, x->transfer_id);
-        after_exec(x, A_LEDGER, "hs_xfer_legs", sql_legs, 4, p);
-        break;
-    }
-    case A_LEDGER:
-        x->body = hs__xfer_success_body(&x->a, x->transfer_id);
-        if (x->body == NULL) {
-            rt_db_tx_rollback(tx, UV_ENOMEM);
-        } else if (x->a.key != NULL) {
-            const char *p[3] = {x->a.key, x->a.canon, x->body};
-
-            after_exec(x, A_STORE, "hs_xfer_store", sql_store, 3, p);
-        } else {
-            x->stage = A_COMMIT;
-            rt_db_tx_commit(tx);
-        }
+        after_finish(x);
         break;
     default:
-        x->stage = A_COMMIT;
-        rt_db_tx_commit(tx);
+        rt_db_tx_rollback(tx, UV_EPROTO);
         break;
     }
 }
@@ -279,6 +251,7 @@ static void after_log(const xfer_after *x, svc_log_level level, const char *even
     svc_log_str(&l, "reason", uv_err_name(status));
     svc_log_str(&l, "outcome", outcomes[x->tx.outcome]);
     svc_log_int(&l, "statements", x->tx.step);
+    svc_log_int(&l, "round_trips", x->tx.round_trips);
     svc_log_end(&l);
 }
 
@@ -289,7 +262,7 @@ static void after_on_race(rt_task *t, int status)
     svc_request *req = x->req;
 
     svc_request_add_db_time(req, uv_hrtime() - x->started);
-    if (x->race.signal_won && x->stage == A_COMMIT) {
+    if (x->race.signal_won && x->tx.commit_sent) {
         /* Cancellation no longer strikes once COMMIT is sent: the transaction's own status
          * (the COMMIT's answer, or why it never came) is the answer. */
         after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
@@ -308,7 +281,7 @@ static void after_on_race(rt_task *t, int status)
         svc_respond_error(req, 503, "commit_outcome_unknown",
                           "COMMIT was sent but its answer never came; retry with the same "
                           "Idempotency-Key to learn the outcome");
-    } else if (x->race.signal_won && x->stage != A_COMMIT) {
+    } else if (x->race.signal_won && !x->tx.commit_sent) {
         (*x->t->rolled_back)++;
         after_log(x, SVC_LOG_WARN, "transfer_cancelled", status);
         svc_respond_uv_error(req, status);
@@ -337,6 +310,17 @@ static int after_start(rt_task *t)
     rt_runtime *rt = x->req->app->rt;
 
     rt_db_tx_init(&x->tx, x->req->app->db, NULL, after_step, NULL);
+    if (x->a.key != NULL) {
+        x->lock_p[0] = x->a.key;
+        x->lookup_p[0] = x->a.key;
+        x->lookup_p[1] = x->a.canon;
+        rt_db_tx_pipeline(&x->tx, "hs_xfer_lock", sql_lock, 1, x->lock_p);
+        rt_db_tx_pipeline(&x->tx, "hs_xfer_lookup", sql_lookup, 2, x->lookup_p);
+        x->stage = A_LOCK;
+    } else {
+        rt_db_tx_pipeline(&x->tx, "hs_xfer_move", sql_move, 3, x->move_p);
+        x->stage = A_MOVE;
+    }
     rt_race_init(&x->race, rt, &x->tx.task, x->req->signal);
     x->started = uv_hrtime();
     rt_task_start(&x->race.task, NULL, after_on_race);
@@ -371,6 +355,8 @@ rt_task *hs__xfer_after_new(hs_xfer_state *t, svc_request *req, const hs_xfer_ar
     x->t = t;
     x->req = req;
     x->a = *a;
-    x->stage = A_BEGIN;
+    x->move_p[0] = x->a.from_s;
+    x->move_p[1] = x->a.to_s;
+    x->move_p[2] = x->a.amount_s;
     return &x->task;
 }

@@ -13,8 +13,9 @@
  *    pays for short statements only: a connection whose oldest statement has run for
  *    `pipeline_stall_us` takes nothing more, and new queries wait in the queue for whichever
  *    connection frees up first.
- *  - rt_db_tx: a transaction holding one connection alone. BEGIN, then the caller's step
- *    callback chooses the next statement from the previous result, then COMMIT or ROLLBACK.
+ *  - rt_db_tx: a transaction holding one connection alone. BEGIN, with the statements known in
+ *    advance pipelined behind it, then the caller's step callback chooses the next statement
+ *    from the previous result, then COMMIT (possibly behind the last statement) or ROLLBACK.
  *
  * Acquisition is a bounded FIFO queue: when `queue_limit` requests already wait, a new one fails
  * at once with UV_EBUSY (a 503, never memory growth). While the database is known to be down (no
@@ -175,7 +176,8 @@ typedef struct rt_db_stats {
     /* Transactions (rt_db_tx), by outcome, and rollbacks by cause. */
     uint64_t tx_committed;
     uint64_t tx_rolled_back;
-    uint64_t tx_unknown; /* COMMIT sent, answer never came (lost or commit_timeout_ms) */
+    uint64_t tx_unknown;     /* COMMIT sent, answer never came (lost or commit_timeout_ms) */
+    uint64_t tx_round_trips; /* waits on the server: sends made with none of its own in flight */
     uint64_t rollbacks_cancel;
     uint64_t rollbacks_error;
     uint64_t rollbacks_user;
@@ -297,25 +299,48 @@ enum rt_db_tx_outcome {
 };
 
 /*
- * The step callback: the previous statement succeeded (tx->step statements have run since BEGIN;
- * 0 right after BEGIN) and its result is in tx->result. It must call exactly one of
- * rt_db_tx_exec, rt_db_tx_commit or rt_db_tx_rollback before returning. A failing statement does
- * not reach the step callback: the transaction is rolled back and completes with the error.
+ * The step callback: a statement succeeded (tx->step statements have run since BEGIN; 0 right
+ * after BEGIN) and its result is in tx->result. When rt_db_tx_queued(tx) is 0 it must call
+ * exactly one of rt_db_tx_exec, rt_db_tx_commit or rt_db_tx_rollback before returning; while
+ * statements of the transaction are still to come (sent with rt_db_tx_pipeline) it may return
+ * without choosing, and is called again with the next result, or abandon the transaction with
+ * rt_db_tx_rollback. A failing statement does not reach the step callback: the transaction is
+ * rolled back and completes with the error. BEGIN's own result reaches it only when no statement
+ * was pipelined behind BEGIN.
  */
 typedef void (*rt_db_tx_step_cb)(rt_db_tx *tx);
 typedef void (*rt_db_tx_release_cb)(rt_db_tx *tx);
+
+/* Statements rt_db_tx_pipeline may send behind BEGIN. */
+#define RT_DB_TX_AHEAD 4
+
+/* A statement sent behind BEGIN (private; see rt_db_tx_pipeline). */
+typedef struct rt_db__ahead {
+    const char *name;
+    const char *sql;
+    const char *const *params;
+    int nparams;
+} rt_db__ahead;
 
 /*
  * A transaction on one connection. Embed it, init it, start tx->task. Completion status: 0 when
  * committed; RT_DB_ESQL (tx->result has the SQLSTATE) or another error from the table above; the
  * status given to rt_db_tx_rollback; or the cancellation reason. tx->outcome says what the
  * database did, which matters when the status is an error after COMMIT was sent.
+ *
+ * Round trips: every send made while none of the transaction's statements is in flight is one
+ * more wait on the server (counted in round_trips and in the pool's tx_round_trips). Statements
+ * pipelined behind BEGIN (rt_db_tx_pipeline) and a COMMIT sent behind the last statement
+ * (rt_db_tx_exec then rt_db_tx_commit) share their round trip; with pipeline_depth 1 (and so
+ * behind a transaction pooler) they go one at a time, each after the previous one's success.
  */
 struct rt_db_tx {
-    rt_task task;        /* start, cancel and release this */
-    rt_db_result result; /* read-only: the last statement's result (or error) */
-    unsigned step;       /* read-only: statements completed since BEGIN */
-    uint8_t outcome;     /* read-only: enum rt_db_tx_outcome, once completed */
+    rt_task task;         /* start, cancel and release this */
+    rt_db_result result;  /* read-only: the last statement's result (or error) */
+    unsigned step;        /* read-only: statements completed since BEGIN */
+    unsigned round_trips; /* read-only: waits on the server so far (see above) */
+    uint8_t outcome;      /* read-only: enum rt_db_tx_outcome, once completed */
+    bool commit_sent;     /* read-only: COMMIT went out; cancellation no longer strikes */
     /* private */
     rt_db *db;
     rt_db__wait wait;
@@ -325,8 +350,12 @@ struct rt_db_tx {
     struct rt_db__conn *conn;
     int pending_cancel;
     uint8_t phase;
+    uint8_t nahead;     /* statements given to rt_db_tx_pipeline */
+    uint8_t ahead_sent; /* of which sent */
+    bool commit_queued; /* COMMIT chosen, waiting for room on the connection */
     bool in_step;
     bool decided;
+    rt_db__ahead ahead[RT_DB_TX_AHEAD];
 };
 
 /**
@@ -339,9 +368,24 @@ void rt_db_tx_init(rt_db_tx *tx, rt_db *db, const char *begin_sql, rt_db_tx_step
                    rt_db_tx_release_cb release_cb);
 
 /**
- * From the step callback only: sends the next statement (name as in rt_db_query_prepare_as, may
- * be NULL). sql and params are borrowed only for this call (the statement is sent before it
- * returns, so params may point into tx->result). The previous result is freed after sending.
+ * Before tx->task is started, at most RT_DB_TX_AHEAD times: a statement to send right behind
+ * BEGIN, in the same round trip (name as in rt_db_query_prepare_as, may be NULL). Unlike
+ * rt_db_tx_exec, name, sql, the params array and the strings it points to are borrowed until
+ * completion. Each one's result reaches the step callback in order; a failure of one rolls the
+ * transaction back, and the statements behind it are answered by the server with an error that
+ * nobody reads.
+ */
+void rt_db_tx_pipeline(rt_db_tx *tx, const char *name, const char *sql, int nparams,
+                       const char *const *params);
+
+/** Statements of tx sent or waiting to be sent whose results have not reached the callback. */
+unsigned rt_db_tx_queued(const rt_db_tx *tx);
+
+/**
+ * From the step callback only, when rt_db_tx_queued is 0: sends the next statement (name as in
+ * rt_db_query_prepare_as, may be NULL). sql and params are borrowed only for this call (the
+ * statement is sent before it returns, so params may point into tx->result). The previous result
+ * is freed after sending.
  */
 void rt_db_tx_exec(rt_db_tx *tx, const char *name, const char *sql, int nparams,
                    const char *const *params);
@@ -350,13 +394,20 @@ void rt_db_tx_exec(rt_db_tx *tx, const char *name, const char *sql, int nparams,
  * From the step callback only: sends COMMIT. From this point cancellation no longer interrupts
  * the transaction; it completes with 0 once COMMIT is acknowledged, or with an error and
  * outcome RT_DB_TX_UNKNOWN when the answer does not come within commit_timeout_ms.
+ *
+ * Called right after rt_db_tx_exec in the same callback, COMMIT goes behind that statement in
+ * the same round trip, and the statement's result does not reach the step callback: its
+ * failure completes the transaction with the error and outcome RT_DB_TX_ROLLED_BACK (the server
+ * answers the COMMIT of a failed transaction by rolling it back). With pipeline_depth 1, COMMIT
+ * waits for the statement's success, and until it is sent cancellation still rolls back.
  */
 void rt_db_tx_commit(rt_db_tx *tx);
 
 /**
  * From the step callback only: abandons the transaction (the caller decided, e.g. insufficient
  * funds). The pool rolls it back before reusing the connection; the task completes with status
- * (negative) and outcome RT_DB_TX_ROLLED_BACK.
+ * (negative) and outcome RT_DB_TX_ROLLED_BACK. Statements still in flight run to their end and
+ * their results are dropped.
  */
 void rt_db_tx_rollback(rt_db_tx *tx, int status);
 

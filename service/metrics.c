@@ -430,6 +430,9 @@ static void render_db(buf *b, const rt_db *db)
          (unsigned long long)st.tx_rolled_back);
     emit(b, "hs_db_transactions_total{outcome=\"unknown\"} %llu\n",
          (unsigned long long)st.tx_unknown);
+    header(b, "hs_db_transaction_round_trips_total", "counter",
+           "Waits on the server by transactions, BEGIN to COMMIT.");
+    emit(b, "hs_db_transaction_round_trips_total %llu\n", (unsigned long long)st.tx_round_trips);
     header(b, "hs_db_rollbacks_total", "counter", "Rollbacks by cause.");
     emit(b, "hs_db_rollbacks_total{cause=\"cancel\"} %llu\n",
          (unsigned long long)st.rollbacks_cancel);

@@ -3,7 +3,9 @@
  * test_db_tx.c - transactions: committed; cancelled before COMMIT (no row, checked from a second
  * plain connection); failed statement; the caller's rollback; cancellation after COMMIT was
  * sent (ignored); COMMIT whose answer does not come in time (outcome unknown); a transaction
- * cancelled while queued; and closing the pool with work in flight.
+ * cancelled while queued; closing the pool with work in flight; and statements pipelined behind
+ * BEGIN and COMMIT pipelined behind the last statement (round trips, a failure among them, a
+ * cancellation while several are in flight), pipelined and one at a time.
  *
  * Each test works in the schema test_db_tx, created and dropped by the group, so the service's
  * tables are never touched.
@@ -16,7 +18,10 @@ typedef struct ttx {
     rt_db_tx tx;
     const char *const *stmts; /* run in order, one per step */
     int nstmts;
-    int rollback_status;          /* after the statements: rt_db_tx_rollback with this, if set */
+    int ahead;           /* the first `ahead` statements go behind BEGIN (rt_db_tx_pipeline) */
+    bool commit_behind;  /* COMMIT goes right behind the last statement */
+    int waited;          /* results seen with more of the transaction still to come */
+    int rollback_status; /* after the statements: rt_db_tx_rollback with this, if set */
     rt_cancel *fire_after_commit; /* fired 100 ms after COMMIT is sent, if set */
     uv_timer_t commit_timer;
     bool timer_open;
@@ -38,8 +43,12 @@ static void ttx_step(rt_db_tx *tx)
 {
     ttx *x = rt_container_of(tx, ttx, tx);
 
-    if ((int)tx->step < x->nstmts) {
+    if (rt_db_tx_queued(tx) > 0) {
+        x->waited++; /* the next result comes by itself */
+    } else if ((int)tx->step < x->nstmts) {
         rt_db_tx_exec(tx, NULL, x->stmts[tx->step], 0, NULL);
+        if (x->commit_behind && (int)tx->step + 1 == x->nstmts)
+            rt_db_tx_commit(tx);
     } else if (x->rollback_status != 0) {
         rt_db_tx_rollback(tx, x->rollback_status);
     } else {
@@ -68,6 +77,21 @@ static void ttx_start(ttx *x, rt_db *db, const char *const *stmts, int n, rt_can
     x->stmts = stmts;
     x->nstmts = n;
     rt_db_tx_init(&x->tx, db, NULL, ttx_step, NULL);
+    rt_task_start(&x->tx.task, signal, ttx_cb);
+}
+
+/* As ttx_start, with the first `ahead` statements pipelined behind BEGIN. */
+static void ttx_start_ahead(ttx *x, rt_db *db, const char *const *stmts, int n, int ahead,
+                            bool commit_behind, rt_cancel *signal)
+{
+    memset(x, 0, sizeof(*x));
+    x->stmts = stmts;
+    x->nstmts = n;
+    x->ahead = ahead;
+    x->commit_behind = commit_behind;
+    rt_db_tx_init(&x->tx, db, NULL, ttx_step, NULL);
+    for (int i = 0; i < ahead; i++)
+        rt_db_tx_pipeline(&x->tx, NULL, stmts[i], 0, NULL);
     rt_task_start(&x->tx.task, signal, ttx_cb);
 }
 
@@ -447,6 +471,146 @@ static void test_close_with_work_in_flight(void **state)
     rt_task_release(&queued2.q.task);
 }
 
+/* Two statements behind BEGIN, a third chosen by the step callback with COMMIT behind it: two
+ * waits on the server; one statement at a time, one wait per statement. Every result reached
+ * the callback in order. */
+static void test_tx_pipelined(void **state)
+{
+    dbt_fixture *fx = *state;
+    static const char *const stmts[] = {
+        "INSERT INTO test_db_tx.items VALUES (130, 'a')",
+        "INSERT INTO test_db_tx.items VALUES (131, 'b')",
+        "INSERT INTO test_db_tx.items VALUES (132, 'c')",
+    };
+
+    for (size_t depth = 1; depth <= 8; depth += 7) {
+        rt_db_config cfg = dbt_config(1, depth);
+        bool one_at_a_time = depth == 1 || cfg.transaction_pooler;
+        rt_db_stats st;
+        PGconn *c;
+        ttx x;
+
+        dbt_open(fx, &cfg);
+        ttx_start_ahead(&x, fx->db, stmts, 3, 2, true, NULL);
+        ttx_wait(fx, &x, 5000);
+        assert_int_equal(x.status, 0);
+        assert_int_equal(x.tx.outcome, RT_DB_TX_COMMITTED);
+        assert_true(x.tx.commit_sent);
+        assert_int_equal(x.tx.step, 3);
+        assert_int_equal(x.waited, 1); /* 130's result, with 131 still to come */
+        assert_int_equal(x.tx.round_trips, one_at_a_time ? 5 : 2);
+        assert_int_equal(rows_with_id(130) + rows_with_id(131) + rows_with_id(132), 3);
+        rt_db_stats_get(fx->db, &st);
+        assert_int_equal(st.tx_round_trips, x.tx.round_trips);
+        rt_task_release(&x.tx.task);
+        dbt_close_db(fx);
+        fx->db_closed = 0;
+        c = dbt_plain();
+        dbt_exec(c, "DELETE FROM test_db_tx.items WHERE id BETWEEN 130 AND 132");
+        PQfinish(c);
+    }
+}
+
+/* A pipelined statement fails: the transaction completes with its error, the statements behind
+ * it are dropped, nothing is written, and the connection is clean for the next user. */
+static void test_tx_pipelined_failure(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 8);
+    static const char *const stmts[] = {
+        "INSERT INTO test_db_tx.items VALUES (170, 'a')",
+        "INSERT INTO test_db_tx.items VALUES (170, 'duplicate')",
+        "INSERT INTO test_db_tx.items VALUES (171, 'never')",
+    };
+    ttx x;
+    dbt_query after;
+
+    dbt_open(fx, &cfg);
+    ttx_start_ahead(&x, fx->db, stmts, 3, 3, false, NULL);
+    ttx_wait(fx, &x, 5000);
+    assert_int_equal(x.status, RT_DB_ESQL);
+    assert_string_equal(x.tx.result.sqlstate, "23505");
+    assert_int_equal(x.tx.outcome, RT_DB_TX_ROLLED_BACK);
+    assert_false(x.tx.commit_sent);
+    dbt_query_start(&after, fx->db, "SELECT 1", 0, NULL, NULL);
+    dbt_wait_query(fx, &after, 3000);
+    assert_int_equal(after.status, 0);
+    assert_int_equal(rows_with_id(170) + rows_with_id(171), 0);
+    rt_task_release(&x.tx.task);
+    rt_task_release(&after.q.task);
+}
+
+/* The statement COMMIT was pipelined behind fails: the server rolls the COMMIT back, and the
+ * transaction says so (rolled back, not unknown, not committed). */
+static void test_tx_commit_behind_failed_statement(void **state)
+{
+    dbt_fixture *fx = *state;
+    static const char *const stmts[] = {
+        "INSERT INTO test_db_tx.items VALUES (150, 'a')",
+        "INSERT INTO test_db_tx.items VALUES (150, 'duplicate')",
+    };
+
+    for (size_t depth = 1; depth <= 8; depth += 7) {
+        rt_db_config cfg = dbt_config(1, depth);
+        bool one_at_a_time = depth == 1 || cfg.transaction_pooler;
+        ttx x;
+        dbt_query after;
+
+        dbt_open(fx, &cfg);
+        ttx_start_ahead(&x, fx->db, stmts, 2, 1, true, NULL);
+        ttx_wait(fx, &x, 5000);
+        assert_int_equal(x.status, RT_DB_ESQL);
+        assert_string_equal(x.tx.result.sqlstate, "23505");
+        assert_int_equal(x.tx.outcome, RT_DB_TX_ROLLED_BACK);
+        /* One at a time, COMMIT waited for the statement and was never sent. */
+        assert_int_equal(x.tx.commit_sent, !one_at_a_time);
+        dbt_query_start(&after, fx->db, "SELECT 1", 0, NULL, NULL);
+        dbt_wait_query(fx, &after, 3000);
+        assert_int_equal(after.status, 0);
+        assert_int_equal(rows_with_id(150), 0);
+        rt_task_release(&x.tx.task);
+        rt_task_release(&after.q.task);
+        dbt_close_db(fx);
+        fx->db_closed = 0;
+    }
+}
+
+/* Cancelled with a write and a long statement pipelined behind BEGIN: rolled back at once, the
+ * long statement interrupted, the row never visible, and the connection soon reusable. */
+static void test_tx_pipelined_cancelled(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 8);
+    static const char *const stmts[] = {
+        "INSERT INTO test_db_tx.items VALUES (160, 'sixty')",
+        "SELECT pg_sleep(30)",
+    };
+    static const char *const again[] = {"INSERT INTO test_db_tx.items VALUES (160, 'again')"};
+    rt_cancel sig;
+    ttx x, y;
+    uint64_t t0;
+
+    dbt_open(fx, &cfg);
+    rt_cancel_init(&sig, NULL);
+    ttx_start_ahead(&x, fx->db, stmts, 2, 2, false, &sig);
+    dbt_run_for(fx, 300);
+    assert_int_equal(x.delivered, 0);
+    t0 = dbt_now(fx);
+    rt_cancel_fire(&sig, UV_ECANCELED);
+    ttx_wait(fx, &x, 1000);
+    assert_int_equal(x.status, UV_ECANCELED);
+    assert_int_equal(x.tx.outcome, RT_DB_TX_ROLLED_BACK);
+    assert_int_equal(rows_with_id(160), 0);
+    ttx_start(&y, fx->db, again, 1, NULL);
+    ttx_wait(fx, &y, 5000);
+    assert_int_equal(y.status, 0);
+    assert_true(y.done_at - t0 < 5000);
+    assert_int_equal(rows_with_id(160), 1);
+    rt_task_release(&x.tx.task);
+    rt_task_release(&y.tx.task);
+    rt_cancel_close(&sig);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -460,6 +624,10 @@ int main(void)
         DBT_TEST(test_tx_commit_timeout_is_unknown),
         DBT_TEST(test_tx_cancelled_while_queued),
         DBT_TEST(test_close_with_work_in_flight),
+        DBT_TEST(test_tx_pipelined),
+        DBT_TEST(test_tx_pipelined_failure),
+        DBT_TEST(test_tx_commit_behind_failed_statement),
+        DBT_TEST(test_tx_pipelined_cancelled),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -2,7 +2,8 @@
 /*
  * test_pattern_transfers_api.c - pattern 4's contract: validation, 404 and 409 refusals,
  * idempotency keys (replay, reuse with another body, a key still in use), opposite transfers
- * that must not deadlock, and GET /accounts/invariant; on a database of its own.
+ * that must not deadlock, how many times a transfer waits on the database, and
+ * GET /accounts/invariant; on a database of its own.
  *
  * Money is checked in the database after each step, not only in the responses: a replay that
  * answered correctly but moved the money twice must fail.
@@ -234,6 +235,60 @@ static void test_opposite_transfers_never_deadlock(void **state)
     assert_int_equal(transfers_from(fx, 52), PAIRS);
 }
 
+static double round_trips(const fixture *fx)
+{
+    e2e_resp r;
+    double v;
+
+    e2e_get(&fx->p, "/metrics", &r);
+    assert_int_equal(r.status, 200);
+    v = pf_metric(r.body, "hs_db_transaction_round_trips_total");
+    e2e_resp_free(&r);
+    return v;
+}
+
+/*
+ * A transfer waits on the database twice: BEGIN with the whole transfer pipelined behind it,
+ * then COMMIT (or ROLLBACK for a refusal, which is the pool's, not the transfer's). A key adds
+ * one: BEGIN with the key's lock and lookup, the transfer, then the stored response with COMMIT.
+ * One statement at a time (DB_TRANSACTION_POOLER=on), it is one wait per statement.
+ */
+static void test_round_trips(void **state)
+{
+    static const struct {
+        const char *body;
+        const char *key;
+        long status;
+        int pipelined;
+        int one_at_a_time;
+    } cases[] = {
+        {"{\"from\":61,\"to\":62,\"amount\":5}", NULL, 200, 2, 3},
+        {"{\"from\":61,\"to\":62,\"amount\":6}", "trips-61", 200, 3, 6},
+        {"{\"from\":61,\"to\":62,\"amount\":6}", "trips-61", 200, 1, 3}, /* replay */
+        {"{\"from\":61,\"to\":62,\"amount\":5000}", NULL, 409, 1, 2},
+        {"{\"from\":61,\"to\":99999999,\"amount\":5}", NULL, 404, 1, 2},
+    };
+    const char *pooler = getenv("DB_TRANSACTION_POOLER");
+    bool one_at_a_time = pooler != NULL && strcmp(pooler, "on") == 0;
+    fixture *fx = *state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int want = one_at_a_time ? cases[i].one_at_a_time : cases[i].pipelined;
+        double before = round_trips(fx);
+        e2e_resp r;
+
+        post(fx, "/after/transfers", cases[i].body, cases[i].key, &r);
+        if (r.status != cases[i].status)
+            fail_msg("%s: %ld %s", cases[i].body, r.status, r.body);
+        e2e_resp_free(&r);
+        if (round_trips(fx) - before != want)
+            fail_msg("%s (key %s): %.0f round trips, expected %d", cases[i].body,
+                     cases[i].key ? cases[i].key : "-", round_trips(fx) - before, want);
+    }
+    assert_int_equal(balance(fx, 61), 989);
+    assert_int_equal(balance(fx, 62), 1011);
+}
+
 /* Runs last: everything above left the books balanced. */
 static void test_invariant_route(void **state)
 {
@@ -255,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_key_in_use_is_a_conflict),
         cmocka_unit_test(test_before_ignores_keys),
         cmocka_unit_test(test_opposite_transfers_never_deadlock),
+        cmocka_unit_test(test_round_trips),
         cmocka_unit_test(test_invariant_route),
     };
 
