@@ -18,11 +18,18 @@
  *    one libpq uses, the address length fits). A libpq whose layout differs fails the check,
  *    and then no request is sent: the connection's bound discards the connection instead.
  *
- * Nothing here has a timer: the connection that asked arms its bound (cancel_timeout_ms) and,
- * when it expires, discards itself and abandons the request (rt__db_cancel_abandon), which
- * closes the socket at once. A request is for one backend (PID and key); a connection that is
- * discarded abandons its request, and a newer backend has another PID and key, so a late request
- * can never hit a newer backend.
+ * A request that has gone out is never hung up on before the peer closes it, except at its
+ * bound: a pooler (PgBouncer) forwards it on a connection of its own, and PgBouncer 1.18 dies
+ * when that forward completes for a client that has already hung up. So when the connection
+ * that asked is discarded or closed, its request is detached (rt__db_cancel_detach), not
+ * dropped: it keeps its socket until the peer closes it or cancel_timeout_ms, counted from when
+ * it started, has passed; a detached request has a timer of its own for that bound (while the
+ * connection waits, the connection's bound does the timing, and discards the connection when it
+ * expires, which then leaves the detached request nothing or next to nothing of its time).
+ * Its handles count in the pool's watches, so closing the pool waits for it, within that bound.
+ * Nothing waits for a detached request: the connection that asked takes new work (or
+ * reconnects) at once, and a request is for one backend (PID and key), so a late one can never
+ * hit a newer backend.
  */
 #include "db_int.h"
 
@@ -38,9 +45,11 @@
 
 struct db_cancel {
     uv_poll_t poll;
+    uv_timer_t timer; /* the bound of a detached request */
     rt_db *db;
-    db_conn *conn; /* NULL once abandoned or finished */
+    db_conn *conn; /* NULL once detached */
     int fd;
+    uint64_t deadline; /* loop time: started + cancel_timeout_ms */
 #ifdef LIBPQ_HAS_ASYNC_CANCEL
     PGcancelConn *pc;
 #else
@@ -48,18 +57,23 @@ struct db_cancel {
     bool sent;
 #endif
     bool polling; /* poll initialised: it must be closed */
+    bool timing;  /* timer initialised: it must be closed */
+    bool ended;   /* its handles are closing: nothing more is done for it */
+    int closing;  /* handles whose close callback has not come yet */
 };
 
 static void cancel_close_socket(db_cancel *k);
 
 static void cancel_closed(uv_handle_t *h)
 {
-    db_cancel *k = rt_container_of((uv_poll_t *)h, db_cancel, poll);
+    db_cancel *k = h->data;
     rt_db *db = k->db;
 
+    db->watches--;
+    if (--k->closing > 0)
+        return;
     cancel_close_socket(k);
     rt_free(k);
-    db->watches--;
     rt__db_maybe_closed(db);
 }
 
@@ -80,10 +94,17 @@ static void cancel_close_socket(db_cancel *k)
 static void cancel_free(db_cancel *k)
 {
     k->conn = NULL;
+    k->ended = true;
     if (k->polling) {
+        k->closing++;
         uv_close((uv_handle_t *)&k->poll, cancel_closed);
-        return;
     }
+    if (k->timing) {
+        k->closing++;
+        uv_close((uv_handle_t *)&k->timer, cancel_closed);
+    }
+    if (k->closing > 0)
+        return;
     cancel_close_socket(k);
     rt_free(k);
 }
@@ -110,6 +131,7 @@ static int cancel_watch(db_cancel *k, int events)
         if (err < 0)
             return err;
         k->polling = true;
+        k->poll.data = k;
         k->db->watches++;
     }
     return uv_poll_start(&k->poll, events, cancel_on_poll);
@@ -123,7 +145,7 @@ static void cancel_on_poll(uv_poll_t *h, int status, int events)
     PostgresPollingStatusType r;
 
     (void)events;
-    if (k->conn == NULL)
+    if (k->ended)
         return;
     if (status < 0) {
         cancel_end(k, false);
@@ -172,7 +194,7 @@ static void cancel_on_poll(uv_poll_t *h, int status, int events)
     char buf[64];
     ssize_t n;
 
-    if (k->conn == NULL)
+    if (k->ended)
         return;
     if (status < 0) {
         cancel_end(k, false);
@@ -243,6 +265,7 @@ int rt__db_cancel_start(db_conn *c)
         return UV_ENOMEM;
     k->db = c->db;
     k->fd = -1;
+    k->deadline = uv_now(c->db->loop) + c->db->cfg.cancel_timeout_ms;
     err = cancel_open(k, c->pg);
     if (err < 0) {
         cancel_free(k);
@@ -253,12 +276,32 @@ int rt__db_cancel_start(db_conn *c)
     return 0;
 }
 
-void rt__db_cancel_abandon(db_conn *c)
+/* A detached request reached its bound: it is hung up on. */
+static void cancel_on_bound(uv_timer_t *t)
+{
+    db_cancel *k = t->data;
+
+    if (!k->ended)
+        cancel_end(k, false);
+}
+
+void rt__db_cancel_detach(db_conn *c)
 {
     db_cancel *k = c->cancel;
+    uint64_t now;
 
     if (k == NULL)
         return;
     c->cancel = NULL;
-    cancel_free(k);
+    k->conn = NULL;
+    if (!k->polling) {
+        cancel_free(k);
+        return;
+    }
+    now = uv_now(k->db->loop);
+    uv_timer_init(k->db->loop, &k->timer);
+    k->timer.data = k;
+    k->timing = true;
+    k->db->watches++;
+    uv_timer_start(&k->timer, cancel_on_bound, k->deadline > now ? k->deadline - now : 0, 0);
 }

@@ -183,7 +183,7 @@ static void conn_finish_pg(db_conn *c, PGconn *pg)
 /*
  * Interrupts the statement running on c with a cancel request sent from the loop (db_cancel.c),
  * bounded by cancel_timeout_ms: if the cancelled work has not ended by then, c is discarded,
- * which also drops the request. While it is in flight c takes no new work.
+ * and the request, detached, is hung up on. While it is in flight c takes no new work.
  */
 void rt__db_conn_cancel_running(db_conn *c)
 {
@@ -575,8 +575,9 @@ void rt__db_conn_discard(db_conn *c, int err, const char *detail)
     uv_timer_stop(&c->timer);
     c->bound = BOUND_NONE;
     conn_unwatch(c);
-    /* The request was for this backend only; whatever it would still do, nobody waits for it. */
-    rt__db_cancel_abandon(c);
+    /* The request was for this backend only; nobody waits for it, but it is not hung up on
+     * (a pooler still forwarding it may not survive that): it ends alone, within its bound. */
+    rt__db_cancel_detach(c);
     c->seq = 0;
     c->cancelled_seq = 0;
     /* detail may point into pg's error buffer: fail the slots before finishing pg. */
@@ -616,8 +617,9 @@ void rt__db_conn_close(db_conn *c)
     case CONN_READY:
         if (c->count > 0 || c->tx != NULL)
             break; /* rt__db_conn_settle comes back here once they are done */
-        /* Nothing is left for a cancel request in flight to hit: the session ends now. */
-        rt__db_cancel_abandon(c);
+        /* Nothing is left for a cancel request in flight to hit: the session ends now, and the
+         * request ends alone, within its bound (the pool's close waits for it). */
+        rt__db_cancel_detach(c);
         uv_timer_stop(&c->timer);
         conn_unwatch(c);
         c->state = CONN_CLOSED;

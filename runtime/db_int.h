@@ -233,8 +233,9 @@ void rt__db_tx_on_lost(db_conn *c, int err, const char *detail);
 /* Sends a cancel request for c's backend; c->cancel is set until it ends (reported through
  * rt__db_conn_cancel_done). Returns 0, or an error when none could be sent. */
 int rt__db_cancel_start(db_conn *c);
-/* c no longer waits for its cancel request: it is dropped and its socket closed. */
-void rt__db_cancel_abandon(db_conn *c);
+/* c no longer waits for its cancel request (c is discarded or closed): the request goes on
+ * alone until the peer closes it or its bound (cancel_timeout_ms from its start) passes. */
+void rt__db_cancel_detach(db_conn *c);
 
 /* db_result.c */
 /* Classifies an error result: RT_DB_ESQL, or UV_ETIMEDOUT for statement_timeout (57014). */

@@ -40,6 +40,8 @@ db=${BASH_REMATCH[6]}
 query=${BASH_REMATCH[7]}
 
 dir=$(mktemp -d /tmp/hs-pgbouncer.XXXXXX)
+proxy_pid=
+
 # PgBouncer refuses to run as root: then it runs as the postgres user, in a folder it can use.
 run_as=()
 if [ "$(id -u)" = 0 ]; then
@@ -61,6 +63,10 @@ cleanup() {
             sleep 0.1
         done
     fi
+    if [ -n "$proxy_pid" ]; then
+        exec 9>&-
+        wait "$proxy_pid" 2>/dev/null || true
+    fi
     rm -rf "$dir"
     psql "$direct" -qAt -c "DROP DATABASE IF EXISTS $private_db WITH (FORCE)" >/dev/null 2>&1 || true
 }
@@ -70,10 +76,25 @@ psql "$direct" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $private_db" >/dev/nu
 # A free loopback port: bind to port 0 and read what the kernel chose.
 listen_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
+# The fault-injecting proxy in front of the server, for one database of PgBouncer's only
+# (hs_proxied): test_db_pooler_cancel holds PgBouncer's forwarded cancel requests there. It
+# exits when its stdin (fd 9 here) closes.
+mkfifo "$dir/proxy.in"
+python3 "${HS_SOURCE_DIR:?HS_SOURCE_DIR names the source tree}/tests/fault/pgproxy.py" \
+    --upstream-port "$port" <"$dir/proxy.in" >"$dir/proxy.out" &
+proxy_pid=$!
+exec 9>"$dir/proxy.in"
+for _ in $(seq 1 100); do
+    [ -s "$dir/proxy.out" ] && break
+    sleep 0.1
+done
+read -r _ proxy_port proxy_control <"$dir/proxy.out"
+
 # The pool is larger than any test's own pool, so that concurrency tests see concurrency;
 # server_reset_query is empty, as transaction mode wants.
 cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
+hs_proxied = host=127.0.0.1 port=$proxy_port dbname=$db
 * = host=$host port=$port
 
 [pgbouncer]
@@ -107,6 +128,11 @@ export TEST_DATABASE_URL="postgresql://$user@127.0.0.1:$listen_port/$private_db$
 export HS_TEST_TRANSACTION_POOLER=1
 export DB_TRANSACTION_POOLER=on
 
+export HS_TEST_SERVER_URL=$url
+export HS_TEST_PROXIED_URL="postgresql://$user@127.0.0.1:$listen_port/hs_proxied?sslmode=disable"
+export HS_TEST_PGPROXY_CONTROL=$proxy_control
+export HS_TEST_PGBOUNCER_LOG=$dir/pgbouncer.log
+
 failed=()
 ran=0
 run() {
@@ -126,7 +152,8 @@ run() {
     fi
 }
 
-for t in test_db_query test_db_tx test_db_random; do
+# First, while PgBouncer is fresh: a cancel request in flight when its pool closes.
+for t in test_db_pooler_cancel test_db_query test_db_tx test_db_random; do
     run "$t"
 done
 # Not test_pattern_structured: its bound on how many tasks a 500 ms grace period leaves to
@@ -149,6 +176,12 @@ echo "pgbouncer.sh: $ran binaries, $logins client logins ($pattern_logins to the
 if [ "$logins" -eq 0 ] || [ "$refusals" -ne 0 ]; then
     grep -E "unsupported startup parameter|does not exist|WARNING|ERROR" "$dir/pgbouncer.log" | tail -20 >&2 || true
     failed+=("pgbouncer log")
+fi
+# PgBouncer itself lived through all of it (a pooler that dies takes every client down).
+if ! kill -0 "$(cat "$dir/pgbouncer.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+    echo "pgbouncer.sh: PgBouncer is no longer running" >&2
+    grep -E "FATAL|PANIC" "$dir/pgbouncer.log" | tail -5 >&2 || true
+    failed+=("PgBouncer died")
 fi
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "pgbouncer.sh: FAILED: ${failed[*]}" >&2
