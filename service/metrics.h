@@ -97,4 +97,17 @@ void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n);
  */
 char *svc_metrics_render(svc_metrics *m, const svc_app *app, rt_scope *root, size_t *len);
 
+/** Sets the worker label of this registry's loop-lag series (0 unless WORKERS > 1). Startup. */
+void svc_metrics_set_worker(svc_metrics *m, int worker);
+
+/**
+ * Sums n rendered texts (svc_metrics_render of each worker) into one: samples with the same name
+ * and labels are added (hs_db_up takes the maximum), families keep their HELP/TYPE heads and stay
+ * together, and series only some texts have are kept. Per-worker series carry a `worker` label,
+ * so they pass through apart. Appends hs_metrics_workers_missing (missing). Returns a new buffer
+ * and its length in *len, or NULL without memory.
+ */
+char *svc_metrics_sum(const char *const *texts, const size_t *lens, size_t n, size_t missing,
+                      size_t *len);
+
 #endif /* SVC_METRICS_H */
