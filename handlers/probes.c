@@ -64,7 +64,9 @@ static int readyz(svc_request *req, void *state, rt_task **task_out)
     (void)task_out;
     if (p->app->draining)
         svc_respond_static(req, 503, "{\"status\":\"draining\"}");
-    else if (p->app->db == NULL || !rt_db_is_up(p->app->db))
+    else if (p->app->db == NULL || !rt_db_is_up(p->app->db) ||
+             (p->app->workers != NULL && svc_workers_count(p->app->workers) > 1 &&
+              !svc_workers_all_db_up(p->app->workers)))
         svc_respond_static(req, 503, "{\"status\":\"unavailable\",\"db\":\"down\"}");
     else
         svc_respond_static(req, 200, "{\"status\":\"ready\",\"db\":\"up\"}");

@@ -260,6 +260,8 @@ static int start(hs_worker *m, svc_workers *workers)
     if (m->metrics == NULL)
         return UV_ENOMEM;
     svc_metrics_set_worker(m->metrics, (int)m->id);
+    /* Readiness is every worker's pool: each probe publishes its own (workers.h). */
+    svc_metrics_watch_db(m->metrics, m->app.db);
     m->app.metrics = m->metrics;
     err = register_handlers(m->router, &m->app);
     if (err < 0) {

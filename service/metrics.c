@@ -57,6 +57,8 @@ struct svc_metrics {
     double lag_sum_s;
     uint64_t shutdown_cancelled;
     int worker;        /* the worker label of the loop-lag series */
+    const rt_db *db;   /* its pool, whose state the probe publishes (svc_metrics_db_up) */
+    int db_up;         /* atomic: read by every worker's /readyz */
     counter *counters; /* in registration order */
     counter **counters_tail;
 };
@@ -167,6 +169,8 @@ static void on_probe(uv_timer_t *t)
     /* The timer asked to run at lag_due_ns; how much later it ran is how long the loop was busy
      * elsewhere (a blocking call, a long callback, a handle hogging the timer phase). */
     svc_metrics_loop_lag(m, now > m->lag_due_ns ? now - m->lag_due_ns : 0);
+    if (m->db != NULL)
+        __atomic_store_n(&m->db_up, rt_db_is_up(m->db) ? 1 : 0, __ATOMIC_RELAXED);
     /* Read by every worker's /healthz (svc_metrics_probe_stall_ns). */
     __atomic_store_n(&m->lag_tick_ns, now, __ATOMIC_RELAXED);
     m->lag_due_ns = now + (uint64_t)SVC_LAG_PERIOD_MS * 1000000u;
@@ -393,6 +397,17 @@ static void render_loop(buf *b, const svc_metrics *m)
 void svc_metrics_set_worker(svc_metrics *m, int worker)
 {
     m->worker = worker;
+}
+
+void svc_metrics_watch_db(svc_metrics *m, const rt_db *db)
+{
+    m->db = db;
+    __atomic_store_n(&m->db_up, db != NULL && rt_db_is_up(db) ? 1 : 0, __ATOMIC_RELAXED);
+}
+
+bool svc_metrics_db_up(const svc_metrics *m)
+{
+    return __atomic_load_n(&m->db_up, __ATOMIC_RELAXED) != 0;
 }
 
 static void render_db(buf *b, const rt_db *db)

@@ -13,6 +13,7 @@
 #ifndef SVC_METRICS_H
 #define SVC_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,6 +100,15 @@ char *svc_metrics_render(svc_metrics *m, const svc_app *app, rt_scope *root, siz
 
 /** Sets the worker label of this registry's loop-lag series (0 unless WORKERS > 1). Startup. */
 void svc_metrics_set_worker(svc_metrics *m, int worker);
+
+/**
+ * Has the loop-lag probe publish whether db (may be NULL) has a working connection, at every
+ * tick, for the other workers' /readyz (svc_metrics_db_up). Startup only.
+ */
+void svc_metrics_watch_db(svc_metrics *m, const rt_db *db);
+
+/** What the probe last published for the pool (at most SVC_LAG_PERIOD_MS old). Any thread. */
+bool svc_metrics_db_up(const svc_metrics *m);
 
 /**
  * Sums n rendered texts (svc_metrics_render of each worker) into one: samples with the same name

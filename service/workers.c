@@ -248,6 +248,17 @@ uint64_t svc_workers_max_stall_ns(const svc_workers *ws, size_t *worker)
     return worst;
 }
 
+bool svc_workers_all_db_up(const svc_workers *ws)
+{
+    for (size_t i = 0; i < ws->n; i++) {
+        const svc_app *app = ws->slots[i].app;
+
+        if (app == NULL || !svc_metrics_db_up(app->metrics))
+            return false;
+    }
+    return true;
+}
+
 /* --- /metrics across workers ------------------------------------------------------------------ */
 
 static void gather_finish(gather *g)

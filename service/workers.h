@@ -74,6 +74,12 @@ void svc_workers_signal(svc_workers *ws, size_t from, const char *why);
 uint64_t svc_workers_max_stall_ns(const svc_workers *ws, size_t *worker);
 
 /**
+ * True when every worker's pool has a working connection, as their loop-lag probes last
+ * published it (svc_metrics_db_up): readiness is the process's, not one loop's. Any thread.
+ */
+bool svc_workers_all_db_up(const svc_workers *ws);
+
+/**
  * A task that answers req with /metrics summed over every worker (the asking worker is self).
  * A worker that does not answer within SVC_WORKERS_METRICS_WAIT_MS (its loop is stalled) is
  * left out and counted in hs_metrics_workers_missing. NULL without memory.
