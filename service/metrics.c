@@ -194,8 +194,12 @@ int svc_metrics_probe_start(svc_metrics *m, uv_loop_t *loop)
 
 void svc_metrics_probe_close(svc_metrics *m)
 {
-    if (m->probe_started && !uv_is_closing((uv_handle_t *)&m->probe))
+    if (m->probe_started && !uv_is_closing((uv_handle_t *)&m->probe)) {
         uv_close((uv_handle_t *)&m->probe, NULL);
+        /* A worker that has finished its shutdown is not stalled: the others may still be
+         * draining and answering /healthz, which must not fail on its account. */
+        __atomic_store_n(&m->lag_tick_ns, UINT64_MAX, __ATOMIC_RELAXED);
+    }
 }
 
 uint64_t svc_metrics_probe_stall_ns(const svc_metrics *m)

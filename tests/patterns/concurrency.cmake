@@ -16,5 +16,6 @@ if(CURL_FOUND)
         add_dependencies(test_pattern_${name} hindsight)
     endforeach()
     set_tests_properties(test_pattern_batch test_pattern_batch_shutdown
+                         test_pattern_batch_workers2 test_pattern_batch_shutdown_workers2
                          PROPERTIES RESOURCE_LOCK hs_batch_results)
 endif()
