@@ -158,8 +158,10 @@ start_instance() {
     local name=$1 db=$2 i
     shift 2
     port[$name]=$(hs_free_port)
+    # One loop (WORKERS=1): a blocking `before` request then stalls the whole service, which is
+    # what the demo shows; with several loops it stalls only its own worker (DESIGN.md, Workers).
     env -i PATH="$PATH" PORT="${port[$name]}" DATABASE_URL="$(db_url "$db")" LOG_LEVEL=warn \
-        "$@" "$bin" >"$work/$name.log" 2>&1 &
+        WORKERS=1 "$@" "$bin" >"$work/$name.log" 2>&1 &
     pid[$name]=$!
     for i in $(seq 300); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 \

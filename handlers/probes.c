@@ -18,6 +18,7 @@
 #include "service/metrics.h"
 #include "service/openapi.h"
 #include "service/router.h"
+#include "service/workers.h"
 
 typedef struct probes {
     svc_app *app;
@@ -36,13 +37,21 @@ static int healthz(svc_request *req, void *state, rt_task **task_out)
 {
     probes *p = state;
     uint64_t max_ms = (uint64_t)p->app->config->liveness_max_stall_ms;
-    uint64_t stall_ms = svc_metrics_probe_stall_ns(p->app->metrics) / 1000000u;
+    size_t worker = 0;
+    uint64_t stall_ms;
 
     (void)task_out;
+    /* Every loop, not only this one: a worker stalled by a blocking call serves nothing on its
+     * connections, and the process must be restarted for it even though this loop turns. */
+    if (p->app->workers != NULL)
+        stall_ms = svc_workers_max_stall_ns(p->app->workers, &worker) / 1000000u;
+    else
+        stall_ms = svc_metrics_probe_stall_ns(p->app->metrics) / 1000000u;
     if (max_ms > 0 && stall_ms > max_ms) {
         svc_respond_error(req, 503, "loop_stalled",
-                          "the event loop's lag probe has not run for %llu ms (limit %llu ms)",
-                          (unsigned long long)stall_ms, (unsigned long long)max_ms);
+                          "the event loop's lag probe has not run for %llu ms (limit %llu ms) on "
+                          "worker %zu",
+                          (unsigned long long)stall_ms, (unsigned long long)max_ms, worker);
         return 0;
     }
     svc_respond_static(req, 200, "{\"status\":\"ok\"}");
@@ -56,7 +65,9 @@ static int readyz(svc_request *req, void *state, rt_task **task_out)
     (void)task_out;
     if (p->app->draining)
         svc_respond_static(req, 503, "{\"status\":\"draining\"}");
-    else if (p->app->db == NULL || !rt_db_is_up(p->app->db))
+    else if (p->app->db == NULL || !rt_db_is_up(p->app->db) ||
+             (p->app->workers != NULL && svc_workers_count(p->app->workers) > 1 &&
+              !svc_workers_all_db_up(p->app->workers)))
         svc_respond_static(req, 503, "{\"status\":\"unavailable\",\"db\":\"down\"}");
     else
         svc_respond_static(req, 200, "{\"status\":\"ready\",\"db\":\"up\"}");
@@ -69,7 +80,11 @@ static int metrics(svc_request *req, void *state, rt_task **task_out)
     size_t len;
     char *text;
 
-    (void)task_out;
+    /* Several loops: a task asks every other worker for its own text and sums them. */
+    if (p->app->workers != NULL && svc_workers_count(p->app->workers) > 1) {
+        *task_out = svc_workers_metrics_task(p->app->workers, p->app->worker_id, req);
+        return *task_out != NULL ? 0 : UV_ENOMEM;
+    }
     text = svc_metrics_render(p->app->metrics, p->app, p->app->root_scope, &len);
     if (text == NULL)
         return UV_ENOMEM;

@@ -7,10 +7,12 @@
  * never drift apart. Defaults are applied first, then the environment, then the flags, and every
  * value goes through the same parser, so `PORT=x` and `--port x` fail the same way.
  */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "service/config.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,8 +88,10 @@ static const setting settings[] = {
      "serve the anti-pattern (before) routes: on|off"},
     {"LOG_LEVEL", K_LEVEL, AT(log_level), 0, 0, "info", "debug|info|warn|error"},
     {"LOG_FORMAT", K_FORMAT, AT(log_format), 0, 0, "json", "json|text"},
-    {"WORKERS", K_INT, AT(workers), 1, 1, "1",
-     "event loops serving the port (this version runs one)"},
+    {"WORKERS", K_INT, AT(workers), 0, SVC_MAX_WORKERS, "1",
+     "event loops serving the port, each on its own thread with its own share of "
+     "DB_POOL_SIZE, MAX_CONNECTIONS and MAX_BODY_BUFFER_BYTES; 0: one per CPU the process may "
+     "run on"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -277,6 +281,16 @@ int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err)
     }
     if (c->max_connections_per_ip == 0 || c->max_connections_per_ip > c->max_connections)
         c->max_connections_per_ip = c->max_connections;
+    if (c->workers == 0) {
+        cpu_set_t set;
+
+        /* The CPUs this process may run on (taskset, a container's cpuset), not the machine's. */
+        c->workers = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+        if (c->workers < 1)
+            c->workers = 1;
+        if (c->workers > SVC_MAX_WORKERS)
+            c->workers = SVC_MAX_WORKERS;
+    }
     return bad ? SVC_CONFIG_EXIT_USAGE : SVC_CONFIG_RUN;
 }
 

@@ -17,6 +17,9 @@
 
 #include "service/log.h"
 
+/* The most event loops WORKERS may ask for. */
+#define SVC_MAX_WORKERS 256
+
 typedef struct svc_config svc_config;
 
 struct svc_config {
@@ -44,7 +47,7 @@ struct svc_config {
     bool before_routes;            /* BEFORE_ROUTES: serve the anti-pattern routes */
     svc_log_level log_level;       /* LOG_LEVEL: debug|info|warn|error */
     svc_log_format log_format;     /* LOG_FORMAT: json|text */
-    int workers;                   /* WORKERS: event loops serving the port */
+    int workers;                   /* WORKERS: event loops serving the port (0 resolved) */
 };
 
 /* What svc_config_parse decided. */

@@ -79,7 +79,7 @@ struct svc_log_line; /* service/log.h */
 struct svc_app {
     void *data;               /* for main.c only */
     const svc_config *config; /* the parsed configuration (service/config.h) */
-    uv_loop_t *loop;          /* the one loop every handler runs on */
+    uv_loop_t *loop;          /* this worker's loop: every handler of this app runs on it */
     rt_runtime *rt;           /* the task runtime of that loop */
     rt_db *db;                /* the PostgreSQL pool; NULL when DATABASE_URL is unset */
     svc_metrics *metrics;     /* register a handler's own counters here (service/metrics.h) */
@@ -89,6 +89,10 @@ struct svc_app {
     rt_cancel *hard_cancel;   /* fires at shutdown step 5: everything left is being cancelled */
     bool draining;            /* shutdown has begun (step 1): readiness answers 503 */
     uint64_t draining_since_ns; /* uv_hrtime() when shutdown began; 0 before (metrics) */
+    /* The WORKERS loops (service/workers.h): NULL when the server was assembled without them
+     * (the in-process tests); worker_id is this loop's, 0..WORKERS-1. */
+    struct svc_workers *workers;
+    size_t worker_id;
 };
 
 /* Which side of a pattern's before/after pair a row is. */

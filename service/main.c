@@ -38,11 +38,18 @@
 #include "service/router.h"
 #include "service/server.h"
 #include "service/shutdown.h"
+#include "service/workers.h"
 
 /* How long startup waits for the database to accept connections before giving up. */
 #define DB_STARTUP_WAIT_MS 30000
 
-typedef struct hs_main {
+/*
+ * One worker: a whole service on one loop (see service/workers.h). Its configuration is a copy
+ * of the process's with its share of the limits that are counted per loop; the strings in it
+ * are the process's (freed once, by main).
+ */
+typedef struct hs_worker {
+    size_t id;
     svc_config cfg;
     svc_app app;
     uv_loop_t loop;
@@ -56,6 +63,16 @@ typedef struct hs_main {
     svc_metrics *metrics;
     svc_server *server;
     svc_shutdown shutdown;
+    svc_workers *workers;
+    uv_thread_t thread;
+    bool loop_started;
+} hs_worker;
+
+typedef struct hs_main {
+    svc_config cfg;
+    svc_workers *workers;
+    size_t n;
+    hs_worker *w;
 } hs_main;
 
 /* Registers every handler file's rows, in the order /routes lists them. */
@@ -123,15 +140,18 @@ static void on_walk_close(uv_handle_t *h, void *arg)
 
 static void on_root_closed(rt_scope *s)
 {
-    hs_main *m = s->data;
+    hs_worker *m = s->data;
 
     rt_cancel_close(&m->drain);
     rt_cancel_close(&m->hard_cancel);
     rt_runtime_close(&m->rt, NULL);
 }
 
-static void close_rest(hs_main *m)
+static void close_rest(hs_worker *m)
 {
+    /* Its requests are all answered: no gather of its own is pending, and asks from the other
+     * workers are answered "missing" from here on. */
+    svc_workers_detach(m->workers, m->id);
     svc_metrics_probe_close(m->metrics);
     svc_shutdown_close(&m->shutdown, NULL);
     m->root.data = m;
@@ -140,7 +160,7 @@ static void close_rest(hs_main *m)
 
 static void on_db_closed(rt_db *db, void *arg)
 {
-    hs_main *m = arg;
+    hs_worker *m = arg;
 
     (void)db;
     m->app.db = NULL;
@@ -149,7 +169,7 @@ static void on_db_closed(rt_db *db, void *arg)
 
 static void on_server_closed(void *arg)
 {
-    hs_main *m = arg;
+    hs_worker *m = arg;
 
     m->server = NULL;
     if (m->app.db != NULL)
@@ -160,7 +180,7 @@ static void on_server_closed(void *arg)
 
 static void on_shutdown_done(svc_shutdown *sd)
 {
-    hs_main *m = sd->data;
+    hs_worker *m = sd->data;
 
     svc_server_close(m->server, on_server_closed, m);
 }
@@ -177,7 +197,7 @@ static void raise_fd_limit(int connections)
     setrlimit(RLIMIT_NOFILE, &rl);
 }
 
-static void log_start(const hs_main *m, uint16_t port)
+static void log_start(const hs_worker *m, size_t workers, uint16_t port)
 {
     svc_log_line l;
 
@@ -185,9 +205,11 @@ static void log_start(const hs_main *m, uint16_t port)
         return;
     svc_log_str(&l, "version", HS_VERSION);
     svc_log_int(&l, "port", port);
+    svc_log_int(&l, "workers", (int64_t)workers);
     svc_log_int(&l, "routes", (int64_t)svc_router_count(m->router));
     svc_log_str(&l, "database", m->app.db != NULL ? "configured" : "none");
-    svc_log_int(&l, "db_pool_size", m->cfg.db_pool_size);
+    svc_log_int(&l, "db_pool_size_per_worker", m->cfg.db_pool_size);
+    svc_log_int(&l, "max_connections_per_worker", m->cfg.max_connections);
     svc_log_str(&l, "db_transaction_pooler", m->cfg.db_transaction_pooler ? "on" : "off");
     svc_log_int(&l, "request_timeout_ms", m->cfg.request_timeout_ms);
     svc_log_str(&l, "before_routes", m->cfg.before_routes ? "on" : "off");
@@ -197,18 +219,19 @@ static void log_start(const hs_main *m, uint16_t port)
 /* The pool's connection state changed: logged once per change, never once per attempt. */
 static void on_db_change(void *arg, bool failing, const char *why)
 {
+    const hs_worker *m = arg;
     svc_log_line l;
 
-    (void)arg;
     if (!svc_log_begin(&l, failing ? SVC_LOG_WARN : SVC_LOG_INFO,
                        failing ? "db_connect_failing" : "db_connected"))
         return;
+    svc_log_int(&l, "worker", (int64_t)m->id);
     if (why != NULL)
         svc_log_str(&l, "error", why);
     svc_log_end(&l);
 }
 
-static int open_pool(hs_main *m)
+static int open_pool(hs_worker *m)
 {
     rt_db_config dc;
 
@@ -221,12 +244,13 @@ static int open_pool(hs_main *m)
     dc.cancel_timeout_ms = (uint32_t)m->cfg.db_cancel_timeout_ms;
     dc.idle_check_ms = (uint32_t)m->cfg.db_idle_check_ms;
     dc.on_change = on_db_change;
+    dc.on_change_arg = m;
     return rt_db_open(&m->app.db, &m->rt, &dc);
 }
 
 /* Builds everything that runs on the loop. On failure, what was built is torn down by the
  * caller through the normal shutdown path where possible; startup failures exit 1. */
-static int start(hs_main *m)
+static int start(hs_worker *m, svc_workers *workers)
 {
     int err;
 
@@ -248,6 +272,9 @@ static int start(hs_main *m)
     m->app.service_scope = &m->service;
     m->app.drain = &m->drain;
     m->app.hard_cancel = &m->hard_cancel;
+    m->app.workers = workers;
+    m->app.worker_id = m->id;
+    m->workers = workers;
     if (m->cfg.database_url != NULL) {
         err = open_pool(m);
         if (err < 0) {
@@ -265,6 +292,9 @@ static int start(hs_main *m)
     m->metrics = svc_metrics_new(m->router);
     if (m->metrics == NULL)
         return UV_ENOMEM;
+    svc_metrics_set_worker(m->metrics, (int)m->id);
+    /* Readiness is every worker's pool: each probe publishes its own (workers.h). */
+    svc_metrics_watch_db(m->metrics, m->app.db);
     m->app.metrics = m->metrics;
     err = register_handlers(m->router, &m->app);
     if (err < 0) {
@@ -284,12 +314,63 @@ static int start(hs_main *m)
                             on_shutdown_done);
     if (err < 0)
         return err;
+    err = svc_workers_attach(workers, m->id, &m->app, &m->shutdown);
+    if (err < 0)
+        return err;
     /* The loop-lag probe, which /metrics reports and /healthz checks. */
     err = svc_metrics_probe_start(m->metrics, &m->loop);
     if (err < 0)
         return err;
-    log_start(m, svc_server_port(m->server));
     return 0;
+}
+
+/*
+ * This worker's share of a limit counted per loop: total/n, the remainder going to the first
+ * workers, and at least min (a pool needs one connection, whatever DB_POOL_SIZE/WORKERS is).
+ */
+static int64_t share(int64_t total, size_t n, size_t i, int64_t min)
+{
+    int64_t v = total / (int64_t)n + ((int64_t)i < total % (int64_t)n ? 1 : 0);
+
+    return v < min ? min : v;
+}
+
+/* The process's configuration, with worker id's shares of the per-loop limits (DESIGN.md). */
+static void worker_config(svc_config *out, const svc_config *cfg, size_t n, size_t id)
+{
+    *out = *cfg;
+    out->db_pool_size = (int)share(cfg->db_pool_size, n, id, 1);
+    out->db_queue_limit = (int)share(cfg->db_queue_limit, n, id, 0);
+    out->max_connections = (int)share(cfg->max_connections, n, id, 1);
+    out->max_connections_per_ip = (int)share(cfg->max_connections_per_ip, n, id, 1);
+    out->max_body_buffer_bytes = share(cfg->max_body_buffer_bytes, n, id, 0);
+}
+
+/* Runs worker w's loop to its end and closes it; returns uv_loop_close's result. */
+static int run_loop(hs_worker *w)
+{
+    int err;
+
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_walk(&w->loop, on_walk_close, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    err = uv_loop_close(&w->loop);
+    if (err < 0) {
+        svc_log_line l;
+
+        if (svc_log_begin(&l, SVC_LOG_ERROR, "shutdown")) {
+            svc_log_str(&l, "step", "loop_close");
+            svc_log_int(&l, "worker", (int64_t)w->id);
+            svc_log_str(&l, "error", uv_strerror(err));
+            svc_log_end(&l);
+        }
+    }
+    return err;
+}
+
+static void worker_thread(void *arg)
+{
+    run_loop(arg);
 }
 
 int main(int argc, char **argv)
@@ -321,34 +402,53 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    err = start(&m);
-    if (err < 0) {
-        svc_log_line l;
-
-        if (svc_log_begin(&l, SVC_LOG_ERROR, "startup")) {
-            svc_log_str(&l, "error", uv_strerror(err));
-            svc_log_end(&l);
-        }
-        /* A partial start is not worth an orderly teardown: nothing was served yet. */
+    m.n = (size_t)m.cfg.workers;
+    m.workers = svc_workers_new(m.n);
+    m.w = calloc(m.n, sizeof(*m.w));
+    if (m.workers == NULL || m.w == NULL)
         return 1;
-    }
-    uv_run(&m.loop, UV_RUN_DEFAULT);
-    uv_walk(&m.loop, on_walk_close, NULL);
-    uv_run(&m.loop, UV_RUN_DEFAULT);
-    err = uv_loop_close(&m.loop);
-    if (err < 0) {
-        svc_log_line l;
+    /* Every worker is built here, on the main thread, before any loop runs: a startup failure
+     * is one exit status, and each loop then belongs to its own thread alone. Worker 0's daemon
+     * binds the port; the others share its socket. */
+    for (size_t i = 0; i < m.n; i++) {
+        m.w[i].id = i;
+        worker_config(&m.w[i].cfg, &m.cfg, m.n, i);
+        err = start(&m.w[i], m.workers);
+        if (err < 0) {
+            svc_log_line l;
 
-        if (svc_log_begin(&l, SVC_LOG_ERROR, "shutdown")) {
-            svc_log_str(&l, "step", "loop_close");
-            svc_log_str(&l, "error", uv_strerror(err));
-            svc_log_end(&l);
+            if (svc_log_begin(&l, SVC_LOG_ERROR, "startup")) {
+                svc_log_int(&l, "worker", (int64_t)i);
+                svc_log_str(&l, "error", uv_strerror(err));
+                svc_log_end(&l);
+            }
+            /* A partial start is not worth an orderly teardown: nothing was served yet. */
+            return 1;
         }
-    } else {
-        svc_log_msg(SVC_LOG_INFO, "shutdown", "stopped");
     }
-    svc_metrics_free(m.metrics);
-    svc_router_free(m.router);
+    log_start(&m.w[0], m.n, svc_server_port(m.w[0].server));
+    for (size_t i = 1; i < m.n; i++) {
+        err = uv_thread_create(&m.w[i].thread, worker_thread, &m.w[i]);
+        if (err < 0) {
+            svc_log_msg(SVC_LOG_ERROR, "startup", "a worker thread could not be started");
+            return 1;
+        }
+        m.w[i].loop_started = true;
+    }
+    /* Worker 0 runs on the main thread and holds the signal handlers (shutdown.c). */
+    run_loop(&m.w[0]);
+    for (size_t i = 1; i < m.n; i++) {
+        if (m.w[i].loop_started)
+            uv_thread_join(&m.w[i].thread);
+    }
+    svc_log_msg(SVC_LOG_INFO, "shutdown", "stopped");
+    /* Only now: every worker's /healthz read every registry until its own loop ended. */
+    for (size_t i = 0; i < m.n; i++) {
+        svc_metrics_free(m.w[i].metrics);
+        svc_router_free(m.w[i].router);
+    }
+    free(m.w);
+    svc_workers_free(m.workers);
     svc_config_free(&m.cfg);
     return 0;
 }

@@ -56,6 +56,9 @@ struct svc_metrics {
     uint64_t lag_count;
     double lag_sum_s;
     uint64_t shutdown_cancelled;
+    int worker;        /* the worker label of the loop-lag series */
+    const rt_db *db;   /* its pool, whose state the probe publishes (svc_metrics_db_up) */
+    int db_up;         /* atomic: read by every worker's /readyz */
     counter *counters; /* in registration order */
     counter **counters_tail;
 };
@@ -166,7 +169,10 @@ static void on_probe(uv_timer_t *t)
     /* The timer asked to run at lag_due_ns; how much later it ran is how long the loop was busy
      * elsewhere (a blocking call, a long callback, a handle hogging the timer phase). */
     svc_metrics_loop_lag(m, now > m->lag_due_ns ? now - m->lag_due_ns : 0);
-    m->lag_tick_ns = now;
+    if (m->db != NULL)
+        __atomic_store_n(&m->db_up, rt_db_is_up(m->db) ? 1 : 0, __ATOMIC_RELAXED);
+    /* Read by every worker's /healthz (svc_metrics_probe_stall_ns). */
+    __atomic_store_n(&m->lag_tick_ns, now, __ATOMIC_RELAXED);
     m->lag_due_ns = now + (uint64_t)SVC_LAG_PERIOD_MS * 1000000u;
 }
 
@@ -178,8 +184,8 @@ int svc_metrics_probe_start(svc_metrics *m, uv_loop_t *loop)
         return err;
     m->probe.data = m;
     m->probe_started = true;
-    m->lag_tick_ns = uv_hrtime();
-    m->lag_due_ns = m->lag_tick_ns + (uint64_t)SVC_LAG_PERIOD_MS * 1000000u;
+    __atomic_store_n(&m->lag_tick_ns, uv_hrtime(), __ATOMIC_RELAXED);
+    m->lag_due_ns = uv_hrtime() + (uint64_t)SVC_LAG_PERIOD_MS * 1000000u;
     uv_timer_start(&m->probe, on_probe, SVC_LAG_PERIOD_MS, SVC_LAG_PERIOD_MS);
     /* The probe must not be what keeps the loop alive at the end. */
     uv_unref((uv_handle_t *)&m->probe);
@@ -188,16 +194,23 @@ int svc_metrics_probe_start(svc_metrics *m, uv_loop_t *loop)
 
 void svc_metrics_probe_close(svc_metrics *m)
 {
-    if (m->probe_started && !uv_is_closing((uv_handle_t *)&m->probe))
+    if (m->probe_started && !uv_is_closing((uv_handle_t *)&m->probe)) {
         uv_close((uv_handle_t *)&m->probe, NULL);
+        /* A worker that has finished its shutdown is not stalled: the others may still be
+         * draining and answering /healthz, which must not fail on its account. */
+        __atomic_store_n(&m->lag_tick_ns, UINT64_MAX, __ATOMIC_RELAXED);
+    }
 }
 
 uint64_t svc_metrics_probe_stall_ns(const svc_metrics *m)
 {
+    uint64_t tick = __atomic_load_n(&m->lag_tick_ns, __ATOMIC_RELAXED);
     uint64_t now = uv_hrtime();
 
-    /* uv_hrtime, not uv_now: the loop's cached time stands still exactly when the loop does. */
-    return m->probe_started && now > m->lag_tick_ns ? now - m->lag_tick_ns : 0;
+    /* uv_hrtime, not uv_now: the loop's cached time stands still exactly when the loop does.
+     * Other workers' threads read it too (liveness covers every loop): hence the atomics, and
+     * probe_started is written once before any worker thread exists. */
+    return m->probe_started && now > tick ? now - tick : 0;
 }
 
 void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n)
@@ -378,15 +391,35 @@ static void render_tasks(buf *b, const svc_metrics *m, const svc_app *app, rt_sc
              : 0.0);
 }
 
+/* Per worker (a `worker` label): summed over workers, a lag would say nothing. */
 static void render_loop(buf *b, const svc_metrics *m)
 {
+    char labels[32];
+
+    snprintf(labels, sizeof(labels), "worker=\"%d\"", m->worker);
     header(b, "hs_event_loop_lag_seconds", "gauge",
-           "How late the last event-loop probe timer fired.");
-    emit(b, "hs_event_loop_lag_seconds %.6f\n", (double)m->lag_last_ns / 1e9);
+           "How late the last event-loop probe timer fired, by worker.");
+    emit(b, "hs_event_loop_lag_seconds{%s} %.6f\n", labels, (double)m->lag_last_ns / 1e9);
     header(b, "hs_event_loop_lag_sample_seconds", "histogram",
-           "Event-loop lag samples, one per probe-timer tick.");
-    histogram(b, "hs_event_loop_lag_sample_seconds", "", m->lag_buckets, m->lag_count,
+           "Event-loop lag samples, one per probe-timer tick, by worker.");
+    histogram(b, "hs_event_loop_lag_sample_seconds", labels, m->lag_buckets, m->lag_count,
               m->lag_sum_s);
+}
+
+void svc_metrics_set_worker(svc_metrics *m, int worker)
+{
+    m->worker = worker;
+}
+
+void svc_metrics_watch_db(svc_metrics *m, const rt_db *db)
+{
+    m->db = db;
+    __atomic_store_n(&m->db_up, db != NULL && rt_db_is_up(db) ? 1 : 0, __ATOMIC_RELAXED);
+}
+
+bool svc_metrics_db_up(const svc_metrics *m)
+{
+    return __atomic_load_n(&m->db_up, __ATOMIC_RELAXED) != 0;
 }
 
 static void render_db(buf *b, const rt_db *db)
@@ -503,6 +536,185 @@ char *svc_metrics_render(svc_metrics *m, const svc_app *app, rt_scope *root, siz
         render_db(&b, app->db);
     render_counters(&b, m);
     if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+/* --- summing the texts of several workers ----------------------------------------------------- */
+
+/*
+ * One family: the lines from a "# HELP" on, its samples in first-seen order. Samples are keyed
+ * by everything before the value; a family's samples from a later text that the first lacked
+ * (a status only that worker saw) join the end of the family, so each family stays one group.
+ */
+typedef struct sample {
+    const char *key;
+    size_t klen;
+    double value;
+    bool integral;
+} sample;
+
+typedef struct family {
+    const char *head; /* the "# HELP" and "# TYPE" lines */
+    size_t hlen;
+    const char *name;
+    size_t nlen;
+    bool max; /* combined by maximum, not by sum */
+    sample *samples;
+    size_t n;
+    size_t cap;
+} family;
+
+typedef struct families {
+    family *f;
+    size_t n;
+    size_t cap;
+    bool failed;
+} families;
+
+static family *family_get(families *fs, const char *name, size_t nlen, const char *head,
+                          size_t hlen)
+{
+    family *f;
+
+    for (size_t i = 0; i < fs->n; i++) {
+        if (fs->f[i].nlen == nlen && memcmp(fs->f[i].name, name, nlen) == 0)
+            return &fs->f[i];
+    }
+    if (fs->n == fs->cap) {
+        size_t cap = fs->cap ? fs->cap * 2 : 64;
+        family *p = realloc(fs->f, cap * sizeof(*p));
+
+        if (p == NULL) {
+            fs->failed = true;
+            return NULL;
+        }
+        fs->f = p;
+        fs->cap = cap;
+    }
+    f = &fs->f[fs->n++];
+    *f = (family){.head = head, .hlen = hlen, .name = name, .nlen = nlen};
+    /* "At least one connection works": the most any worker says, never a count of workers. */
+    f->max = nlen == 8 && memcmp(name, "hs_db_up", 8) == 0;
+    return f;
+}
+
+static void family_add(families *fs, family *f, const char *key, size_t klen, const char *val,
+                       size_t vlen)
+{
+    char num[64];
+    double v;
+    bool integral;
+    sample *s = NULL;
+
+    /* The texts are not NUL-terminated: the value is copied out before it is parsed. */
+    if (vlen >= sizeof(num))
+        vlen = sizeof(num) - 1;
+    memcpy(num, val, vlen);
+    num[vlen] = '\0';
+    v = strtod(num, NULL);
+    integral = strpbrk(num, ".eEnN") == NULL;
+
+    for (size_t i = 0; i < f->n; i++) {
+        if (f->samples[i].klen == klen && memcmp(f->samples[i].key, key, klen) == 0) {
+            s = &f->samples[i];
+            break;
+        }
+    }
+    if (s == NULL) {
+        if (f->n == f->cap) {
+            size_t cap = f->cap ? f->cap * 2 : 16;
+            sample *p = realloc(f->samples, cap * sizeof(*p));
+
+            if (p == NULL) {
+                fs->failed = true;
+                return;
+            }
+            f->samples = p;
+            f->cap = cap;
+        }
+        s = &f->samples[f->n++];
+        *s = (sample){.key = key, .klen = klen, .value = v, .integral = integral};
+        return;
+    }
+    s->integral = s->integral && integral;
+    if (f->max)
+        s->value = v > s->value ? v : s->value;
+    else
+        s->value += v;
+}
+
+static void parse_text(families *fs, const char *t, size_t len)
+{
+    const char *end = t + len;
+    family *cur = NULL;
+
+    while (t < end && !fs->failed) {
+        const char *nl = memchr(t, '\n', (size_t)(end - t));
+        const char *eol = nl != NULL ? nl : end;
+
+        if (eol - t > 7 && memcmp(t, "# HELP ", 7) == 0) {
+            const char *name = t + 7;
+            const char *sp = memchr(name, ' ', (size_t)(eol - name));
+            const char *next = nl != NULL ? nl + 1 : end;
+
+            /* The HELP line and the TYPE line after it make the family's head. */
+            if (end - next > 7 && memcmp(next, "# TYPE ", 7) == 0) {
+                const char *tnl = memchr(next, '\n', (size_t)(end - next));
+
+                next = tnl != NULL ? tnl + 1 : end;
+            }
+            cur = family_get(fs, name, sp != NULL ? (size_t)(sp - name) : (size_t)(eol - name), t,
+                             (size_t)(next - t));
+            t = next;
+            continue;
+        }
+        if (eol > t && t[0] != '#' && cur != NULL) {
+            const char *sp = eol;
+
+            while (sp > t && sp[-1] != ' ')
+                sp--;
+            if (sp > t)
+                family_add(fs, cur, t, (size_t)(sp - 1 - t), sp, (size_t)(eol - sp));
+        }
+        t = nl != NULL ? nl + 1 : end;
+    }
+}
+
+char *svc_metrics_sum(const char *const *texts, const size_t *lens, size_t n, size_t missing,
+                      size_t *len)
+{
+    families fs = {0};
+    buf b = {.p = malloc(16384), .cap = 16384};
+
+    if (b.p == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        parse_text(&fs, texts[i], lens[i]);
+    for (size_t i = 0; i < fs.n && !fs.failed; i++) {
+        family *f = &fs.f[i];
+
+        emit(&b, "%.*s", (int)f->hlen, f->head);
+        for (size_t j = 0; j < f->n; j++) {
+            if (f->samples[j].integral)
+                emit(&b, "%.*s %.0f\n", (int)f->samples[j].klen, f->samples[j].key,
+                     f->samples[j].value);
+            else
+                emit(&b, "%.*s %.6f\n", (int)f->samples[j].klen, f->samples[j].key,
+                     f->samples[j].value);
+        }
+    }
+    header(
+        &b, "hs_metrics_workers_missing", "gauge",
+        "Workers whose loop did not answer this scrape in time (stalled); left out of the sums.");
+    emit(&b, "hs_metrics_workers_missing %zu\n", missing);
+    for (size_t i = 0; i < fs.n; i++)
+        free(fs.f[i].samples);
+    free(fs.f);
+    if (b.failed || fs.failed) {
         free(b.p);
         return NULL;
     }

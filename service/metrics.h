@@ -13,6 +13,7 @@
 #ifndef SVC_METRICS_H
 #define SVC_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -96,5 +97,27 @@ void svc_metrics_shutdown_cancelled(svc_metrics *m, uint64_t n);
  * Returns a new malloc'd buffer with its length in *len, or NULL without memory.
  */
 char *svc_metrics_render(svc_metrics *m, const svc_app *app, rt_scope *root, size_t *len);
+
+/** Sets the worker label of this registry's loop-lag series (0 unless WORKERS > 1). Startup. */
+void svc_metrics_set_worker(svc_metrics *m, int worker);
+
+/**
+ * Has the loop-lag probe publish whether db (may be NULL) has a working connection, at every
+ * tick, for the other workers' /readyz (svc_metrics_db_up). Startup only.
+ */
+void svc_metrics_watch_db(svc_metrics *m, const rt_db *db);
+
+/** What the probe last published for the pool (at most SVC_LAG_PERIOD_MS old). Any thread. */
+bool svc_metrics_db_up(const svc_metrics *m);
+
+/**
+ * Sums n rendered texts (svc_metrics_render of each worker) into one: samples with the same name
+ * and labels are added (hs_db_up takes the maximum), families keep their HELP/TYPE heads and stay
+ * together, and series only some texts have are kept. Per-worker series carry a `worker` label,
+ * so they pass through apart. Appends hs_metrics_workers_missing (missing). Returns a new buffer
+ * and its length in *len, or NULL without memory.
+ */
+char *svc_metrics_sum(const char *const *texts, const size_t *lens, size_t n, size_t missing,
+                      size_t *len);
 
 #endif /* SVC_METRICS_H */

@@ -87,21 +87,34 @@ bool svc_request_id_is_sane(const char *id)
 void svc_request_set_id(svc_request *req, const char *client_id)
 {
     /* A per-process random prefix and a counter: unique here without a syscall per request,
-     * and two replicas are unlikely to share a prefix. The loop thread is the only caller. */
+     * and two replicas are unlikely to share a prefix. Every worker thread calls this: the
+     * prefix is set once (atomically), and each thread counts on its own in a range of 2^32
+     * ids that starts at its own slot (the top 8 of the counter's 40 bits), so no two loops
+     * hand out the same id and the hot path touches nothing shared. */
     static const char hex[] = "0123456789abcdef";
-    static uint32_t prefix;
-    static uint64_t counter;
+    static uint32_t shared_prefix;
+    static uint32_t slots;
+    static _Thread_local uint32_t prefix;
+    static _Thread_local uint64_t counter;
 
     if (svc_request_id_is_sane(client_id)) {
         strcpy(req->id_buf, client_id);
         return;
     }
-    while (prefix == 0) {
-        uint32_t r;
+    if (prefix == 0) {
+        uint32_t r = 0;
+        uint32_t expected = 0;
 
-        if (uv_random(NULL, NULL, &r, sizeof(r), 0, NULL) < 0)
-            r = (uint32_t)uv_hrtime() ^ (uint32_t)uv_os_getpid();
+        while (r == 0) {
+            if (uv_random(NULL, NULL, &r, sizeof(r), 0, NULL) < 0)
+                r = (uint32_t)uv_hrtime() ^ (uint32_t)uv_os_getpid();
+        }
+        /* The first thread's value wins; the others adopt it. */
+        if (!__atomic_compare_exchange_n(&shared_prefix, &expected, r, false, __ATOMIC_RELAXED,
+                                         __ATOMIC_RELAXED))
+            r = expected;
         prefix = r;
+        counter = (uint64_t)(__atomic_fetch_add(&slots, 1, __ATOMIC_RELAXED) & 0xff) << 32;
     }
     /* "%08x-%010llx", by hand: this runs for every request without an id of its own. */
     counter++;

@@ -56,6 +56,7 @@
  */
 #include "service/server.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,7 @@
 #include "service/framing.h"
 #include "service/log.h"
 #include "service/request_int.h"
+#include "service/workers.h"
 
 /*
  * libmicrohttpd 1.0 parses the request head strictly itself when asked (level 1: RFC 9112's
@@ -169,6 +171,7 @@ struct svc_server {
     bool closing;
     uint16_t port;
     char server_header[48];
+    char worker_header[24]; /* this worker's id, when there are several; else empty */
     void (*idle_cb)(void *arg);
     void *idle_arg;
     rt_post idle_post;
@@ -549,6 +552,8 @@ static enum MHD_Result queue_response(conn_req *cr, struct MHD_Connection *conn)
     MHD_add_response_header(resp, "traceparent", svc_request_traceparent(req));
     MHD_add_response_header(resp, "Server-Timing", timing);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER, s->server_header);
+    if (s->worker_header[0] != '\0')
+        MHD_add_response_header(resp, "X-Worker", s->worker_header);
     for (size_t i = 0; i < req->nheaders; i++)
         MHD_add_response_header(resp, req->headers[i].key, req->headers[i].value);
     if (s->quiesced)
@@ -1110,12 +1115,25 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
     } addr;
+    /* Every worker after the first serves worker 0's listening socket (a dup of it: each daemon
+     * closes its own at quiesce, and the socket closes when the last one has). */
+    struct MHD_OptionItem listen_opt[] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
     svc_server *s;
     int err;
 
+    if (app->workers != NULL && svc_workers_listen_fd(app->workers) >= 0) {
+        int fd = dup(svc_workers_listen_fd(app->workers));
+
+        if (fd < 0)
+            return uv_translate_sys_error(errno);
+        listen_opt[0] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, fd, NULL};
+    }
     s = calloc(1, sizeof(*s));
-    if (s == NULL)
+    if (s == NULL) {
+        if (listen_opt[0].option == MHD_OPTION_LISTEN_SOCKET)
+            close((int)listen_opt[0].value);
         return UV_ENOMEM;
+    }
     s->app = app;
     s->cfg = cfg;
     s->router = router;
@@ -1133,10 +1151,12 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
                                          "Bytes held for request bodies being received or served "
                                          "(MAX_BODY_BUFFER_BYTES caps it).");
     if (s->body_buffered == NULL) {
-        free(s);
-        return UV_ENOMEM;
+        err = UV_ENOMEM;
+        goto out_free;
     }
     snprintf(s->server_header, sizeof(s->server_header), "hindsight/%s", HS_VERSION);
+    if (app->workers != NULL && svc_workers_count(app->workers) > 1)
+        snprintf(s->worker_header, sizeof(s->worker_header), "%zu", app->worker_id);
     /* HOST was checked by the configuration parser; an IPv6 literal needs MHD's IPv6 mode. */
     if (uv_ip4_addr(cfg->host, cfg->port, &addr.in4) != 0) {
         if (uv_ip6_addr(cfg->host, cfg->port, &addr.in6) != 0) {
@@ -1161,10 +1181,19 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
                            : 0),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)cfg->connection_memory_bytes, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
-        HS_MHD_STRICT_PARSING MHD_OPTION_END);
+        HS_MHD_STRICT_PARSING MHD_OPTION_ARRAY, listen_opt, MHD_OPTION_END);
     if (s->mhd == NULL) {
         err = UV_EADDRINUSE;
         goto out_free;
+    }
+    if (app->workers != NULL && svc_workers_listen_fd(app->workers) < 0 &&
+        svc_workers_count(app->workers) > 1) {
+        info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_LISTEN_FD);
+        if (info == NULL) {
+            err = UV_EIO;
+            goto out_stop;
+        }
+        svc_workers_set_listen_fd(app->workers, (int)info->listen_fd);
     }
     info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info != NULL ? info->port : (uint16_t)cfg->port;
@@ -1210,6 +1239,8 @@ out_close_timer:
 out_stop:
     MHD_stop_daemon(s->mhd);
 out_free:
+    if (listen_opt[0].option == MHD_OPTION_LISTEN_SOCKET && s->mhd == NULL)
+        close((int)listen_opt[0].value);
     free(s);
     return err;
 }

@@ -22,6 +22,7 @@
 
 #include "service/config.h"
 #include "service/log.h"
+#include "service/workers.h"
 
 #define STUCK_MS 5000
 #define FLUSH_MS 200
@@ -33,6 +34,8 @@ static void log_step(svc_shutdown *sd, const char *step)
     if (!svc_log_begin(&l, SVC_LOG_INFO, "shutdown"))
         return;
     svc_log_str(&l, "step", step);
+    if (sd->app->workers != NULL)
+        svc_log_int(&l, "worker", (int64_t)sd->app->worker_id);
     svc_log_ms(&l, "since_signal_ms", (double)(uv_hrtime() - sd->began_ns) / 1e6);
     svc_log_int(&l, "requests_in_flight", (int64_t)svc_server_in_flight(sd->server));
     svc_log_int(&l, "request_tasks", (int64_t)sd->requests->live_total);
@@ -185,9 +188,15 @@ void svc_shutdown_begin(svc_shutdown *sd, const char *why)
     }
 }
 
+/* Signals are handled on one loop (worker 0's), which hands each one on to the others. */
 static void on_signal(uv_signal_t *h, int signum)
 {
-    svc_shutdown_begin(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    svc_shutdown *sd = h->data;
+    const char *why = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+
+    svc_shutdown_begin(sd, why);
+    if (sd->app->workers != NULL)
+        svc_workers_signal(sd->app->workers, sd->app->worker_id, why);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -220,6 +229,8 @@ int svc_shutdown_init(svc_shutdown *sd, svc_app *app, svc_server *server, svc_me
         return err;
     sd->timer.data = sd;
     sd->open_handles++;
+    if (app->workers != NULL && app->worker_id != 0)
+        return 0;
     err = uv_signal_init(app->loop, &sd->sigterm);
     if (err < 0)
         goto out_close;

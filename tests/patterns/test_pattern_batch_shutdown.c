@@ -95,6 +95,20 @@ static void test_after_batch_drains_on_sigterm(void **state)
     (void)state;
     db_now(db, since, sizeof(since));
     e2e_start(&p, NULL, NULL, true);
+    /* Every pool connected (with WORKERS > 1 each worker has its own): the batch's rounds are
+     * then the delays they play, not connection setup. */
+    for (int i = 0;; i++) {
+        e2e_resp r;
+        long status;
+
+        assert_true(i < 600);
+        e2e_get(&p, "/readyz", &r);
+        status = r.status;
+        e2e_resp_free(&r);
+        if (status == 200)
+            break;
+        e2e_sleep_ms(50);
+    }
     pt_call_start(&call, &p, "POST", "/after/batch", body);
     /* The first round written: some items done, the next ones in flight, most not started. */
     give_up = e2e_now_ms() + 30000;

@@ -8,6 +8,11 @@
  * requests it answers at once. Both routes must still return the same, correct body, play the
  * delay, validate their input, and `before` must recover from a broken connection.
  *
+ * It runs with WORKERS=1 whatever the environment says: with several loops a blocking `before`
+ * request stalls only its own worker and every connection on it, while the other workers keep
+ * answering /healthz (test_e2e_workers shows that side), so the stall would show only on the
+ * probes the kernel happened to hand to the blocked worker.
+ *
  * Latencies are asserted with wide margins against the injected delay (the machine is shared):
  * the stall must be at least 0.6 of a delay, and the unblocked probe under 0.3 of one.
  */
@@ -29,9 +34,10 @@
 static int setup(void **state)
 {
     static e2e_proc proc;
+    static const char *const env[] = {"WORKERS=1", NULL};
 
     pt_init();
-    e2e_start(&proc, NULL, NULL, true);
+    e2e_start(&proc, env, NULL, true);
     *state = &proc;
     return 0;
 }

@@ -3,12 +3,14 @@
  * test_svc_config.c - settings from the environment and flags: defaults, precedence, ranges,
  * the exit decisions for --help, --version and invalid values.
  */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,7 +83,9 @@ static void test_env_then_flags(void **state)
     setenv("DATABASE_URL", "postgresql://u@127.0.0.1:1/db", 1);
     setenv("LOG_LEVEL", "debug", 1);
     setenv("HOST", "::1", 1);
+    setenv("WORKERS", "2", 1);
     assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
+    assert_int_equal(c.workers, 2);
     assert_string_equal(c.host, "::1");
     assert_int_equal(c.port, 9000); /* the flag wins */
     assert_int_equal(c.db_pool_size, 4);
@@ -107,7 +111,8 @@ static void test_invalid_values(void **state)
                {"LOG_LEVEL", "verbose"},
                {"LOG_FORMAT", "xml"},
                {"MAX_BODY_BYTES", "-5"},
-               {"WORKERS", "0"},
+               {"WORKERS", "-1"},
+               {"WORKERS", "257"},
                {"HOST", "localhost"},
                {"HOST", "256.0.0.1"},
                {"HOST", ""}};
@@ -125,6 +130,23 @@ static void test_invalid_values(void **state)
         assert_non_null(strstr(err, bad[i].env));
         svc_config_free(&c);
     }
+}
+
+/* WORKERS=0 asks for one loop per CPU the process may run on (its affinity mask). */
+static void test_workers_auto(void **state)
+{
+    char *argv[] = {"hindsight", NULL};
+    char out[4096] = "", err[4096] = "";
+    cpu_set_t set;
+    svc_config c;
+
+    (void)state;
+    clean_env(NULL);
+    setenv("WORKERS", "0", 1);
+    assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+    assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
+    assert_int_equal(c.workers, CPU_COUNT(&set));
+    svc_config_free(&c);
 }
 
 static void test_bad_flags(void **state)
@@ -171,6 +193,7 @@ int main(void)
         cmocka_unit_test_setup(test_defaults, clean_env),
         cmocka_unit_test_setup(test_env_then_flags, clean_env),
         cmocka_unit_test_setup(test_invalid_values, clean_env),
+        cmocka_unit_test_setup(test_workers_auto, clean_env),
         cmocka_unit_test_setup(test_bad_flags, clean_env),
         cmocka_unit_test_setup(test_help_and_version, clean_env),
     };

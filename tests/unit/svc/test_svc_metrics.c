@@ -124,7 +124,7 @@ static void test_render(void **state)
     assert_true(has_line(text, "hs_scope_tasks{scope=\"request\"} 0"));
     assert_true(has_line(text, "hs_scopes_open{scope=\"service\"} 1"));
     assert_true(has_line(text, "hs_shutdown_cancelled_tasks_total 2"));
-    assert_true(has_line(text, "hs_event_loop_lag_seconds 0.001500"));
+    assert_true(has_line(text, "hs_event_loop_lag_seconds{worker=\"0\"} 0.001500"));
     /* Two series of one counter under one HELP/TYPE, and the gauge typed as a gauge. */
     assert_int_equal(count(text, "# TYPE hs_test_events_total counter"), 1);
     assert_true(has_line(text, "hs_test_events_total{variant=\"after\"} 7"));
@@ -166,10 +166,50 @@ static void test_render(void **state)
     svc_router_free(router);
 }
 
+/* Two workers' texts summed: same series added, families kept whole, per-worker series apart. */
+static void test_sum(void **state)
+{
+    const char a[] = "# HELP hs_x_total X.\n# TYPE hs_x_total counter\n"
+                     "hs_x_total{status=\"200\"} 3\n"
+                     "# HELP hs_lag Lag.\n# TYPE hs_lag gauge\nhs_lag{worker=\"0\"} 0.001500\n"
+                     "# HELP hs_db_up Up.\n# TYPE hs_db_up gauge\nhs_db_up 1\n"
+                     "# HELP hs_h_seconds H.\n# TYPE hs_h_seconds histogram\n"
+                     "hs_h_seconds_sum{} 0.250000\nhs_h_seconds_count{} 2\n";
+    const char b[] = "# HELP hs_x_total X.\n# TYPE hs_x_total counter\n"
+                     "hs_x_total{status=\"200\"} 4\nhs_x_total{status=\"503\"} 1\n"
+                     "# HELP hs_lag Lag.\n# TYPE hs_lag gauge\nhs_lag{worker=\"1\"} 0.002000\n"
+                     "# HELP hs_db_up Up.\n# TYPE hs_db_up gauge\nhs_db_up 0\n"
+                     "# HELP hs_h_seconds H.\n# TYPE hs_h_seconds histogram\n"
+                     "hs_h_seconds_sum{} 0.500000\nhs_h_seconds_count{} 1\n";
+    /* Not NUL-terminated where they end: the lengths are what counts. */
+    const char *texts[] = {a, b};
+    const size_t lens[] = {sizeof(a) - 1, sizeof(b) - 1};
+    size_t len = 0;
+    char *text;
+
+    (void)state;
+    text = svc_metrics_sum(texts, lens, 2, 1, &len);
+    assert_non_null(text);
+    assert_int_equal(strlen(text), len);
+    assert_int_equal(count(text, "# TYPE hs_x_total counter"), 1);
+    assert_true(has_line(text, "hs_x_total{status=\"200\"} 7"));
+    assert_true(has_line(text, "hs_x_total{status=\"503\"} 1"));
+    /* The 503 series joins its family, before the next family's head. */
+    assert_true(strstr(text, "hs_x_total{status=\"503\"}") < strstr(text, "# HELP hs_lag"));
+    assert_true(has_line(text, "hs_lag{worker=\"0\"} 0.001500"));
+    assert_true(has_line(text, "hs_lag{worker=\"1\"} 0.002000"));
+    assert_true(has_line(text, "hs_db_up 1"));
+    assert_true(has_line(text, "hs_h_seconds_sum{} 0.750000"));
+    assert_true(has_line(text, "hs_h_seconds_count{} 3"));
+    assert_true(has_line(text, "hs_metrics_workers_missing 1"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render),
+        cmocka_unit_test(test_sum),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
