@@ -191,7 +191,7 @@ if [ -n "${TEST_DATABASE_URL:-}" ] && command -v psql >/dev/null; then
     ready() { curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$svc_port/readyz"; }
     wait_for "the service ready" ready
     signal_and_expect serving SIGTERM
-    closed_ms=$(sed -n 's/.* shutdown step=close since_signal_ms=\([0-9]*\).*/\1/p' \
+    closed_ms=$(sed -n 's/.* shutdown step=close\( worker=0\)\{0,1\} since_signal_ms=\([0-9]*\).*/\2/p' \
         "$work/serving.log")
     closed_in_time() { [ -n "$closed_ms" ] && [ "$closed_ms" -lt "$limit_ms" ]; }
     hs_check "serving: the shutdown sequence ended within $limit_ms ms of the signal (step=close
