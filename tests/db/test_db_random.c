@@ -100,6 +100,11 @@ static uint64_t next_rand(bank *b)
 
 static void op_start_next(bank *b);
 
+static void count_closed(uv_handle_t *h)
+{
+    (*(int *)h->data)++;
+}
+
 static void ops_resume(uv_timer_t *t)
 {
     bank *b = rt_container_of(t, bank, pause);
@@ -425,8 +430,15 @@ static void test_random_operations_keep_the_bank_invariant(void **state)
     if (!dbt_run_until(fx, bank_finished, b, 240000))
         fail_msg("only %d of %d operations finished", b->finished, ops);
     if (faults) {
-        uv_close((uv_handle_t *)&ch.timer, NULL);
-        uv_close((uv_handle_t *)&b->pause, NULL);
+        int closed = 0;
+
+        ch.timer.data = &closed;
+        b->pause.data = &closed;
+        uv_close((uv_handle_t *)&ch.timer, count_closed);
+        uv_close((uv_handle_t *)&b->pause, count_closed);
+        /* Both live in memory this function frees or returns: their closes must be over first. */
+        while (closed < 2)
+            uv_run(&fx->loop, UV_RUN_NOWAIT);
         assert_int_equal(pgp_cmd(&proxy, "pass"), 0);
         assert_int_equal(pgp_cmd(&proxy, "delay 0"), 0);
         assert_int_equal(pgp_cmd(&proxy, "drop_commit 0"), 0);
