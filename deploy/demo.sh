@@ -27,10 +27,11 @@
 #      logged are subtracted: lost = asked - written - reported cancelled;
 #   4. transfers, per variant and on a fresh database each (REQUEST_TIMEOUT_MS=300): 100
 #      concurrent transfers whose debit-credit gap (delay_ms=500) outlasts the deadline, then
-#      GET /accounts/invariant; then 100 more (delay_ms=100) with SIGTERM once 4 of them sit
-#      between debit and credit (pg_stat_activity) and SHUTDOWN_GRACE_MS=50, so that shutdown,
-#      not the deadline, cuts them; the invariant and
-#      partial transfers are then read with SQL once the process has exited.
+#      GET /accounts/invariant (shown) and the same sums in SQL (checked); then 100 more
+#      (delay_ms=100) with SIGTERM once 4 of them sit between debit and credit
+#      (pg_stat_activity) and SHUTDOWN_GRACE_MS=50, so that shutdown, not the deadline, cuts
+#      them; the invariant and partial transfers are then read with SQL once the process has
+#      exited.
 # It exits non-zero when something that should work does not: an `after` variant loses an event
 # or breaks the invariant, a `before` variant fails to show its documented failure, a request of
 # the runs fails, or an instance does not exit 0. Everything it started (processes, databases,
@@ -341,7 +342,18 @@ echo "## 4. Transfers: $xfer_count at once with delay_ms=$xfer_delay >" \
     "and credit" \
     "(SHUTDOWN_GRACE_MS=$term_grace)"
 echo
-declare -A inv_ok=() inv_short=() inv_partial=() committed=() rows_after=() verdict=()
+# ledger_state <database>: accounts, total balance, transfers without a balanced pair of ledger
+# rows, and transfers rows, on one line.
+ledger_state() {
+    sql "$1" "
+        SELECT (SELECT count(*) FROM accounts), (SELECT sum(balance) FROM accounts),
+               (SELECT count(*) FROM transfers t LEFT JOIN
+                   (SELECT transfer_id, count(*) AS n, sum(delta) AS s FROM ledger
+                    GROUP BY transfer_id) l ON l.transfer_id = t.id
+                WHERE l.n IS DISTINCT FROM 2 OR l.s IS DISTINCT FROM 0),
+               (SELECT count(*) FROM transfers)" | tr '|' ' '
+}
+declare -A deadline_broken=() inv_short=() inv_partial=() committed=() rows_after=() verdict=()
 for variant in before after; do
     name=transfers-$variant
     db=${db_prefix}_t$variant
@@ -357,15 +369,21 @@ for variant in before after; do
             "{\"from\":$b,\"to\":$((b + 1)),\"amount\":$xfer_amount,\"delay_ms\":$term_delay}"
     done
     burst "$work/$name-deadline.cfg"
+    # The deadline burst's statements are over before the invariant is read and before the second
+    # burst starts.
+    wait_sleeping "$db" = 0
     curl -s --max-time 10 -o "$work/$name-invariant.json" "$url/accounts/invariant"
+    # The verdict comes from SQL: on a busy machine the route itself may pass its own 300 ms
+    # deadline over 10,000 accounts and answer 504, which says nothing about the money.
+    read -r accounts total partial n_rows < <(ledger_state "$db")
+    deadline_broken[$variant]=$((accounts * 1000 != total || partial > 0))
     echo "    $variant, deadline burst: $(codes "$work/$name-deadline.cfg");" \
-        "GET /accounts/invariant: $(cat "$work/$name-invariant.json")"
-    # The deadline burst's statements are over before the second burst starts, and SIGTERM goes
-    # once the second burst's transfers are between debit and credit: tied to what the service
-    # is doing, not to the clock, which a busy machine stretches.
+        "GET /accounts/invariant: $(cat "$work/$name-invariant.json");" \
+        "SQL: total $total of $((accounts * 1000)), $partial partial transfers"
+    # SIGTERM goes once the second burst's transfers are between debit and credit: tied to what
+    # the service is doing, not to the clock, which a busy machine stretches.
     # The watcher starts (and is seen running) before the burst: with REQUEST_TIMEOUT_MS=300 the
     # whole burst may last less than a psql takes to start on a busy machine.
-    wait_sleeping "$db" = 0
     PGAPPNAME=hs-demo-term-watch wait_sleeping "$db" ">=" "$term_at" &
     watcher=$!
     bg_pids=("$watcher")
@@ -379,14 +397,7 @@ for variant in before after; do
     stop_instance "$name"
     wait "${bg_pids[1]}"
     bg_pids=()
-    read -r accounts total partial n_rows < <(sql "$db" "
-        SELECT (SELECT count(*) FROM accounts), (SELECT sum(balance) FROM accounts),
-               (SELECT count(*) FROM transfers t LEFT JOIN
-                   (SELECT transfer_id, count(*) AS n, sum(delta) AS s FROM ledger
-                    GROUP BY transfer_id) l ON l.transfer_id = t.id
-                WHERE l.n IS DISTINCT FROM 2 OR l.s IS DISTINCT FROM 0),
-               (SELECT count(*) FROM transfers)" | tr '|' ' ')
-    inv_ok[$variant]=$(json_field ok "$work/$name-invariant.json")
+    read -r accounts total partial n_rows < <(ledger_state "$db")
     inv_short[$variant]=$((accounts * 1000 - total))
     inv_partial[$variant]=$partial
     committed[$variant]=$(($(count_code "$work/$name-deadline.cfg" 200) +
@@ -479,7 +490,7 @@ all_clean() {
 }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
 welcome_before_silent() { [ "${lost[before]}" -gt 0 ] && [ "${reported[before]}" = 0 ]; }
-transfers_before_broken() { [ "${inv_short[before]}" -gt 0 ] && [ "${inv_ok[before]}" = false ]; }
+transfers_before_broken() { [ "${inv_short[before]}" -gt 0 ] && [ "${deadline_broken[before]}" = 1 ]; }
 transfers_after_intact() { [ "${inv_short[after]}" = 0 ] && [ "${inv_partial[after]}" = 0 ]; }
 batches_complete() {
     [ "$(json_field completed "$work/batch-before.json")" = "$batch_ids" ] &&
@@ -508,8 +519,8 @@ check "welcome after lost nothing: written + reported cancelled = asked" [ "${lo
 check "welcome after: each of the $welcome_tasks tasks accounted for exactly" \
     [ "${accounted[after]}" = "$welcome_tasks" ]
 check "transfers before broke the invariant (${verdict[before]})" transfers_before_broken
-check "transfers after kept the invariant through the deadline (GET /accounts/invariant ok)" \
-    [ "${inv_ok[after]}" = true ]
+check "transfers after kept the invariant through the deadline (SQL: 0 missing, 0 partial)" \
+    [ "${deadline_broken[after]}" = 0 ]
 check "transfers after kept it through SIGTERM (SQL: 0 missing, 0 partial)" transfers_after_intact
 check "transfers after: rows written (${rows_after[after]}) = answers 200 (${committed[after]})" \
     [ "${rows_after[after]}" = "${committed[after]}" ]
