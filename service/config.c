@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <microhttpd.h>
 #include <uv.h>
 
 typedef enum kind { K_INT, K_INT64, K_STR, K_HOST, K_BOOL, K_LEVEL, K_FORMAT } kind;
@@ -196,6 +199,19 @@ bool svc_config_is_ip_literal(const char *v)
     return uv_ip4_addr(v, 0, &in4) == 0 || uv_ip6_addr(v, 0, &in6) == 0;
 }
 
+/* The version, then the libraries it runs with, as loaded (not as compiled against): what
+ * the front door refuses itself depends on libmicrohttpd's (DESIGN.md, "Facts about our dependencies"). */
+static void print_version(FILE *out)
+{
+    int pq = PQlibVersion();
+
+    fprintf(out, "hindsight %s\n", HS_VERSION);
+    fprintf(out, "libmicrohttpd %s\n", MHD_get_version());
+    fprintf(out, "libuv %s\n", uv_version_string());
+    fprintf(out, "libpq %d.%d\n", pq / 10000, pq % 10000);
+    fprintf(out, "jansson %s\n", jansson_version_str());
+}
+
 static void print_help(FILE *out)
 {
     char flag[64];
@@ -250,7 +266,7 @@ int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err)
             return SVC_CONFIG_EXIT_OK;
         }
         if (strcmp(a, "--version") == 0) {
-            fprintf(out, "hindsight %s\n", HS_VERSION);
+            print_version(out);
             return SVC_CONFIG_EXIT_OK;
         }
         if (strncmp(a, "--", 2) != 0) {

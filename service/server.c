@@ -125,6 +125,7 @@ typedef struct conn_req {
     int shed_status;       /* answered out of band by shed() (408, 400), else 0 */
     uint64_t progress_run; /* the MHD turn that last handed it body bytes (or its headers) */
     conn_track *track;     /* its connection's, while the connection is open; may be NULL */
+    conn_track *conn;      /* its connection's from on_uri until on_completed (see open_req) */
 } conn_req;
 
 /*
@@ -140,6 +141,12 @@ struct conn_track {
     int phase;
     uint64_t deadline_ns; /* of the phase, on the uv_hrtime clock */
     conn_req *cr;         /* the request being read or served, while it is */
+    /* The request on_uri made and MHD has not reported complete yet. libmicrohttpd 1.0.1 can
+     * close a connection without that report (its answer to an over-long chunk extension is
+     * sent twice over, and the second attempt closes the connection outright): the close
+     * notification then completes the request, so that it is neither leaked nor counted in
+     * flight forever. */
+    conn_req *open_req;
 };
 
 struct svc_server {
@@ -415,6 +422,8 @@ static void make_room(svc_server *s, conn_track *fresh)
         shed(fresh, 503, "unavailable", "every connection slot is busy; try again", SHED_REFUSED);
 }
 
+static void finish_request(svc_server *s, conn_req *cr, enum MHD_RequestTerminationCode toe);
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
@@ -449,6 +458,13 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     rt_list_remove(&t->link);
     if (t->cr != NULL)
         t->cr->track = NULL;
+    if (t->open_req != NULL) {
+        /* MHD has already freed what the method and path point into: they are not logged. A
+         * connection is never closed while its request is suspended, so no handler reads them. */
+        t->open_req->req.method = NULL;
+        t->open_req->req.path = NULL;
+        finish_request(s, t->open_req, MHD_REQUEST_TERMINATED_WITH_ERROR);
+    }
     free(t);
 }
 
@@ -797,13 +813,18 @@ static int check_head(conn_req *cr, struct MHD_Connection *conn, const char *ver
  */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     conn_req *cr = calloc(1, sizeof(*cr));
 
-    (void)conn;
     if (cr == NULL)
         return NULL;
     cr->srv = cls;
     svc_framing_check_target(uri, &cr->reject);
+    if (ci != NULL && ci->socket_context != NULL) {
+        cr->conn = ci->socket_context;
+        cr->conn->open_req = cr;
+    }
     return cr;
 }
 
@@ -968,15 +989,25 @@ static void on_idle_post(rt_post *p)
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    svc_server *s = cls;
     conn_req *cr = *con_cls;
-    uint64_t ns;
-    int status;
 
     (void)conn;
     if (cr == NULL)
         return;
     *con_cls = NULL;
+    finish_request(cls, cr, toe);
+}
+
+/* The end of a request as MHD sees it: logged, counted, and let go of. */
+static void finish_request(svc_server *s, conn_req *cr, enum MHD_RequestTerminationCode toe)
+{
+    uint64_t ns;
+    int status;
+
+    if (cr->conn != NULL) {
+        cr->conn->open_req = NULL;
+        cr->conn = NULL;
+    }
     if (!cr->started) {
         /* MHD refused the request before the access handler saw it (on_uri made cr). */
         free(cr);
@@ -1115,9 +1146,11 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
     } addr;
-    /* Every worker after the first serves worker 0's listening socket (a dup of it: each daemon
-     * closes its own at quiesce, and the socket closes when the last one has). */
-    struct MHD_OptionItem listen_opt[] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+    /* Where to listen: the first worker binds HOST:PORT; every worker after it serves worker 0's
+     * listening socket (a dup of it: each daemon closes its own at quiesce, and the socket
+     * closes when the last one has). libmicrohttpd 1.0 refuses to be given both. */
+    struct MHD_OptionItem listen_opt[] = {{MHD_OPTION_SOCK_ADDR, 0, &addr.sa},
+                                          {MHD_OPTION_END, 0, NULL}};
     svc_server *s;
     int err;
 
@@ -1171,7 +1204,7 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
      * MHD's: it closes the extra connection at once. */
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &addr.sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        on_mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
         s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)cfg->max_connections + CONNECTION_BACKSTOP,

@@ -10,7 +10,7 @@ started here: there is no engine on the test machines.
 
 Debian 12 ships docker-compose 1.29 and Debian 13 docker-compose 2 (the Go rewrite); their
 normalized forms differ, and both are read: version 2 leaves a profiled service out of `config`
-unless its profile is named (so `--profile load` is given to both), and writes a volume in the
+unless its profile is named (so `--profile load --profile observe` is given to both), and writes a volume in the
 long form (a mapping with source and target) where 1.29 writes "source:target"."""
 
 import os
@@ -40,7 +40,7 @@ def main():
         skip("docker-compose is not installed (deploy/setup.sh installs it)")
     c = Checks("check_compose")
 
-    run = compose("--profile", "load", "config")
+    run = compose("--profile", "load", "--profile", "observe", "config")
     if not c.expect(run.returncode == 0, "docker-compose config accepts the file: " + run.stderr):
         c.finish()
     cfg = yaml.safe_load(run.stdout)

@@ -85,6 +85,27 @@ void e2e_kill_all(void)
     nchildren = 0;
 }
 
+int e2e_library_major(void)
+{
+    static int major = -1;
+    const char *bin = getenv("HINDSIGHT_BIN");
+    char cmd[4200], line[256];
+    FILE *f;
+
+    if (major >= 0)
+        return major;
+    assert_non_null(bin);
+    snprintf(cmd, sizeof(cmd), "'%s' --version", bin);
+    f = popen(cmd, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "libmicrohttpd %d.", &major) == 1)
+            break;
+    pclose(f);
+    assert_true(major >= 0);
+    return major;
+}
+
 void e2e_start(e2e_proc *p, const char *const *env, const char *const *args, bool wait_ready)
 {
     static int started;

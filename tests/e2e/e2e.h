@@ -84,6 +84,13 @@ uint64_t e2e_now_ms(void);
 /** Sleeps ms milliseconds. */
 void e2e_sleep_ms(int ms);
 
+/**
+ * The major version of the libmicrohttpd the service binary runs with, from its --version: 0
+ * for 0.9.x, 1 for 1.0.x. With 1 the library refuses some malformed heads itself, with its own
+ * HTML 400 (DESIGN.md, "Facts about our dependencies").
+ */
+int e2e_library_major(void);
+
 /** A connected TCP socket to the service, or -1. */
 int e2e_connect(const e2e_proc *p);
 

@@ -200,19 +200,32 @@ static const char *error_code(const exchange *x)
     return out;
 }
 
-/* One refusal: exactly one response of status, the error shape, Connection: close, closed. */
+/*
+ * One refusal: exactly one response, Connection: close, and the connection closed. The response
+ * is the service's (status, the error shape) or, only where libmicrohttpd 1.0's strict parser
+ * refuses the head before the service sees it, the library's own: 400 with an HTML body.
+ */
 static void assert_refused(const char *raw, size_t len, int status, const char *code)
 {
     exchange x;
+    bool by_library;
 
     exchange_raw(raw, len, &x);
-    if (count_responses(&x) != 1 || first_status(&x) != status || !x.closed)
+    /* The library's answers carry no Content-Type, only the HTML body. */
+    by_library = e2e_library_major() >= 1 && first_status(&x) == 400 &&
+                 strstr(x.data, "\r\n\r\n<html>") != NULL;
+    if (count_responses(&x) != 1 || (first_status(&x) != status && !by_library) || !x.closed)
         fprintf(stderr, "refused wrongly (closed=%d):\n%s\n", x.closed, x.data);
+    if (by_library)
+        fprintf(stderr, "  refused by libmicrohttpd itself: %.*s\n", (int)strcspn(x.data, "\r"),
+                x.data);
     assert_true(x.closed);
     assert_int_equal(count_responses(&x), 1);
-    assert_int_equal(first_status(&x), status);
     assert_string_equal(header(&x, "Connection"), "close");
-    assert_string_equal(error_code(&x), code);
+    if (!by_library) {
+        assert_int_equal(first_status(&x), status);
+        assert_string_equal(error_code(&x), code);
+    }
     free(x.data);
 }
 

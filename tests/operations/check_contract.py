@@ -29,7 +29,7 @@ import time
 
 import jsonschema
 
-from opslib import ROOT, Service, private_database, psql, request, skip
+from opslib import ROOT, Service, library_major, private_database, psql, request, skip
 
 # Documented responses that no request of this matrix can produce, each with the reason.
 # (method, path, status); path "*" means every operation.
@@ -47,6 +47,12 @@ NOT_YET = {
     ("GET", "/routes", "503"): "as /metrics",
     ("GET", "/openapi.json", "503"): "as /metrics",
 }
+# libmicrohttpd 1.0 refuses an unknown transfer coding itself (400, its own HTML) before the
+# service can answer 501; the matrix checks that answer as the library's instead.
+LIBRARY_STRICT = library_major() >= 1
+if LIBRARY_STRICT:
+    NOT_YET[("*", "*", "501")] = ("libmicrohttpd 1.0 answers an unknown transfer coding itself "
+                                  "with 400 (tests/e2e/test_edge_http.c checks that answer)")
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -189,6 +195,18 @@ class Contract:
         self.check_documented(label, resp, documented)
         return resp
 
+    def check_library_refusal(self, svc, method, path, headers):
+        """A head that libmicrohttpd 1.0 refuses before the service sees it: the library's own
+        400 with an HTML body and Connection: close (the document says so; not its schemas)."""
+        resp = request(svc, method, path, None, headers)
+        self.checked += 1
+        label = "%s %s %s [%s]" % (method, path, resp.status, svc.name)
+        if (resp.status != 400 or not resp.body.startswith(b"<html>") or
+                resp.headers.get("connection", [""])[0].lower() != "close"):
+            self.fail("%s: not libmicrohttpd's own 400 with Connection: close: %r %r"
+                      % (label, resp.headers, resp.body[:200]))
+        return resp
+
     def check_concurrently(self, svc, reqs):
         """Sends reqs [(method, path, body, headers, expect)] at once; checks each answer."""
         with concurrent.futures.ThreadPoolExecutor(len(reqs)) as pool:
@@ -279,7 +297,10 @@ def matrix_main(c, svc):
     # (501), and a %00 in the query (400), in the error shape.
     for (method, tpl) in sorted(OPERATIONS):
         path = tpl.replace("{id}", "1")
-        c.check(svc, method, path, 501, headers={"Transfer-Encoding": "xchunked"})
+        if LIBRARY_STRICT:
+            c.check_library_refusal(svc, method, path, headers={"Transfer-Encoding": "xchunked"})
+        else:
+            c.check(svc, method, path, 501, headers={"Transfer-Encoding": "xchunked"})
         c.check(svc, method, path + "?x=%00", 400)
 
     # Undocumented paths and methods.
