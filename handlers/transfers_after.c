@@ -23,8 +23,11 @@
  *
  * where brackets are one round trip: the statements known before the transaction starts are
  * pipelined behind BEGIN, and COMMIT goes right behind STORE. MOVE is the whole transfer in one
- * statement: it locks both rows in id order (ORDER BY id FOR UPDATE), so two transfers in
- * opposite directions lock in the same order and cannot deadlock; checks that both exist and
+ * statement: it locks both rows in id order (ORDER BY id FOR NO KEY UPDATE), so two transfers
+ * in opposite directions lock in the same order and cannot deadlock (NO KEY: a transfer changes
+ * balances, never ids, so the FOR KEY SHARE that any insert referencing an account takes for
+ * its foreign key, a `before` transfer's rows among them, neither blocks it nor is blocked by
+ * it, and cannot close a cycle with it either); checks that both exist and
  * that `from` holds enough; and only then debits, credits and writes the transfer row and its
  * two ledger legs. It returns what it found, and the step callback answers 404 or 409 (the pool
  * rolls back, nothing was written) or goes on to COMMIT. SLEEP is the demonstrations' delay_ms,
@@ -64,7 +67,7 @@ static const char sql_lookup[] =
  * aggregate reads all of `acc`, so both are locked even when one is missing. */
 static const char sql_move[] =
     "WITH acc AS (SELECT id, balance FROM accounts WHERE id IN ($1::bigint, $2::bigint) "
-    "ORDER BY id FOR UPDATE), "
+    "ORDER BY id FOR NO KEY UPDATE), "
     "chk AS (SELECT max(balance) FILTER (WHERE id = $1::bigint) AS from_balance, "
     "coalesce(bool_or(id = $2::bigint), false) AS to_found FROM acc), "
     "go AS (SELECT 1 FROM chk WHERE to_found AND from_balance >= $3::bigint), "
@@ -294,6 +297,15 @@ static void after_on_race(rt_task *t, int status)
     } else if (status == ANSWERED) {
         svc_respond_error(req, x->answer_status, x->answer_code, "%s", x->answer_msg);
         status = 0;
+    } else if (status == RT_DB_ESQL && strncmp(x->tx.result.sqlstate, "40", 2) == 0) {
+        /* SQLSTATE class 40, transaction rollback (a deadlock with another client's locks, a
+         * serialization failure): the database undid the whole transaction, so nothing moved and
+         * the same request can simply be sent again. */
+        hs__xfer_log_db_error(req, "after", &x->tx.result);
+        svc_respond_error(req, 503, "unavailable",
+                          "the database rolled this transfer back to settle a conflict with "
+                          "another transaction; nothing moved, retry");
+        svc_respond_header(req, "Retry-After", "1");
     } else {
         if (status == RT_DB_ESQL)
             hs__xfer_log_db_error(req, "after", &x->tx.result);

@@ -14,9 +14,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <libpq-fe.h>
 
 #include "pattern_fault.h"
 
@@ -235,6 +238,119 @@ static void test_opposite_transfers_never_deadlock(void **state)
     assert_int_equal(transfers_from(fx, 52), PAIRS);
 }
 
+typedef struct posted {
+    const fixture *fx;
+    const char *path;
+    const char *body;
+    e2e_resp r;
+    volatile bool done;
+} posted;
+
+static void *post_main(void *arg)
+{
+    posted *p = arg;
+
+    post(p->fx, p->path, p->body, NULL, &p->r);
+    p->done = true;
+    return NULL;
+}
+
+static void exec_ok(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+}
+
+/*
+ * The rows another transaction has only referenced stay free for a transfer. Inserting a row
+ * whose foreign key names an account (a `before` transfer's transfers row and ledger legs, or
+ * any other client's) takes FOR KEY SHARE on the account row. A transfer only changes balances,
+ * so it locks with FOR NO KEY UPDATE, which such a reference does not block; with FOR UPDATE it
+ * would, and two accounts referenced in the other order than the transfer's id order make a
+ * deadlock, whose victim (the transfer, which waited first) used to answer 500.
+ */
+static void test_references_do_not_block_a_transfer(void **state)
+{
+    fixture *fx = *state;
+    posted after = {fx, "/after/transfers", "{\"from\":71,\"to\":72,\"amount\":7}", {0}, false};
+    PGconn *other = PQconnectdb(fx->d.url);
+    PGresult *res;
+    pthread_t th;
+    int64_t waiting = 0;
+
+    if (PQstatus(other) != CONNECTION_OK)
+        fail_msg("%s", PQerrorMessage(other));
+    exec_ok(other, "BEGIN");
+    exec_ok(other, "SELECT 1 FROM accounts WHERE id = 72 FOR KEY SHARE");
+    assert_int_equal(pthread_create(&th, NULL, post_main, &after), 0);
+    /* Either the transfer is done, or it waits for a lock (72, after taking 71). */
+    for (uint64_t until = e2e_now_ms() + 30000; !after.done && waiting == 0; e2e_sleep_ms(10)) {
+        assert_true(e2e_now_ms() < until);
+        waiting = pf_db_int(&fx->d, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                    "current_database() AND wait_event_type = 'Lock'");
+    }
+    /* The other transaction now references 71 too. */
+    res = PQexec(other, "SELECT 1 FROM accounts WHERE id = 71 FOR KEY SHARE");
+    fprintf(stderr, "  the transfer waited for a lock: %s; the other reference: %s\n",
+            waiting > 0 ? "yes" : "no", PQresultErrorField(res, PG_DIAG_SQLSTATE) ?: "ok");
+    PQclear(res);
+    exec_ok(other, "ROLLBACK");
+    PQfinish(other);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    if (after.r.status != 200)
+        fail_msg("the transfer: %ld %s", after.r.status, after.r.body);
+    assert_int_equal(waiting, 0);
+    assert_int_equal(balance(fx, 71), 993);
+    assert_int_equal(balance(fx, 72), 1007);
+    e2e_resp_free(&after.r);
+}
+
+/*
+ * A real deadlock, with a client that locks rows for update in the opposite order: PostgreSQL
+ * aborts the transfer (it waited first), which wrote nothing. The client is told to retry (503
+ * with Retry-After), not that the server failed (500).
+ */
+static void test_deadlock_victim_is_told_to_retry(void **state)
+{
+    fixture *fx = *state;
+    posted after = {fx, "/after/transfers", "{\"from\":81,\"to\":82,\"amount\":7}", {0}, false};
+    PGconn *other = PQconnectdb(fx->d.url);
+    PGresult *res;
+    pthread_t th;
+    char retry[16];
+
+    if (PQstatus(other) != CONNECTION_OK)
+        fail_msg("%s", PQerrorMessage(other));
+    exec_ok(other, "BEGIN");
+    exec_ok(other, "SELECT 1 FROM accounts WHERE id = 82 FOR UPDATE");
+    assert_int_equal(pthread_create(&th, NULL, post_main, &after), 0);
+    /* The transfer holds 81 and waits for 82. */
+    for (uint64_t until = e2e_now_ms() + 30000;
+         pf_db_int(&fx->d, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                           "current_database() AND wait_event_type = 'Lock'") == 0;
+         e2e_sleep_ms(10))
+        assert_true(e2e_now_ms() < until && !after.done);
+    /* Blocks on 81 until a deadlock check (deadlock_timeout, 1 s, after each one began to wait)
+     * aborts one side: the transfer's runs first, by the 300 ms it waited longer. */
+    e2e_sleep_ms(300);
+    res = PQexec(other, "SELECT 1 FROM accounts WHERE id = 81 FOR UPDATE");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+    exec_ok(other, "ROLLBACK");
+    PQfinish(other);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    fprintf(stderr, "  the deadlock's victim: %ld %s\n", after.r.status, after.r.body);
+    assert_int_equal(after.r.status, 503);
+    assert_non_null(strstr(after.r.body, "\"code\":\"unavailable\""));
+    assert_true(e2e_header(&after.r, "Retry-After", retry, sizeof(retry)));
+    assert_int_equal(balance(fx, 81), 1000);
+    assert_int_equal(transfers_from(fx, 81), 0);
+    e2e_resp_free(&after.r);
+}
+
 static double round_trips(const fixture *fx)
 {
     e2e_resp r;
@@ -310,6 +426,8 @@ int main(void)
         cmocka_unit_test(test_key_in_use_is_a_conflict),
         cmocka_unit_test(test_before_ignores_keys),
         cmocka_unit_test(test_opposite_transfers_never_deadlock),
+        cmocka_unit_test(test_references_do_not_block_a_transfer),
+        cmocka_unit_test(test_deadlock_victim_is_told_to_retry),
         cmocka_unit_test(test_round_trips),
         cmocka_unit_test(test_invariant_route),
     };
