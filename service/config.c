@@ -200,7 +200,8 @@ bool svc_config_is_ip_literal(const char *v)
 }
 
 /* The version, then the libraries it runs with, as loaded (not as compiled against): what
- * the front door refuses itself depends on libmicrohttpd's (DESIGN.md, "Facts about our dependencies"). */
+ * the front door refuses itself depends on libmicrohttpd's (DESIGN.md, "Facts about our
+ * dependencies"). */
 static void print_version(FILE *out)
 {
     int pq = PQlibVersion();

@@ -1204,8 +1204,8 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
      * MHD's: it closes the extra connection at once. */
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
-        s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_TIMEOUT,
+        on_mhd_log, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)cfg->connection_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)cfg->max_connections + CONNECTION_BACKSTOP,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
