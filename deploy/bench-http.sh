@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# GET /healthz of the service against nginx (Debian's, one worker) answering a fixed 200, with
-# the same wrk settings, in one run on one machine: prints both requests/s, their ratio and the
-# p99 latency (wrk --latency). DESIGN.md's target: the service at least matches nginx, p99 under
+# GET /healthz of the service against nginx (Debian's) answering a fixed 200, with the same
+# worker count (WORKERS, default 1: the service's event loops, nginx's worker processes) and the
+# same wrk settings, in one run on one machine: prints both requests/s, their ratio, the p99
+# latency (wrk --latency) and the CPU time per request of every process serving. DESIGN.md's target: the service at least matches nginx, p99 under
 # 2 ms at 64 connections. Absolute numbers drift on shared machines; the ratio is the result.
 #
 #   deploy/bench-http.sh                    64 connections, 2 rounds of 10 s each
 #   CONNECTIONS=128 DURATION=20s ROUNDS=5 PIN=1 THREADS=1 deploy/bench-http.sh
+#   WORKERS=2 deploy/bench-http.sh          two loops against two nginx workers
 #
 # It builds build/ in release mode if needed, runs the service without a database (/healthz
 # never touches it) and nginx from a private temporary configuration on free loopback ports.
@@ -21,6 +23,7 @@ connections=${CONNECTIONS:-64}
 threads=${THREADS:-}
 duration=${DURATION:-10s}
 rounds=${ROUNDS:-2}
+workers=${WORKERS:-1}
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$hs_jobs" --target hindsight >/dev/null
@@ -64,16 +67,17 @@ svc_port=$(hs_free_port)
 nginx_port=$(hs_free_port)
 while [ "$nginx_port" = "$svc_port" ]; do nginx_port=$(hs_free_port); done
 
-env -u DATABASE_URL PORT="$svc_port" LOG_LEVEL=info "${server_cpu[@]}" build/hindsight \
+env -u DATABASE_URL PORT="$svc_port" LOG_LEVEL=info WORKERS="$workers" "${server_cpu[@]}" build/hindsight \
     2>"$tmp/service.log" &
 svc_pid=$!
 
 mkdir -p "$tmp/nginx"
 cat >"$tmp/nginx/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes $workers;
 daemon off;
-# One process serving, as the service is: its CPU time is then the pid's own.
-master_process off;
+# With one worker, one process serving, as the service is. With more, a master and its workers:
+# the CPU time measured is then the whole process group's (cpu_ticks).
+master_process $([ "$workers" = 1 ] && echo off || echo on);
 pid $tmp/nginx/nginx.pid;
 error_log $tmp/nginx/error.log warn;
 events { worker_connections 4096; }
@@ -100,9 +104,13 @@ nginx_pid=$!
 wait_http "$svc_port"
 wait_http "$nginx_port"
 
-# CPU time (user + system) a process has used, in clock ticks.
+# CPU time (user + system), in clock ticks, of the process $1 and of every process whose parent it
+# is (nginx's workers; the service's loops are threads of the one process and already counted).
 cpu_ticks() {
-    awk '{print $14 + $15}' "/proc/$1/stat"
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '{
+        pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, a, " ")
+        if (pid == p || a[2] == p) t += a[12] + a[13]
+    } END { print t + 0 }'
 }
 
 # Prints "<requests/s> <p99 in ms> <CPU microseconds per request>" for one wrk run against the
@@ -155,8 +163,9 @@ nginx_cost=$(min "${nginx_us[@]}")
 
 printf '\n%-28s %12s %10s %14s\n' "GET /healthz, $connections conns" "requests/s" "p99 (ms)" \
     "CPU us/request"
-printf '%-28s %12.0f %10.3f %14.2f\n' "hindsight (one loop)" "$best_svc" "$best_svc_p99" "$svc_cost"
-printf '%-28s %12.0f %10.3f %14.2f\n' "nginx (one worker)" "$best_nginx" "$best_nginx_p99" \
+printf '%-28s %12.0f %10.3f %14.2f\n' "hindsight ($workers loop(s))" "$best_svc" "$best_svc_p99" \
+    "$svc_cost"
+printf '%-28s %12.0f %10.3f %14.2f\n' "nginx ($workers worker(s))" "$best_nginx" "$best_nginx_p99" \
     "$nginx_cost"
 awk -v a="$best_svc" -v b="$best_nginx" -v ca="$svc_cost" -v cb="$nginx_cost" 'BEGIN {
     printf "%-28s %12.2fx %25.2fx\n", "ratio hindsight/nginx", a / b, cb / ca

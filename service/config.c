@@ -91,10 +91,10 @@ static const setting settings[] = {
      "serve the anti-pattern (before) routes: on|off"},
     {"LOG_LEVEL", K_LEVEL, AT(log_level), 0, 0, "info", "debug|info|warn|error"},
     {"LOG_FORMAT", K_FORMAT, AT(log_format), 0, 0, "json", "json|text"},
-    {"WORKERS", K_INT, AT(workers), 0, SVC_MAX_WORKERS, "1",
+    {"WORKERS", K_INT, AT(workers), 0, SVC_MAX_WORKERS, "0",
      "event loops serving the port, each on its own thread with its own share of "
      "DB_POOL_SIZE, MAX_CONNECTIONS and MAX_BODY_BUFFER_BYTES; 0: one per CPU the process may "
-     "run on"},
+     "run on, capped by its cgroup's CPU quota"},
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -300,15 +300,96 @@ int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err)
         c->max_connections_per_ip = c->max_connections;
     if (c->workers == 0) {
         cpu_set_t set;
+        int quota = svc_config_cgroup_cpus("/sys/fs/cgroup", "/proc/self/cgroup");
 
-        /* The CPUs this process may run on (taskset, a container's cpuset), not the machine's. */
+        /* The CPUs this process may run on (taskset, a container's cpuset), not the machine's;
+         * and no more than its CPU quota grants (a container's --cpus, a pod's CPU limit), where
+         * more loops than CPUs would only be throttled in turn. */
         c->workers = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+        if (quota > 0 && quota < c->workers)
+            c->workers = quota;
         if (c->workers < 1)
             c->workers = 1;
         if (c->workers > SVC_MAX_WORKERS)
             c->workers = SVC_MAX_WORKERS;
     }
     return bad ? SVC_CONFIG_EXIT_USAGE : SVC_CONFIG_RUN;
+}
+
+/* CPUs granted by quota us every period us, rounded up; 0 for no limit ("max", -1, junk). */
+static int quota_cpus(long long quota, long long period)
+{
+    if (quota <= 0 || period <= 0)
+        return 0;
+    return (int)((quota + period - 1) / period);
+}
+
+/* The first line of path, read into buf; false when it cannot be read. */
+static bool read_line(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    bool ok;
+
+    if (f == NULL)
+        return false;
+    ok = fgets(buf, (int)cap, f) != NULL;
+    fclose(f);
+    return ok;
+}
+
+int svc_config_cgroup_cpus(const char *root, const char *self_cgroup)
+{
+    char line[4096], path[4352], v[128];
+    char *rel = NULL;
+    int best = 0;
+    FILE *f = fopen(self_cgroup, "r");
+
+    /* cgroup v2: "0::/some/path". */
+    if (f != NULL) {
+        while (fgets(line, sizeof(line), f) != NULL) {
+            if (strncmp(line, "0::", 3) == 0) {
+                line[strcspn(line, "\n")] = '\0';
+                rel = line + 3;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    if (rel != NULL) {
+        /* The cgroup and each ancestor up to the root: the smallest limit is the one that binds. */
+        for (;;) {
+            long long quota, period;
+            char *slash;
+
+            snprintf(path, sizeof(path), "%s%s/cpu.max", root, rel);
+            if (read_line(path, v, sizeof(v))) {
+                int cpus = 0;
+
+                if (sscanf(v, "%lld %lld", &quota, &period) == 2)
+                    cpus = quota_cpus(quota, period);
+                if (cpus > 0 && (best == 0 || cpus < best))
+                    best = cpus;
+            }
+            slash = strrchr(rel, '/');
+            if (slash == NULL || rel[0] == '\0')
+                break;
+            *slash = '\0'; /* "/a/b" -> "/a" -> "" (the root) */
+        }
+        if (best > 0)
+            return best;
+    }
+    /* cgroup v1, as a container sees it (its own cgroup mounted at the controller's root). */
+    {
+        long long quota = 0, period = 0;
+
+        snprintf(path, sizeof(path), "%s/cpu/cpu.cfs_quota_us", root);
+        if (read_line(path, v, sizeof(v)))
+            quota = strtoll(v, NULL, 10);
+        snprintf(path, sizeof(path), "%s/cpu/cpu.cfs_period_us", root);
+        if (read_line(path, v, sizeof(v)))
+            period = strtoll(v, NULL, 10);
+        return quota_cpus(quota, period);
+    }
 }
 
 void svc_config_free(svc_config *c)

@@ -69,6 +69,15 @@ int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err)
 /** True when v is an IPv4 or IPv6 address literal (what HOST accepts). */
 bool svc_config_is_ip_literal(const char *v);
 
+/**
+ * The CPUs the CPU controller of this process's cgroup grants, rounded up (cgroup v2 `cpu.max`
+ * of its cgroup and every ancestor, the smallest; else cgroup v1 `cpu.cfs_quota_us` over
+ * `cpu.cfs_period_us`), or 0 when there is no such limit. root is where the cgroup file systems
+ * are mounted ("/sys/fs/cgroup") and self_cgroup the process's membership file
+ * ("/proc/self/cgroup"); tests pass a tree of their own. A container limited to 1.5 CPUs gets 2.
+ */
+int svc_config_cgroup_cpus(const char *root, const char *self_cgroup);
+
 /** Frees the strings c owns. */
 void svc_config_free(svc_config *c);
 

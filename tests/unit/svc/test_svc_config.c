@@ -46,6 +46,17 @@ static int parse(svc_config *c, char **argv, char *out, char *err)
     return rc;
 }
 
+/* What WORKERS=0 resolves to here: the CPUs of the affinity mask, capped by the CPU quota. */
+static int auto_workers(void)
+{
+    cpu_set_t set;
+    int n, quota = svc_config_cgroup_cpus("/sys/fs/cgroup", "/proc/self/cgroup");
+
+    assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
+    n = CPU_COUNT(&set);
+    return quota > 0 && quota < n ? quota : n;
+}
+
 static void test_defaults(void **state)
 {
     char *argv[] = {"hindsight", NULL};
@@ -63,7 +74,8 @@ static void test_defaults(void **state)
     assert_true(c.before_routes);
     assert_int_equal(c.log_level, SVC_LOG_INFO);
     assert_int_equal(c.log_format, SVC_LOG_JSON);
-    assert_int_equal(c.workers, 1);
+    /* WORKERS defaults to one loop per CPU the process may use. */
+    assert_int_equal(c.workers, auto_workers());
     /* 0 per IP means "the global limit". */
     assert_int_equal(c.max_connections_per_ip, c.max_connections);
     assert_string_equal(err, "");
@@ -137,16 +149,66 @@ static void test_workers_auto(void **state)
 {
     char *argv[] = {"hindsight", NULL};
     char out[4096] = "", err[4096] = "";
-    cpu_set_t set;
     svc_config c;
 
     (void)state;
     clean_env(NULL);
     setenv("WORKERS", "0", 1);
-    assert_int_equal(sched_getaffinity(0, sizeof(set), &set), 0);
     assert_int_equal(parse(&c, argv, out, err), SVC_CONFIG_RUN);
-    assert_int_equal(c.workers, CPU_COUNT(&set));
+    assert_int_equal(c.workers, auto_workers());
     svc_config_free(&c);
+}
+
+/* Writes text to dir/rel (creating the folders on the way). */
+static void put(const char *dir, const char *rel, const char *text)
+{
+    char path[512], cmd[600];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, rel);
+    snprintf(cmd, sizeof(cmd), "mkdir -p \"$(dirname '%s')\"", path);
+    assert_int_equal(system(cmd), 0);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The CPU quota, read from a cgroup tree of the test's own. */
+static void test_cgroup_cpu_quota(void **state)
+{
+    char dir[] = "/tmp/hs-cgroup-XXXXXX";
+    char self[600], root[600], cmd[700];
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(self, sizeof(self), "%s/self", dir);
+    snprintf(root, sizeof(root), "%s/fs", dir);
+
+    /* No membership file and no v1 controller: no limit. */
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 0);
+
+    /* v2: the tightest of the cgroup and its ancestors, rounded up (1.5 CPUs -> 2). */
+    put(dir, "self", "0::/kube/pod/box\n");
+    put(dir, "fs/kube/pod/box/cpu.max", "max 100000\n");
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 0);
+    put(dir, "fs/kube/pod/cpu.max", "300000 100000\n");
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 3);
+    put(dir, "fs/kube/cpu.max", "150000 100000\n");
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 2);
+    put(dir, "fs/kube/pod/box/cpu.max", "50000 100000\n");
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 1);
+
+    /* v1 (a hybrid membership file without "0::"): quota over period, -1 for none. */
+    put(dir, "self", "4:cpu,cpuacct:/\n");
+    put(dir, "fs/cpu/cpu.cfs_period_us", "100000\n");
+    put(dir, "fs/cpu/cpu.cfs_quota_us", "-1\n");
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 0);
+    put(dir, "fs/cpu/cpu.cfs_quota_us", "250000\n");
+    assert_int_equal(svc_config_cgroup_cpus(root, self), 3);
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
 }
 
 static void test_bad_flags(void **state)
@@ -194,6 +256,7 @@ int main(void)
         cmocka_unit_test_setup(test_env_then_flags, clean_env),
         cmocka_unit_test_setup(test_invalid_values, clean_env),
         cmocka_unit_test_setup(test_workers_auto, clean_env),
+        cmocka_unit_test(test_cgroup_cpu_quota),
         cmocka_unit_test_setup(test_bad_flags, clean_env),
         cmocka_unit_test_setup(test_help_and_version, clean_env),
     };
