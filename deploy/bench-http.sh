@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GET /healthz of the service against nginx (Debian's, one worker) answering a fixed 200, with
 # the same wrk settings, in one run on one machine: prints both requests/s, their ratio and the
-# p99 latency (wrk --latency). DESIGN.md's target: the service at least matches nginx, p99 under
-# 2 ms at 64 connections. Absolute numbers drift on shared machines; the ratio is the result.
+# p99 latency (wrk --latency). The target (docs/benchmarks.md): the service at least
+# matches nginx, p99 under 2 ms at 64 connections. Absolute numbers drift on shared machines; the ratio is the result.
 #
 #   deploy/bench-http.sh                    64 connections, 2 rounds of 10 s each
 #   CONNECTIONS=128 DURATION=20s ROUNDS=5 PIN=1 THREADS=1 deploy/bench-http.sh
