@@ -57,9 +57,9 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${PORT}/healthz" || exit 1
 
 # The service is PID 1 on purpose: it installs its own SIGTERM/SIGINT handlers (which is what a
-# PID 1 needs, since the kernel ignores unhandled signals there) and runs the shutdown sequence of
-# DESIGN.md itself, and it starts no child processes, so there are no zombies to reap. The exec
-# form keeps a shell from sitting in between and swallowing the signal. tests/deploy/pid1_signals.sh
+# PID 1 needs, since the kernel ignores unhandled signals there) and runs the shutdown sequence
+# (service/shutdown.h) itself, and it starts no child processes, so there are no zombies to reap.
+# The exec form keeps a shell from sitting in between and swallowing the signal. tests/deploy/pid1_signals.sh
 # checks this by running the binary as PID 1 of its own PID namespace.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/hindsight"]

@@ -2,8 +2,9 @@
 # GET /healthz of the service against nginx (Debian's) answering a fixed 200, with the same
 # worker count (WORKERS, default 1: the service's event loops, nginx's worker processes) and the
 # same wrk settings, in one run on one machine: prints both requests/s, their ratio, the p99
-# latency (wrk --latency) and the CPU time per request of every process serving. DESIGN.md's target: the service at least matches nginx, p99 under
-# 2 ms at 64 connections. Absolute numbers drift on shared machines; the ratio is the result.
+# latency (wrk --latency) and the CPU time per request of every process serving. The target
+# (docs/benchmarks.md): the service at least matches nginx, p99 under 2 ms at 64 connections.
+# Absolute numbers drift on shared machines; the ratios are the result.
 #
 #   deploy/bench-http.sh                    64 connections, 2 rounds of 10 s each
 #   CONNECTIONS=128 DURATION=20s ROUNDS=5 PIN=1 THREADS=1 deploy/bench-http.sh

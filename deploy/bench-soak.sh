@@ -5,7 +5,8 @@
 # `after` routes (users, dashboard, batch, welcome in both scopes, transfers with Idempotency-Keys)
 # plus GET /healthz, for DURATION. Every few seconds it samples the process's resident memory
 # (VmRSS in /proc/<pid>/status) and, from /metrics, requests served, tasks alive and the pool's
-# gauges, and prints them as a table. DESIGN.md's target is a flat RSS over a 10-minute soak:
+# gauges, and prints them as a table. The target (docs/benchmarks.md) is a flat RSS over a 10-minute
+# soak:
 # the verdict compares RSS once warmed up (at WARMUP_PCT of the run) with RSS at the end.
 #
 #   deploy/bench-soak.sh                  10 minutes

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 #
 # The before/after demonstration: every pattern pair of API.md run side by side on private
-# instances of the built service, ending in one Markdown table that can be pasted into the README.
+# instances of the built service, ending in one Markdown table that can be pasted into
+# docs/patterns.md.
 #
 #   deploy/demo.sh [--quick] [--bin PATH] [--out DIR]
 #
@@ -160,7 +161,8 @@ start_instance() {
     shift 2
     port[$name]=$(hs_free_port)
     # One loop (WORKERS=1): a blocking `before` request then stalls the whole service, which is
-    # what the demo shows; with several loops it stalls only its own worker (DESIGN.md, Workers).
+    # what the demo shows; with several loops it stalls only its own worker
+    # (docs/architecture.md, Workers).
     env -i PATH="$PATH" PORT="${port[$name]}" DATABASE_URL="$(db_url "$db")" LOG_LEVEL=warn \
         WORKERS=1 "$@" "$bin" >"$work/$name.log" 2>&1 &
     pid[$name]=$!

@@ -6,9 +6,9 @@
  * code). Signals form a tree: a child listens to its parent, so firing the service's shutdown
  * signal fires every request signal below it, and every task started with one of them. A
  * listener is an embedded node with a callback; firing calls the listeners synchronously, newest
- * first, after moving them to a local list (STYLE.md, rule 7.5), so a listener may unlisten
- * itself or others, and may fire other signals. Listeners must not free the signal they are
- * called from; they post to a later turn to do that.
+ * first, after moving them to a local list (CONTRIBUTING.md, "Callbacks"), so a listener may
+ * unlisten itself or others, and may fire other signals. Listeners must not free the signal they
+ * are called from; they post to a later turn to do that.
  *
  * Deadlines are signals fired by a timer at an absolute time on the loop clock. Because the timer
  * is a libuv handle, a deadline is closed asynchronously.

@@ -4,7 +4,7 @@
  *
  * An rt_runtime lives beside a uv_loop_t and owns one thing: the queue of deferred calls
  * ("posts"). Every completion the runtime delivers goes through that queue, so no callback
- * ever runs inside the call that started or cancelled the operation (STYLE.md, rule 7.2),
+ * ever runs inside the call that started or cancelled the operation (CONTRIBUTING.md, "Callbacks"),
  * and every callback runs on a clean stack from the loop. The queue is drained by one
  * uv_idle_t handle that is active only while the queue is non-empty, which keeps the loop
  * from blocking in poll while work is pending and costs nothing when it is empty.
@@ -24,7 +24,7 @@
 
 #define rt_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
-/* "Cannot happen" branches that release builds still handle (STYLE.md, section 6). */
+/* "Cannot happen" branches that release builds still handle (CONTRIBUTING.md, "Errors"). */
 #ifdef NDEBUG
 #define RT_NEVER(x)  (x)
 #define RT_ALWAYS(x) (x)
@@ -78,7 +78,7 @@ static inline void rt_list_remove(rt_list *n)
     n->prev = n;
 }
 
-/* Moves every node of src to the empty dst, leaving src empty (STYLE.md, rule 7.5). */
+/* Moves every node of src to the empty dst, leaving src empty (CONTRIBUTING.md, "Callbacks"). */
 static inline void rt_list_move(rt_list *src, rt_list *dst)
 {
     if (rt_list_is_empty(src)) {

@@ -11,8 +11,9 @@
  * is given, and rt_task_complete removes it, so a signal never reaches a task that is done. The
  * first cancellation request wins and is remembered in cancel_reason; vt->cancel is asked once.
  *
- * Releasing is deferred while the task's callback runs (the refs count, STYLE.md rule 7.4),
- * because releasing from inside one's own completion callback is the common way to free a task.
+ * Releasing is deferred while the task's callback runs (the refs count; CONTRIBUTING.md,
+ * "Callbacks"), because releasing from inside one's own completion callback is the common way to
+ * free a task.
  */
 #include "task.h"
 

@@ -200,8 +200,8 @@ bool svc_config_is_ip_literal(const char *v)
 }
 
 /* The version, then the libraries it runs with, as loaded (not as compiled against): what
- * the front door refuses itself depends on libmicrohttpd's (DESIGN.md, "Facts about our
- * dependencies"). */
+ * the front door refuses itself depends on libmicrohttpd's (docs/architecture.md, "Facts about
+ * our dependencies"). */
 static void print_version(FILE *out)
 {
     int pq = PQlibVersion();
@@ -225,7 +225,60 @@ static void print_help(FILE *out)
                 settings[i].dflt[0] ? settings[i].dflt : "(empty)", settings[i].help);
     }
     fprintf(out, "\n  --help                     this list\n"
+                 "  --help=markdown            this list as a Markdown table\n"
                  "  --version                  print the version\n");
+}
+
+/* Writes s to out with every '|' escaped, so it stays inside one Markdown table cell. */
+static void put_cell(FILE *out, const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if (*s == '|')
+            fputc('\\', out);
+        fputc(*s, out);
+    }
+}
+
+/*
+ * The same table as --help, as Markdown: docs/operations.md carries this output between two
+ * marker comments, and tests/lint/check_config_doc.sh fails when the two differ, so the
+ * documented names, flags, defaults and ranges are always the parser's own.
+ */
+static void print_help_markdown(FILE *out)
+{
+    char flag[64];
+
+    fprintf(out, "| variable | flag | default | range | meaning |\n|---|---|---|---|---|\n");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &settings[i];
+
+        flag_name(s, flag, sizeof(flag));
+        fprintf(out, "| `%s` | `--%s` | %s | ", s->env, flag, s->dflt[0] ? s->dflt : "(empty)");
+        switch (s->kind) {
+        case K_INT:
+        case K_INT64:
+            fprintf(out, "%lld..%lld", (long long)s->min, (long long)s->max);
+            break;
+        case K_HOST:
+            fprintf(out, "IPv4 or IPv6 literal");
+            break;
+        case K_STR:
+            fprintf(out, "text");
+            break;
+        case K_BOOL:
+            fprintf(out, "on, off");
+            break;
+        case K_LEVEL:
+            fprintf(out, "debug, info, warn, error");
+            break;
+        case K_FORMAT:
+            fprintf(out, "json, text");
+            break;
+        }
+        fprintf(out, " | ");
+        put_cell(out, s->help);
+        fprintf(out, " |\n");
+    }
 }
 
 static const setting *find_flag(const char *name, size_t len)
@@ -264,6 +317,10 @@ int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err)
 
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             print_help(out);
+            return SVC_CONFIG_EXIT_OK;
+        }
+        if (strcmp(a, "--help=markdown") == 0) {
+            print_help_markdown(out);
             return SVC_CONFIG_EXIT_OK;
         }
         if (strcmp(a, "--version") == 0) {

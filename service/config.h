@@ -3,10 +3,11 @@
  * config.h - the service's configuration: environment variables, each also a --flag.
  *
  * One table (config.c) lists every setting with its environment name, flag, default, range and
- * help line; parsing, --help and the README's table all follow it. The environment is read
- * first and flags override it, so a container's environment can be adjusted from its command
- * line. A value that does not parse or is out of range stops the service at start with a message
- * naming the setting (exit status 2): a typo must never silently become a default.
+ * help line; parsing, --help and the documentation's table (docs/operations.md: the output of
+ * --help=markdown) all follow it. The environment is read first and flags override it, so a
+ * container's environment can be adjusted from its command line. A value that does not parse or
+ * is out of range stops the service at start with a message naming the setting (exit status 2):
+ * a typo must never silently become a default.
  */
 #ifndef SVC_CONFIG_H
 #define SVC_CONFIG_H
@@ -60,9 +61,10 @@ enum {
 /**
  * Fills c from the environment (getenv), then from argv (--name=value or --name value, names
  * in lower case with dashes: --request-timeout-ms). --help prints every setting with its default
- * to out; --version prints the version to out. Problems are reported on err, one line each.
- * Returns SVC_CONFIG_RUN, SVC_CONFIG_EXIT_OK or SVC_CONFIG_EXIT_USAGE. c owns its strings
- * afterwards, even on failure: release them with svc_config_free.
+ * to out, --help=markdown the same as a Markdown table; --version prints the version to out.
+ * Problems are reported on err, one line each. Returns SVC_CONFIG_RUN, SVC_CONFIG_EXIT_OK or
+ * SVC_CONFIG_EXIT_USAGE. c owns its strings afterwards, even on failure: release them with
+ * svc_config_free.
  */
 int svc_config_parse(svc_config *c, int argc, char **argv, FILE *out, FILE *err);
 

@@ -237,7 +237,7 @@ void svc_request_log_ids(struct svc_log_line *l, const svc_request *req);
 /** The raw body (not NUL-terminated), borrowed; *len receives its length (0 when none). */
 const void *svc_request_body(const svc_request *req, size_t *len);
 
-/* Nesting limit for request bodies: far below jansson's own 2048 (DESIGN.md). */
+/* Nesting limit for request bodies: far below jansson's own 2048 (docs/architecture.md). */
 #define SVC_JSON_MAX_DEPTH 32
 
 /**

@@ -335,7 +335,8 @@ static int64_t share(int64_t total, size_t n, size_t i, int64_t min)
     return v < min ? min : v;
 }
 
-/* The process's configuration, with worker id's shares of the per-loop limits (DESIGN.md). */
+/* The process's configuration, with worker id's shares of the per-loop limits
+ * (docs/architecture.md, "Workers"). */
 static void worker_config(svc_config *out, const svc_config *cfg, size_t n, size_t id)
 {
     *out = *cfg;

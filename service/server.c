@@ -24,10 +24,10 @@
  *   call 1 (headers parsed)  echo or make its id and trace context, check the head's framing
  *                            (framing.h), reserve a declared body within MAX_BODY_BUFFER_BYTES;
  *                            return MHD_YES without a response: queueing here makes MHD close
- *                            the connection after it (DESIGN.md). Exceptions, where closing is the
- * point and the body must not be read: a refused head (400/501), a Content-Length over
- * MAX_BODY_BYTES (413) or over the budget (503). calls with upload data   append to the body, or
- * stop keeping it once it is too large last call (no data)      route and run the handler:
+ *                            the connection after it (docs/architecture.md). Exceptions, where
+ * closing is the point and the body must not be read: a refused head (400/501), a Content-Length
+ * over MAX_BODY_BYTES (413) or over the budget (503). calls with upload data   append to the body,
+ * or stop keeping it once it is too large last call (no data)      route and run the handler:
  *                              - answered at once: queue the response (the fast path);
  *                              - a task: open the request scope and deadline, spawn the task,
  *                                MHD_suspend_connection
@@ -1316,8 +1316,8 @@ void svc_server_close(svc_server *s, void (*cb)(void *arg), void *arg)
     s->closing = true;
     s->close_cb = cb;
     s->close_arg = arg;
-    /* DESIGN.md: stopping MHD with a suspended connection breaks its contract, so every one is
-     * answered and resumed first, and MHD gets a few turns to send those answers. */
+    /* Stopping MHD with a suspended connection breaks its contract (docs/architecture.md), so
+     * every one is answered and resumed first, and MHD gets a few turns to send those answers. */
     rt_list_move(&s->suspended, &moved);
     while (!rt_list_is_empty(&moved)) {
         conn_req *cr = rt_container_of(moved.next, conn_req, link);

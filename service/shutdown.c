@@ -11,9 +11,9 @@
  *   stop_accepting(3) --SHUTDOWN_GRACE_MS or 2nd signal--> cancel(5) --finished()--> close(6)
  *   readiness(1) --2nd signal--> [stop_accepting] cancel(5)
  *
- * After cancelling, the completions must come (STYLE.md rule 7.3); if they have not come within
- * STUCK_MS a task is ignoring cancellation, which is a bug: the process says so and exits 1
- * rather than hang forever or pretend it stopped cleanly.
+ * After cancelling, the completions must come (CONTRIBUTING.md, "Callbacks"); if they have not
+ * come within STUCK_MS a task is ignoring cancellation, which is a bug: the process says so and
+ * exits 1 rather than hang forever or pretend it stopped cleanly.
  */
 #include "service/shutdown.h"
 

@@ -1,18 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * shutdown.h - the shutdown sequence of DESIGN.md, driven by SIGTERM/SIGINT on the loop.
+ * shutdown.h - the shutdown sequence, driven by SIGTERM/SIGINT on the loop. This comment is the
+ * one description of it; the documentation links here rather than telling it again.
  *
  *   1. readiness turns 503 `draining` (app->draining); liveness stays 200
- *   2. keep serving for DRAIN_DELAY_MS
- *   3. stop accepting (MHD_quiesce_daemon; responses say Connection: close); fire app->drain;
- *      close the request and service scopes (they refuse new children and drain)
+ *   2. keep serving for DRAIN_DELAY_MS, so that load balancers stop sending traffic
+ *   3. stop accepting (MHD_quiesce_daemon; answers on kept-alive connections say
+ *      Connection: close); fire app->drain (after batches start no new item); close the request
+ *      and service scopes (they refuse new children and drain)
  *   4. wait until both scopes have closed and no request is in flight, up to SHUTDOWN_GRACE_MS
- *   5. then cancel what is left: fire app->hard_cancel and cancel both scopes, logging and
- *      counting the tasks cancelled; wait for their completions (they come: rule 7.3)
- *   6. call the done callback: main closes the server, the pool and every handle, exits 0
+ *   5. then cancel what is left: fire app->hard_cancel and cancel both scopes (open transactions
+ *      roll back, a cancelled request answers 503), logging the count and adding it to
+ *      hs_shutdown_cancelled_tasks_total; wait for their completions (they come: cancellation
+ *      is a completion, CONTRIBUTING.md, "Callbacks"). Tasks still running 5 s later ignore
+ *      cancellation, which is a bug: the process logs it and exits 1 rather than hang
+ *   6. call the done callback: main takes the server down (resuming every suspended connection
+ *      before stopping MHD), then the pool and every handle (main.c, "Teardown"), and exits 0
  *
  * A second signal at any point before step 5 goes straight to step 5 (after doing step 3 if it
- * had not happened yet). Each step is logged with the time since the first signal.
+ * had not happened yet). Each step is logged with the time since the first signal. With several
+ * workers, worker 0's loop takes the signals and hands each on to the others (workers.h); every
+ * worker runs these steps on its own loop.
  */
 #ifndef SVC_SHUTDOWN_H
 #define SVC_SHUTDOWN_H

@@ -2,7 +2,7 @@
 /*
  * loop_test.h - the private loop that the runtime's and the driver's fixtures both stand on.
  *
- * Each test gets its own uv_loop_t with an rt_runtime on it (STYLE.md, section 11). Closing it
+ * Each test gets its own uv_loop_t with an rt_runtime on it (CONTRIBUTING.md, "Tests"). Closing it
  * is the leak check the fixtures share: what is still queued is delivered, the runtime closes,
  * any other handle still open fails the test (a task that did not close its timer, a deadline
  * nobody closed), the loop runs dry, and uv_loop_close() must return 0 with no live task.

@@ -6,7 +6,7 @@ least-privilege deployment needs.
 Every YAML file must parse and name its kind; the Deployment's shutdown timings must add up
 (preStop + DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS + the 5 s the service waits for cancellations
 < terminationGracePeriodSeconds); probes, security
-context, resources and the env names (DESIGN.md's list, DATABASE_URL only from a Secret) are
+context, resources and the env names (deploylib's CONFIG_VARS, DATABASE_URL only from a Secret) are
 checked; and the Service, PodDisruptionBudget and HorizontalPodAutoscaler must select or target
 that Deployment. When HINDSIGHT_BIN is set, the binary's --help must name every variable the
 Deployment sets, so a rename in the service cannot leave the manifests behind."""
@@ -82,7 +82,7 @@ def main():
 
     env = {e["name"]: e for e in ctr.get("env", [])}
     c.expect(CONFIG_VARS <= set(env) <= allowed_vars(),
-             "env sets all of DESIGN.md's configuration and only known names: missing %s, "
+             "env sets all of the core configuration and only known names: missing %s, "
              "unknown %s" % (sorted(CONFIG_VARS - set(env)), sorted(set(env) - allowed_vars())))
     c.expect(not ctr.get("envFrom"), "no envFrom that could bring unchecked names")
     db = env.get("DATABASE_URL", {})

@@ -2,9 +2,10 @@
 """What the deploy checks share: where the checkout is, the configuration contract, and a
 collector that reports every failed expectation of a run at once instead of stopping at the first.
 
-The list of configuration variables is DESIGN.md's ("Configuration"). The deployment files may set
-these and whatever else the built service documents in its --help (when HINDSIGHT_BIN is given),
-nothing more, so a misspelt or retired name fails a check instead of being silently ignored."""
+CONFIG_VARS are the settings every deployment file is checked against, a core of the settings table
+in service/config.c (the one source of the settings; docs/operations.md shows it). The deployment
+files may set these and whatever else the built service documents in its --help (when
+HINDSIGHT_BIN is given), nothing more, so a misspelt or retired name fails a check instead of being silently ignored."""
 
 import os
 import re
@@ -21,8 +22,8 @@ CONFIG_VARS = {
 }
 
 # After SHUTDOWN_GRACE_MS the service cancels what is left and waits up to this long for the
-# cancellations to land before it gives up with exit 1 (README, "Shutdown"). Orchestrators must
-# not kill it before that, or a slow cancellation becomes a SIGKILL instead of a logged exit.
+# cancellations to land before it gives up with exit 1 (service/shutdown.h, step 5).
+# Orchestrators must not kill it before that, or a slow cancellation becomes a SIGKILL instead of a logged exit.
 CANCEL_WAIT_MS = 5000
 
 # `docker stop`, `docker run`'s --stop-timeout and podman's default: SIGKILL this long after
@@ -55,7 +56,7 @@ def service_help():
 
 
 def allowed_vars():
-    """DESIGN.md's names, plus every upper-case setting name the service's --help mentions."""
+    """CONFIG_VARS, plus every upper-case setting name the service's --help mentions."""
     text = service_help()
     extra = set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b|\bPORT\b", text)) if text else set()
     return CONFIG_VARS | extra

@@ -7,7 +7,7 @@
 # then B. It passes when
 #   - no request through the balancer failed (wrk's non-2xx/3xx and socket errors are all 0),
 #   - every instance exited 0, within DRAIN_DELAY_MS + SHUTDOWN_GRACE_MS and a margin,
-#   - each instance's /readyz turned 503 while it was draining (DESIGN.md, shutdown step 1),
+#   - each instance's /readyz turned 503 while it was draining (service/shutdown.h, step 1),
 #   - both instances served traffic through the balancer.
 # The load is GET /healthz plus GET /after/users/{id} when GET /routes lists it; without it, the
 # second stream is GET /readyz and the test says so. Everything listens on 127.0.0.1 only; every

@@ -87,7 +87,7 @@ void e2e_sleep_ms(int ms);
 /**
  * The major version of the libmicrohttpd the service binary runs with, from its --version: 0
  * for 0.9.x, 1 for 1.0.x. With 1 the library refuses some malformed heads itself, with its own
- * HTML 400 (DESIGN.md, "Facts about our dependencies").
+ * HTML 400 (docs/architecture.md, "Facts about our dependencies").
  */
 int e2e_library_major(void);
 

@@ -151,9 +151,9 @@ static void test_slow_client_is_closed(void **state)
 
 static void test_connection_limits(void **state)
 {
-    /* The cap is each worker's share of MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP (DESIGN.md,
-     * "Workers") and the choice of whom to evict is one loop's: one worker, whatever WORKERS the
-     * suite runs with. */
+    /* The cap is each worker's share of MAX_CONNECTIONS and MAX_CONNECTIONS_PER_IP
+     * (docs/architecture.md, "Workers") and the choice of whom to evict is one loop's: one worker,
+     * whatever WORKERS the suite runs with. */
     static const char *const env[] = {"MAX_CONNECTIONS=50", "MAX_CONNECTIONS_PER_IP=3", "WORKERS=1",
                                       NULL};
     e2e_proc p;
@@ -342,7 +342,7 @@ static long rss_kb(pid_t pid)
     return kb;
 }
 
-/* DESIGN.md: peak RSS under 96 MB with 10,000 idle keep-alive connections. */
+/* docs/architecture.md: peak RSS under 96 MB with 10,000 idle keep-alive connections. */
 static void test_idle_connections_memory(void **state)
 {
     enum { N = 10000 };

@@ -362,7 +362,7 @@ static void test_malformed_content_length(void **state)
 
         exchange_raw(raw, (size_t)n, &x);
         /* libmicrohttpd 0.9.75 answers this itself before the service sees the request (and
-         * writes its head twice: DESIGN.md); what must hold is a 400, no body read as a
+         * writes its head twice: docs/architecture.md); what must hold is a 400, no body read as a
          * request, and the connection closed. */
         assert_true(x.closed);
         assert_int_equal(first_status(&x), 400);
@@ -544,8 +544,9 @@ static long long wait_gauge(const e2e_proc *p, long long want)
 
 static void test_body_budget(void **state)
 {
-    /* The budget is each worker's share of MAX_BODY_BUFFER_BYTES (DESIGN.md, "Workers"), and
-     * this arithmetic is one worker's: one loop, whatever WORKERS the suite runs with. */
+    /* The budget is each worker's share of MAX_BODY_BUFFER_BYTES (docs/architecture.md,
+     * "Workers"), and this arithmetic is one worker's: one loop, whatever WORKERS the suite runs
+     * with. */
     static const char *const env[] = {"MAX_BODY_BYTES=200000", "MAX_BODY_BUFFER_BYTES=250000",
                                       "WORKERS=1", NULL};
     static const char held[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"

@@ -342,8 +342,9 @@ static void open_idle(const e2e_proc *p, int *fds, int n)
  * newcomer is served at once, and the connection that has idled longest makes room. */
 static void test_cap_closes_the_oldest_idle_connection(void **state)
 {
-    /* The cap is each worker's share of MAX_CONNECTIONS (DESIGN.md, "Workers") and the choice
-     * of whom to evict is one loop's: one worker, whatever WORKERS the suite runs with. */
+    /* The cap is each worker's share of MAX_CONNECTIONS (docs/architecture.md, "Workers") and
+     * the choice of whom to evict is one loop's: one worker, whatever WORKERS the suite runs with.
+     */
     static const char *const env[] = {"MAX_CONNECTIONS=50", "WORKERS=1", NULL};
     enum { N = 50 };
     int fds[N + 2];
@@ -384,8 +385,9 @@ static void test_cap_closes_the_oldest_idle_connection(void **state)
  * 503 with Retry-After and the error shape, and the connection closes: never silence. */
 static void test_cap_answers_503_when_nothing_is_idle(void **state)
 {
-    /* The cap is each worker's share of MAX_CONNECTIONS (DESIGN.md, "Workers") and the choice
-     * of whom to evict is one loop's: one worker, whatever WORKERS the suite runs with. */
+    /* The cap is each worker's share of MAX_CONNECTIONS (docs/architecture.md, "Workers") and
+     * the choice of whom to evict is one loop's: one worker, whatever WORKERS the suite runs with.
+     */
     static const char *const env[] = {"MAX_CONNECTIONS=50", "SHUTDOWN_GRACE_MS=1000", "WORKERS=1",
                                       NULL};
     enum { N = 50 };

@@ -5,7 +5,7 @@
  * cancel requests never return, when the network silently drops everything (idle, then with a
  * request in flight), when every connection is reset, and when the server drops each connection
  * shortly after accepting it. Each case checks the client's status and the bounds, and prints
- * the time to answer and the time to recover (the README's driver section quotes them).
+ * the time to answer and the time to recover (docs/database.md quotes them).
  *
  * Statuses are always the API's: 200, or a clean 503/504 in the error shape; never a 500. Every
  * time bound is wide relative to the setting it follows from (a busy machine only slows things).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 #
-# The layering of DESIGN.md, checked on every #include of the C sources:
+# The layering of docs/architecture.md, checked on every #include of the C sources:
 #   runtime/   includes nothing of service/ or handlers/, and neither libmicrohttpd nor jansson
 #              (the runtime knows nothing of HTTP or of the API's JSON);
 #   service/   includes nothing of handlers/, except main.c (the composition root);
@@ -45,7 +45,7 @@ forbid service service/main.c '^handlers/' "only service/main.c, the composition
 forbid handlers - '^microhttpd\.h$' "handlers/ speak service/'s request interface, not libmicrohttpd"
 
 if [ "$bad" != 0 ]; then
-    echo "check_layers: FAILED (DESIGN.md, 'Where things live')"
+    echo "check_layers: FAILED (docs/architecture.md, 'Where things live')"
     exit 1
 fi
 echo "check_layers: runtime/, service/ and handlers/ keep their layers"

@@ -24,7 +24,7 @@ SKIP = 77
 
 def library_major():
     """The major version of the libmicrohttpd the binary runs with (its --version): 1.0's strict
-    parser refuses some heads itself, with its own HTML 400 (DESIGN.md)."""
+    parser refuses some heads itself, with its own HTML 400 (docs/architecture.md)."""
     out = subprocess.run([BIN, "--version"], capture_output=True, text=True, check=True).stdout
     m = re.search(r"^libmicrohttpd (\d+)\.", out, re.M)
     if m is None:

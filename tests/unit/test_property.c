@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_property.c - thousands of random task trees, each checked against every invariant of
- * DESIGN.md and task.h.
+ * docs/runtime.md and task.h.
  *
  * A tree nests joins (all and fail-fast), sets, bounded streams, races and scopes at random,
  * over leaves that are timers (rt_sleep, 0-3 ms, in a minority of trees) or "post" leaves that

@@ -30,12 +30,15 @@ static int clean_env(void **state)
     return 0;
 }
 
+/* Room for every output of a parse: the --help texts run to several kilobytes. */
+#define OUT_CAP 16384
+
 /* Parses argv (NULL-terminated) and returns the decision; out/err text lands in the buffers. */
 static int parse(svc_config *c, char **argv, char *out, char *err)
 {
     int argc = 0;
-    FILE *o = fmemopen(out, 4096, "w");
-    FILE *e = fmemopen(err, 4096, "w");
+    FILE *o = fmemopen(out, OUT_CAP, "w");
+    FILE *e = fmemopen(err, OUT_CAP, "w");
     int rc;
 
     while (argv[argc] != NULL)
@@ -60,7 +63,7 @@ static int auto_workers(void)
 static void test_defaults(void **state)
 {
     char *argv[] = {"hindsight", NULL};
-    char out[4096] = "", err[4096] = "";
+    char out[OUT_CAP] = "", err[OUT_CAP] = "";
     svc_config c;
 
     (void)state;
@@ -86,7 +89,7 @@ static void test_env_then_flags(void **state)
 {
     char *argv[] = {"hindsight", "--port=9000",         "--log-format",
                     "text",      "--before-routes=off", NULL};
-    char out[4096] = "", err[4096] = "";
+    char out[OUT_CAP] = "", err[OUT_CAP] = "";
     svc_config c;
 
     (void)state;
@@ -132,7 +135,7 @@ static void test_invalid_values(void **state)
 
     (void)state;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        char out[4096] = "", err[4096] = "";
+        char out[OUT_CAP] = "", err[OUT_CAP] = "";
         svc_config c;
 
         clean_env(NULL);
@@ -148,7 +151,7 @@ static void test_invalid_values(void **state)
 static void test_workers_auto(void **state)
 {
     char *argv[] = {"hindsight", NULL};
-    char out[4096] = "", err[4096] = "";
+    char out[OUT_CAP] = "", err[OUT_CAP] = "";
     svc_config c;
 
     (void)state;
@@ -221,7 +224,7 @@ static void test_bad_flags(void **state)
 
     (void)state;
     for (size_t i = 0; i < 4; i++) {
-        char out[4096] = "", err[4096] = "";
+        char out[OUT_CAP] = "", err[OUT_CAP] = "";
         svc_config c;
 
         assert_int_equal(parse(&c, cases[i], out, err), SVC_CONFIG_EXIT_USAGE);
@@ -233,8 +236,9 @@ static void test_bad_flags(void **state)
 static void test_help_and_version(void **state)
 {
     char *help[] = {"hindsight", "--help", NULL};
+    char *markdown[] = {"hindsight", "--help=markdown", NULL};
     char *version[] = {"hindsight", "--version", NULL};
-    char out[4096] = "", err[4096] = "";
+    char out[OUT_CAP] = "", err[OUT_CAP] = "";
     svc_config c;
 
     (void)state;
@@ -243,6 +247,22 @@ static void test_help_and_version(void **state)
         assert_non_null(strstr(out, vars[i]));
     assert_non_null(strstr(out, "--request-timeout-ms"));
     assert_non_null(strstr(out, "default 8080"));
+    assert_non_null(strstr(out, "--help=markdown"));
+    svc_config_free(&c);
+    /* The table docs/operations.md carries: one row per setting, '|' escaped inside cells. */
+    assert_int_equal(parse(&c, markdown, out, err), SVC_CONFIG_EXIT_OK);
+    assert_string_equal(err, "");
+    assert_memory_equal(out, "| variable | flag | default | range | meaning |\n|---|", 35);
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        char cell[64];
+
+        snprintf(cell, sizeof(cell), "\n| `%s` | `--", vars[i]);
+        assert_non_null(strstr(out, cell));
+    }
+    assert_non_null(strstr(out, "\n| `PORT` | `--port` | 8080 | 0..65535 | "));
+    assert_non_null(strstr(out, "\n| `DATABASE_URL` | `--database-url` | (empty) | text | "));
+    assert_non_null(strstr(out, "| debug\\|info\\|warn\\|error |\n"));
+    assert_null(strstr(out, "default 8080"));
     svc_config_free(&c);
     assert_int_equal(parse(&c, version, out, err), SVC_CONFIG_EXIT_OK);
     assert_non_null(strstr(out, "hindsight " HS_VERSION));
