@@ -20,6 +20,7 @@
  *
  *   no key:   [BEGIN, MOVE] -> [delay: SLEEP] -> [COMMIT]
  *   key:      [BEGIN, LOCK, LOOKUP] -> [MOVE] -> [delay: SLEEP] -> [STORE, COMMIT]
+ *   replay:   [BEGIN, LOCK, LOOKUP] -> [COMMIT]   (a keyed refusal likewise ends in a COMMIT)
  *
  * where brackets are one round trip: the statements known before the transaction starts are
  * pipelined behind BEGIN, and COMMIT goes right behind STORE. MOVE is the whole transfer in one
@@ -108,6 +109,9 @@ typedef struct xfer_after {
     const char *answer_code;
     char answer_msg[128];
     char *replay; /* owned: a stored response body */
+    /* The answer was decided with the key's lock held (a replay, a refusal) and sent as the
+     * COMMIT of a transaction that wrote nothing: the lock is free before the client hears it. */
+    bool settled;
     uint64_t started;
 } xfer_after;
 
@@ -118,12 +122,30 @@ static void after_exec(xfer_after *x, int stage, const char *name, const char *s
     rt_db_tx_exec(&x->tx, name, sql, n, params);
 }
 
+/*
+ * Ends a transaction whose answer is already chosen and that wrote nothing. Holding the key's
+ * lock, it commits (nothing to make durable) and answers once the COMMIT is back, so a client
+ * that sends the same key as soon as it hears the answer finds the key free; left to the pool's
+ * ROLLBACK, the lock would outlive the answer by a round trip (longer behind a pooler), and that
+ * client would be told 409 idempotency_in_progress. Without the lock, the pool rolls back.
+ */
+static void after_answer(xfer_after *x)
+{
+    if (x->a.key != NULL && x->stage != A_LOCK) {
+        x->settled = true;
+        x->stage = A_COMMIT;
+        rt_db_tx_commit(&x->tx);
+    } else {
+        rt_db_tx_rollback(&x->tx, ANSWERED);
+    }
+}
+
 static void after_refuse(xfer_after *x, int status, const char *code, const char *msg)
 {
     x->answer_status = status;
     x->answer_code = code;
     snprintf(x->answer_msg, sizeof(x->answer_msg), "%s", msg);
-    rt_db_tx_rollback(&x->tx, ANSWERED);
+    after_answer(x);
 }
 
 /* The transfer goes out once the key, if any, has been claimed. */
@@ -205,7 +227,7 @@ static void after_check_key(xfer_after *x, const rt_db_result *r)
         return;
     }
     x->answer_status = (int)status;
-    rt_db_tx_rollback(&x->tx, ANSWERED);
+    after_answer(x);
 }
 
 static void after_step(rt_db_tx *tx)
@@ -265,26 +287,30 @@ static void after_on_race(rt_task *t, int status)
     svc_request *req = x->req;
 
     svc_request_add_db_time(req, uv_hrtime() - x->started);
-    if (x->race.signal_won && x->tx.commit_sent) {
+    if (x->settled) {
+        /* Decided before the COMMIT of a transaction that wrote nothing: whatever became of
+         * that COMMIT (or of the signal), the decision stands. */
+        status = ANSWERED;
+    } else if (x->race.signal_won && x->tx.commit_sent) {
         /* Cancellation no longer strikes once COMMIT is sent: the transaction's own status
          * (the COMMIT's answer, or why it never came) is the answer. */
         after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
         status = x->race.inner_status;
     }
-    if (x->tx.outcome == RT_DB_TX_COMMITTED) {
+    if (x->tx.outcome == RT_DB_TX_COMMITTED && !x->settled) {
         /* COMMIT was acknowledged: whatever the signal did, the money moved, and the client is
          * told so (retrying with the same key would only replay this answer). */
         hs__xfer_respond_text(req, 200, x->body);
         x->body = NULL;
         status = 0;
-    } else if (x->tx.outcome == RT_DB_TX_UNKNOWN) {
+    } else if (x->tx.outcome == RT_DB_TX_UNKNOWN && !x->settled) {
         /* COMMIT was sent and its answer lost: neither a success nor a rollback. */
         (*x->t->outcome_unknown)++;
         after_log(x, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
         svc_respond_error(req, 503, "commit_outcome_unknown",
                           "COMMIT was sent but its answer never came; retry with the same "
                           "Idempotency-Key to learn the outcome");
-    } else if (x->race.signal_won && !x->tx.commit_sent) {
+    } else if (x->race.signal_won && !x->tx.commit_sent && !x->settled) {
         (*x->t->rolled_back)++;
         after_log(x, SVC_LOG_WARN, "transfer_cancelled", status);
         svc_respond_uv_error(req, status);

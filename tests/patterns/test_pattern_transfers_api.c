@@ -22,6 +22,7 @@
 #include <libpq-fe.h>
 
 #include "pattern_fault.h"
+#include "pgproxy.h"
 
 typedef struct fixture {
     e2e_proc p;
@@ -351,6 +352,49 @@ static void test_deadlock_victim_is_told_to_retry(void **state)
     e2e_resp_free(&after.r);
 }
 
+/*
+ * An answer decided while the key's lock is held (here a replay) reaches the client only once
+ * the lock is free again: a client that sends the same key right after is never told that a
+ * request with it is still running. The proxy holds every packet 300 ms, so that a ROLLBACK the
+ * service sent only after answering would still be on its way when the answer arrives; the
+ * locks are read on a direct connection, past the proxy.
+ */
+static void test_answer_comes_after_the_key_is_free(void **state)
+{
+    static const char body[] = "{\"from\":91,\"to\":92,\"amount\":3}";
+    static const char sql_locks[] =
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted";
+    fixture *fx = *state;
+    pf_db via = fx->d;
+    e2e_proc p = {0};
+    pgp proxy;
+    e2e_resp r;
+    char replayed[16];
+    int64_t held;
+
+    assert_int_equal(pgp_start(&proxy, pgp_url_port(fx->d.url)), 0);
+    assert_int_equal(pgp_url(&proxy, fx->d.url, via.url, sizeof(via.url)), 0);
+    via.watch = NULL;
+    pf_start(&p, &via, NULL);
+    e2e_request(&p, "POST", "/after/transfers", body,
+                (const char *[]){"Idempotency-Key: free-91", NULL}, &r);
+    assert_int_equal(r.status, 200);
+    e2e_resp_free(&r);
+    assert_int_equal(pgp_cmd(&proxy, "delay 300"), 0);
+    e2e_request(&p, "POST", "/after/transfers", body,
+                (const char *[]){"Idempotency-Key: free-91", NULL}, &r);
+    held = pf_db_int(&fx->d, sql_locks);
+    assert_int_equal(r.status, 200);
+    assert_true(e2e_header(&r, "Idempotent-Replayed", replayed, sizeof(replayed)));
+    e2e_resp_free(&r);
+    fprintf(stderr, "  advisory locks held when the replay was answered: %lld\n",
+            (long long)held);
+    assert_int_equal(held, 0);
+    e2e_stop(&p);
+    pgp_stop(&proxy);
+    assert_int_equal(balance(fx, 91), 997);
+}
+
 static double round_trips(const fixture *fx)
 {
     e2e_resp r;
@@ -380,7 +424,8 @@ static void test_round_trips(void **state)
     } cases[] = {
         {"{\"from\":61,\"to\":62,\"amount\":5}", NULL, 200, 2, 3},
         {"{\"from\":61,\"to\":62,\"amount\":6}", "trips-61", 200, 3, 6},
-        {"{\"from\":61,\"to\":62,\"amount\":6}", "trips-61", 200, 1, 3}, /* replay */
+        /* A replay: the lookup, then the COMMIT that frees the key before the answer. */
+        {"{\"from\":61,\"to\":62,\"amount\":6}", "trips-61", 200, 2, 4},
         {"{\"from\":61,\"to\":62,\"amount\":5000}", NULL, 409, 1, 2},
         {"{\"from\":61,\"to\":99999999,\"amount\":5}", NULL, 404, 1, 2},
     };
@@ -428,6 +473,7 @@ int main(void)
         cmocka_unit_test(test_opposite_transfers_never_deadlock),
         cmocka_unit_test(test_references_do_not_block_a_transfer),
         cmocka_unit_test(test_deadlock_victim_is_told_to_retry),
+        cmocka_unit_test(test_answer_comes_after_the_key_is_free),
         cmocka_unit_test(test_round_trips),
         cmocka_unit_test(test_invariant_route),
     };

@@ -16,4 +16,9 @@ if(CURL_FOUND)
                     TIMEOUT 240)
         add_dependencies(test_pattern_${name} hindsight)
     endforeach()
+    # The contract test puts the fault proxy (tests/fault/pgproxy.py) in front of the database
+    # for one case.
+    target_compile_definitions(test_pattern_transfers_api PRIVATE
+                               HS_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+    target_include_directories(test_pattern_transfers_api PRIVATE ${CMAKE_SOURCE_DIR}/tests/fault)
 endif()
