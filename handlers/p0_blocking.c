@@ -59,9 +59,9 @@ static int before_user(svc_request *req, void *state, rt_task **task_out)
     json_t *user;
 
     (void)task_out;
-    if (hs__user_args(req, &id, &delay) < 0)
+    if (hs__user_args(req, &id, &delay) < 0 || !hs__has_db(req))
         return 0;
-    if (b->app->config->database_url == NULL || !before_connect(b)) {
+    if (!before_connect(b)) {
         svc_respond_error(req, 503, "unavailable", "the database is unavailable");
         return 0;
     }
