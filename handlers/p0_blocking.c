@@ -31,7 +31,7 @@ typedef struct blocking {
     PGconn *conn; /* before's own connection, never the pool's; NULL until first used */
 } blocking;
 
-/* --- before: a synchronous query on the loop thread ------------------------------------------ */
+/* --- before: a synchronous query on the loop thread ------------------------------------------- */
 
 /* Opens or repairs before's connection, synchronously like everything on this route. */
 static bool before_connect(blocking *b)
@@ -97,7 +97,7 @@ static int before_user(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
-/* --- after: the same statement as a task on the pool ----------------------------------------- */
+/* --- after: the same statement as a task on the pool ------------------------------------------ */
 
 static int user_rows(hs_query *q, const rt_db_result *r)
 {
@@ -138,7 +138,7 @@ static int after_user(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
-/* --- rows ------------------------------------------------------------------------------------ */
+/* --- rows ------------------------------------------------------------------------------------- */
 
 /* The root scope closes after the server has stopped, so no request can still use b. The
  * connection is idle by then (before never leaves a statement running), so PQfinish only sends

@@ -26,7 +26,7 @@
 #include "service/config.h"
 #include "service/log.h"
 
-/* --- statements ------------------------------------------------------------------------------ */
+/* --- statements ------------------------------------------------------------------------------- */
 
 #define BATCH_INSERT_SQL                                                                           \
     "INSERT INTO batch_results (batch_id, user_id, variant) VALUES ($1, $2::bigint, $3)"
@@ -35,7 +35,7 @@
 #define BATCH_MAX_IDS         1000
 #define BATCH_MAX_CONCURRENCY 100
 
-/* --- the batch ----------------------------------------------------------------------------- */
+/* --- shared: the batch, its items and its account --------------------------------------------- */
 
 typedef struct batch {
     rt_task task; /* what the handler hands to the server */
@@ -253,34 +253,8 @@ static void batch_finish(batch *b, int status)
     rt_task_complete(&b->task, status);
 }
 
-/* after: the stream's source, a cursor over the ids. */
-static int batch_next(rt_stream *s, rt_task **out)
-{
-    batch *b = rt_container_of(s, batch, stream);
-    batch_item *it;
+/* --- before: one item at a time, blind to the drain signal ------------------------------------ */
 
-    if (b->next == b->n)
-        return 0;
-    it = item_new(b, b->ids[b->next]);
-    if (it == NULL)
-        return UV_ENOMEM;
-    b->next++;
-    *out = &it->task;
-    return 1;
-}
-
-static void on_stream_item(rt_stream *s, rt_task *child, int status)
-{
-    batch_record(rt_container_of(s, batch, stream), rt_container_of(child, batch_item, task),
-                 status);
-}
-
-static void on_stream_done(rt_task *t, int status)
-{
-    batch_finish(rt_container_of(t, batch, stream.task), status);
-}
-
-/* before: one item at a time, blind to the drain signal. */
 static void on_seq_item_done(rt_task *t, int status);
 
 static void seq_start_next(batch *b)
@@ -317,6 +291,37 @@ static void on_seq_item_done(rt_task *t, int status)
     }
     seq_start_next(b);
 }
+
+/* --- after: a bounded stream that drains ------------------------------------------------------ */
+
+/* The stream's source, a cursor over the ids. */
+static int batch_next(rt_stream *s, rt_task **out)
+{
+    batch *b = rt_container_of(s, batch, stream);
+    batch_item *it;
+
+    if (b->next == b->n)
+        return 0;
+    it = item_new(b, b->ids[b->next]);
+    if (it == NULL)
+        return UV_ENOMEM;
+    b->next++;
+    *out = &it->task;
+    return 1;
+}
+
+static void on_stream_item(rt_stream *s, rt_task *child, int status)
+{
+    batch_record(rt_container_of(s, batch, stream), rt_container_of(child, batch_item, task),
+                 status);
+}
+
+static void on_stream_done(rt_task *t, int status)
+{
+    batch_finish(rt_container_of(t, batch, stream.task), status);
+}
+
+/* --- the task and its handler ----------------------------------------------------------------- */
 
 static int batch_start(rt_task *t)
 {
@@ -414,9 +419,7 @@ static int batch_handler(svc_request *req, void *state, rt_task **task_out)
     if (err == 0)
         err = svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency);
     json_decref(body);
-    if (err < 0)
-        goto out_free_ids;
-    if (!hs__has_db(req))
+    if (err < 0 || !hs__has_db(req))
         goto out_free_ids;
     b = calloc(1, sizeof(*b));
     if (b == NULL) {
@@ -449,11 +452,12 @@ out_free_batch:
     free(b);
 out_free_ids:
     free(ids);
-    /* A validation failure has set its 400 already; anything else is mapped by the server. */
+    /* A validation failure or a missing database has set its response already; anything else
+     * is mapped by the server. */
     return svc_request_has_response(req) ? 0 : err;
 }
 
-/* --- rows ------------------------------------------------------------------------------------ */
+/* --- rows ------------------------------------------------------------------------------------- */
 
 static const svc_route rows[] = {
     {"POST", "/before/batch", SVC_VARIANT_BEFORE,

@@ -15,7 +15,7 @@
 #include "handlers/user_row_int.h"
 #include "runtime/join.h"
 
-/* --- statements ------------------------------------------------------------------------------ */
+/* --- statements ------------------------------------------------------------------------------- */
 
 enum { PART_USER = 0, PART_SETTINGS, PART_TRANSFERS, PARTS };
 
@@ -45,7 +45,7 @@ static const char *const part_sql[PARTS] = {HS_USER_SQL, SETTINGS_SQL, TRANSFERS
 static const char *const part_stmt[PARTS] = {HS_USER_STMT, "hs_dashboard_settings",
                                              "hs_dashboard_transfers"};
 
-/* --- the dashboard: before awaits the parts in turn, after joins them ------------------------ */
+/* --- shared: the parts and the answer --------------------------------------------------------- */
 
 typedef struct dashboard {
     rt_task task; /* what the handler hands to the server */
@@ -130,7 +130,9 @@ static void dashboard_finish(dashboard *d, int status)
     rt_task_complete(&d->task, status);
 }
 
-/* before: the part in d->step has been delivered; start the next one or answer. */
+/* --- before: one part after another ----------------------------------------------------------- */
+
+/* The part in d->step has been delivered; start the next one or answer. */
 static void on_part_done(rt_task *t, int status)
 {
     dashboard *d = t->data;
@@ -156,7 +158,9 @@ static void on_part_done(rt_task *t, int status)
     rt_task_start(&d->parts[d->step].task, NULL, on_part_done);
 }
 
-/* after: all three parts have been delivered (or the first failure cancelled the others). */
+/* --- after: a fail-fast join ------------------------------------------------------------------ */
+
+/* All three parts have been delivered (or the first failure cancelled the others). */
 static void on_parts_joined(rt_task *t, int status)
 {
     dashboard *d = rt_container_of(t, dashboard, join.task);
@@ -173,6 +177,8 @@ static void on_parts_joined(rt_task *t, int status)
     }
     dashboard_finish(d, status);
 }
+
+/* --- the task and its handler ----------------------------------------------------------------- */
 
 static int dashboard_start(rt_task *t)
 {
@@ -238,7 +244,7 @@ static int dashboard_handler(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
-/* --- rows ------------------------------------------------------------------------------------ */
+/* --- rows ------------------------------------------------------------------------------------- */
 
 static const svc_route rows[] = {
     {"GET", "/before/users/{id}/dashboard", SVC_VARIANT_BEFORE,

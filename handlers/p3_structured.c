@@ -42,6 +42,8 @@
 #include "service/log.h"
 #include "service/metrics.h"
 
+/* --- statements ------------------------------------------------------------------------------- */
+
 #define EVENTS_DEFAULT   5
 #define EVENTS_MAX       100
 #define DELAY_DEFAULT_MS 50
@@ -129,7 +131,7 @@ typedef struct writer {
 
 static const char *const scope_names[] = {"request", "service"};
 
-/* --- metrics ------------------------------------------------------------------------------ */
+/* --- shared: the pattern's metrics ------------------------------------------------------------ */
 
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
 static int counters_register(structured *s)
@@ -162,7 +164,7 @@ static int counters_register(structured *s)
     return 0;
 }
 
-/* --- before: the detached chain ------------------------------------------------------------ */
+/* --- before: the detached chain --------------------------------------------------------------- */
 
 static void detached_on_event(rt_task *t, int status);
 static void detached_on_released(rt_db_query *q);
@@ -243,7 +245,7 @@ static int detached_start(welcome_req *w, const char *task_id)
     return 0;
 }
 
-/* --- after: the scoped writer --------------------------------------------------------------- */
+/* --- after: the scoped writer ----------------------------------------------------------------- */
 
 static void writer_step(rt_db_tx *tx)
 {
@@ -421,7 +423,7 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
     return rt_scope_spawn(s->app->service_scope, &w->task, NULL);
 }
 
-/* --- the request's task ------------------------------------------------------------------- */
+/* --- handler: the lookup, then the hand-off --------------------------------------------------- */
 
 static void respond_started(welcome_req *w, const char *task_id, const char *scope)
 {
@@ -520,7 +522,7 @@ static int welcome(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
-/* --- rows ------------------------------------------------------------------------------------ */
+/* --- rows ------------------------------------------------------------------------------------- */
 
 static const svc_route rows[] = {
     {"POST", "/before/users/{id}/welcome", SVC_VARIANT_BEFORE,

@@ -34,7 +34,7 @@
 
 static const char content_type_json[] = "application/json; charset=utf-8";
 
-/* --- statements --------------------------------------------------------------------------- */
+/* --- statements ------------------------------------------------------------------------------- */
 
 /* before, step 1: the debit refuses an unknown destination too, so that a 404 never leaves
  * money debited: the only partial transfer this route leaves is the documented one. */
@@ -58,8 +58,7 @@ static const char sql_invariant[] =
     "(SELECT transfer_id, count(*) AS n, sum(delta) AS s FROM ledger GROUP BY transfer_id) l "
     "ON l.transfer_id = t.id WHERE l.n IS DISTINCT FROM 2 OR l.s IS DISTINCT FROM 0)";
 
-/* --- shared with p4_transfers_after.c ------------------------------------------------------------
- */
+/* --- shared (with p4_transfers_after.c) ------------------------------------------------------- */
 
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
 static int counters_register(hs_xfer_state *t)
@@ -118,7 +117,7 @@ void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt
     svc_log_end(&l);
 }
 
-/* --- before -------------------------------------------------------------------------------- */
+/* --- before ----------------------------------------------------------------------------------- */
 
 enum before_step {
     B_DEBIT = 0,
@@ -302,7 +301,7 @@ static const rt_task_vtable before_vt = {
     .release = hs__task_free,
 };
 
-/* --- handlers ------------------------------------------------------------------------------ */
+/* --- handler (after: p4_transfers_after.c) ---------------------------------------------------- */
 
 static bool is_key_char(char c)
 {
@@ -383,7 +382,7 @@ static int transfer(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
-/* --- GET /accounts/invariant --------------------------------------------------------------- */
+/* --- GET /accounts/invariant ------------------------------------------------------------------ */
 
 static int invariant_rows(hs_query *q, const rt_db_result *r)
 {
@@ -424,7 +423,7 @@ static int invariant(svc_request *req, void *state, rt_task **task_out)
     return hs__query_new(req, &invariant_query, sizeof(hs_query), task_out) != NULL ? 0 : UV_ENOMEM;
 }
 
-/* --- rows ------------------------------------------------------------------------------------ */
+/* --- rows ------------------------------------------------------------------------------------- */
 
 static const svc_route rows[] = {
     {"POST", "/before/transfers", SVC_VARIANT_BEFORE,

@@ -3,10 +3,11 @@
  * patterns.h - the rows of the patterns, one register function per pattern file.
  *
  * Pattern files are named p<N>_<name>.c after the README's pattern table (N its number, name the
- * pattern as the benchmark table calls it), and each holds one pattern, laid out the same way:
- * its statements, then `before`, then `after`, then its rows. Pattern 1 (type-erased handlers)
- * is the handler table itself (service/router.c); the probes are in probes.c, the kit every
- * pattern file uses in kit.c (kit_int.h), and the user row patterns 0 and 2 share in user_row.c.
+ * pattern as the benchmark table calls it), and each holds one pattern, in sections laid out the
+ * same way (a file leaves out what it has none of): its statements, what both variants share,
+ * `before`, `after`, the handler, then its rows. Pattern 1 (type-erased handlers) is the handler
+ * table itself (service/router.c); the probes are in probes.c, the kit every pattern file uses
+ * in kit.c (kit_int.h), and the user row patterns 0 and 2 share in user_row.c.
  *
  *   p0_blocking.c          0 don't block the loop    GET /{before,after}/users/{id}
  *   p2_dashboard.c         2 join                    GET /{before,after}/users/{id}/dashboard
