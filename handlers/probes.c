@@ -11,8 +11,7 @@
  */
 #include "handlers/probes.h"
 
-#include <stdlib.h>
-
+#include "handlers/kit_int.h"
 #include "runtime/db.h"
 #include "service/config.h"
 #include "service/metrics.h"
@@ -23,7 +22,6 @@
 typedef struct probes {
     svc_app *app;
     const svc_router *router;
-    rt_guard free_guard;
 } probes;
 
 /*
@@ -113,33 +111,28 @@ static int openapi(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
+static const svc_route rows[] = {
+    {"GET", "/healthz", SVC_VARIANT_NONE,
+     "liveness: 200 while the event loop turns, 503 when its lag probe stalls", healthz, NULL,
+     SVC_ROUTE_QUIET},
+    {"GET", "/readyz", SVC_VARIANT_NONE,
+     "readiness: 503 while draining or when no database connection works", readyz, NULL,
+     SVC_ROUTE_QUIET},
+    {"GET", "/metrics", SVC_VARIANT_NONE, "Prometheus text exposition (format 0.0.4)", metrics,
+     NULL, SVC_ROUTE_QUIET},
+    {"GET", "/routes", SVC_VARIANT_NONE, "this handler table", routes, NULL, 0},
+    {"GET", "/openapi.json", SVC_VARIANT_NONE, "the OpenAPI 3.1 document of this contract", openapi,
+     NULL, 0},
+};
+
 int hs_probes_register(svc_router *r, svc_app *app)
 {
-    probes *p = calloc(1, sizeof(*p));
-    int err = 0;
+    /* The root scope closes after the server has stopped, so no request can still use p. */
+    probes *p = hs__state_new(app, sizeof(*p), NULL);
 
     if (p == NULL)
         return UV_ENOMEM;
     p->app = app;
     p->router = r;
-    /* The root scope closes after the server has stopped, so no request can still use p. */
-    p->free_guard.fn = free;
-    p->free_guard.arg = p;
-    rt_scope_defer(app->root_scope, &p->free_guard);
-    const svc_route rows[] = {
-        {"GET", "/healthz", SVC_VARIANT_NONE,
-         "liveness: 200 while the event loop turns, 503 when its lag probe stalls", healthz, p,
-         SVC_ROUTE_QUIET},
-        {"GET", "/readyz", SVC_VARIANT_NONE,
-         "readiness: 503 while draining or when no database connection works", readyz, p,
-         SVC_ROUTE_QUIET},
-        {"GET", "/metrics", SVC_VARIANT_NONE, "Prometheus text exposition (format 0.0.4)", metrics,
-         p, SVC_ROUTE_QUIET},
-        {"GET", "/routes", SVC_VARIANT_NONE, "this handler table", routes, p, 0},
-        {"GET", "/openapi.json", SVC_VARIANT_NONE, "the OpenAPI 3.1 document of this contract",
-         openapi, p, 0},
-    };
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
-        err = svc_router_add(r, &rows[i]);
-    return err;
+    return HS_ROUTES_ADD(r, rows, p);
 }

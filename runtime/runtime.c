@@ -26,7 +26,7 @@ enum { RT_OPEN = 0, RT_CLOSE_REQUESTED = 1, RT_CLOSED = 2 };
 static rt_malloc_fn hook_malloc = malloc;
 static rt_free_fn hook_free = free;
 
-void rt_set_allocator(rt_malloc_fn m, rt_free_fn f)
+void rt_replace_allocator(rt_malloc_fn m, rt_free_fn f)
 {
     hook_malloc = m != NULL ? m : malloc;
     hook_free = f != NULL ? f : free;

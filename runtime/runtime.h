@@ -147,10 +147,11 @@ void rt_post_cancel(rt_post *p);
 void rt_post_init(rt_post *p);
 
 /**
- * Replaces the allocator used by runtime/ (NULL restores malloc/free). Process-wide; call it
- * before any runtime object exists. Used by the allocation-failure tests.
+ * Replaces the allocator used by runtime/ (NULL restores malloc/free), as uv_replace_allocator
+ * does for libuv. Process-wide; call it before any runtime object exists. Used by the
+ * allocation-failure tests.
  */
-void rt_set_allocator(rt_malloc_fn m, rt_free_fn f);
+void rt_replace_allocator(rt_malloc_fn m, rt_free_fn f);
 
 /** Allocates through the hook; returns NULL on failure. */
 void *rt_malloc(size_t size);

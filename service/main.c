@@ -24,11 +24,8 @@
 
 #include <uv.h>
 
-#include "handlers/blocking.h"
-#include "handlers/concurrency.h"
+#include "handlers/patterns.h"
 #include "handlers/probes.h"
-#include "handlers/structured.h"
-#include "handlers/transfers.h"
 #include "runtime/db.h"
 #include "service/config.h"
 #include "service/http.h"
@@ -83,7 +80,9 @@ static int register_handlers(svc_router *r, svc_app *app)
     if (err == 0)
         err = hs_blocking_register(r, app);
     if (err == 0)
-        err = hs_concurrency_register(r, app);
+        err = hs_dashboard_register(r, app);
+    if (err == 0)
+        err = hs_batch_register(r, app);
     if (err == 0)
         err = hs_structured_register(r, app);
     if (err == 0)

@@ -64,7 +64,7 @@ static bool run_scenario(long n)
     alloc_calls = 0;
     fail_at = n;
     live_blocks = 0;
-    rt_set_allocator(failing_malloc, counting_free);
+    rt_replace_allocator(failing_malloc, counting_free);
 
     err = rt_db_open(&s.db, &s.rt, &cfg);
     if (err == 0) {
@@ -88,7 +88,7 @@ static bool run_scenario(long n)
     rt_runtime_close(&s.rt, NULL);
     uv_walk(&s.loop, loop_test_count_open, &leftovers);
     uv_run(&s.loop, UV_RUN_DEFAULT);
-    rt_set_allocator(NULL, NULL);
+    rt_replace_allocator(NULL, NULL);
     assert_int_equal(leftovers, 0);
     assert_int_equal(s.rt.live_tasks, 0);
     assert_int_equal(uv_loop_close(&s.loop), 0);

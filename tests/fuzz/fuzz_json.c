@@ -19,7 +19,7 @@ typedef struct field {
     int64_t max;
 } field;
 
-/* Fields the handlers read (handlers/concurrency.c, structured.c, transfers.c), with ranges of
+/* Fields the handlers read (handlers/p2_batch.c, p3_structured.c, p4_transfers.c), with ranges of
  * the same kinds: ids up to INT64_MAX, small bounded counts, and the whole int64 range. */
 static const field fields[] = {
     {"from", 1, INT64_MAX},      {"to", 1, INT64_MAX},     {"amount", 1, 1000000000},

@@ -42,13 +42,13 @@ static int alloc_setup(void **state)
 {
     alloc_live = 0;
     arm(-1);
-    rt_set_allocator(failing_malloc, counting_free);
+    rt_replace_allocator(failing_malloc, counting_free);
     return fixture_setup(state);
 }
 
 static int alloc_teardown(void **state)
 {
-    rt_set_allocator(NULL, NULL);
+    rt_replace_allocator(NULL, NULL);
     return fixture_teardown(state);
 }
 

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * transfers.c - pattern 4: POST /{before,after}/transfers and GET /accounts/invariant.
+ * p4_transfers.c - pattern 4, cancellation-aware writes: POST /{before,after}/transfers and GET
+ * /accounts/invariant.
  *
  * A transfer is a debit, a credit, a transfers row and two ledger legs. The invariant (the sum
  * of all balances never changes; every transfer has two legs that cancel out) holds only if all
@@ -14,18 +15,17 @@
  * memory-safe, and the cancellation is logged and counted like any other.
  *
  * after runs the whole transfer in one transaction raced against the request's signal, with
- * idempotency keys: see transfers_after.c. This file holds the routes (validation is the same
+ * idempotency keys: see p4_transfers_after.c. This file holds the routes (validation is the same
  * for both variants), the `before` chain, and GET /accounts/invariant.
  */
-#include "handlers/transfers.h"
+#include "handlers/patterns.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "handlers/transfers_int.h"
-#include "runtime/db.h"
+#include "handlers/p4_transfers_int.h"
 #include "service/log.h"
 #include "service/metrics.h"
 
@@ -34,7 +34,7 @@
 
 static const char content_type_json[] = "application/json; charset=utf-8";
 
-/* --- statements --------------------------------------------------------------------------- */
+/* --- statements ------------------------------------------------------------------------------- */
 
 /* before, step 1: the debit refuses an unknown destination too, so that a 404 never leaves
  * money debited: the only partial transfer this route leaves is the documented one. */
@@ -58,7 +58,7 @@ static const char sql_invariant[] =
     "(SELECT transfer_id, count(*) AS n, sum(delta) AS s FROM ledger GROUP BY transfer_id) l "
     "ON l.transfer_id = t.id WHERE l.n IS DISTINCT FROM 2 OR l.s IS DISTINCT FROM 0)";
 
-/* --- shared with transfers_after.c ------------------------------------------------------------ */
+/* --- shared (with p4_transfers_after.c) ------------------------------------------------------- */
 
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
 static int counters_register(hs_xfer_state *t)
@@ -117,7 +117,7 @@ void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt
     svc_log_end(&l);
 }
 
-/* --- before -------------------------------------------------------------------------------- */
+/* --- before ----------------------------------------------------------------------------------- */
 
 enum before_step {
     B_DEBIT = 0,
@@ -292,21 +292,16 @@ static int before_start(rt_task *t)
     return 0;
 }
 
-static void before_release(rt_task *t)
-{
-    free(rt_container_of(t, xfer_before, task));
-}
-
 /* No cancel: every statement listens to the request's signal, which is also what would cancel
  * this task, and the chain ends with the statement that was stopped. */
 static const rt_task_vtable before_vt = {
     .name = "transfer.before",
     .start = before_start,
     .cancel = NULL,
-    .release = before_release,
+    .release = hs__task_free,
 };
 
-/* --- handlers ------------------------------------------------------------------------------ */
+/* --- handler (after: p4_transfers_after.c) ---------------------------------------------------- */
 
 static bool is_key_char(char c)
 {
@@ -364,7 +359,7 @@ static int parse_args(svc_request *req, hs_xfer_args *a)
     return 0;
 }
 
-static int before_transfer(svc_request *req, void *state, rt_task **task_out)
+static int transfer(svc_request *req, void *state, rt_task **task_out)
 {
     hs_xfer_state *t = state;
     xfer_before *x;
@@ -372,6 +367,10 @@ static int before_transfer(svc_request *req, void *state, rt_task **task_out)
 
     if (parse_args(req, &a) < 0 || !hs__has_db(req))
         return 0;
+    if (hs__is_after(req)) {
+        *task_out = hs__xfer_after_new(t, req, &a);
+        return *task_out != NULL ? 0 : UV_ENOMEM;
+    }
     x = calloc(1, sizeof(*x));
     if (x == NULL)
         return UV_ENOMEM;
@@ -383,122 +382,71 @@ static int before_transfer(svc_request *req, void *state, rt_task **task_out)
     return 0;
 }
 
-static int after_transfer(svc_request *req, void *state, rt_task **task_out)
+/* --- GET /accounts/invariant ------------------------------------------------------------------ */
+
+static int invariant_rows(hs_query *q, const rt_db_result *r)
 {
-    hs_xfer_state *t = state;
-    hs_xfer_args a;
-
-    if (parse_args(req, &a) < 0 || !hs__has_db(req))
-        return 0;
-    *task_out = hs__xfer_after_new(t, req, &a);
-    return *task_out != NULL ? 0 : UV_ENOMEM;
-}
-
-/* --- GET /accounts/invariant --------------------------------------------------------------- */
-
-typedef struct invariant_req {
-    rt_task task;
-    rt_db_query q;
-    svc_request *req;
-    uint64_t started;
-} invariant_req;
-
-static void invariant_on_result(rt_task *t, int status)
-{
-    invariant_req *v = rt_container_of(t, invariant_req, q.task);
-    const rt_db_result *r = &v->q.result;
     int64_t accounts;
     int64_t total;
     int64_t partial;
+    int64_t expected;
+    json_t *body;
 
-    svc_request_add_db_time(v->req, uv_hrtime() - v->started);
-    if (status == 0 &&
-        (rt_db_result_int64(r, 0, 0, &accounts) < 0 || rt_db_result_int64(r, 0, 1, &total) < 0 ||
-         rt_db_result_int64(r, 0, 2, &partial) < 0))
-        status = UV_EPROTO;
-    if (status < 0) {
-        svc_respond_uv_error(v->req, status);
-    } else {
-        int64_t expected = accounts * 1000;
-        json_t *body = json_pack("{s:I, s:I, s:I, s:b, s:I}", "accounts", (json_int_t)accounts,
-                                 "total", (json_int_t)total, "expected", (json_int_t)expected, "ok",
-                                 total == expected, "partial_transfers", (json_int_t)partial);
-
-        if (body == NULL)
-            svc_respond_uv_error(v->req, UV_ENOMEM);
-        else
-            svc_respond_json(v->req, 200, body);
+    if (rt_db_result_int64(r, 0, 0, &accounts) < 0 || rt_db_result_int64(r, 0, 1, &total) < 0 ||
+        rt_db_result_int64(r, 0, 2, &partial) < 0) {
+        svc_respond_uv_error(q->req, UV_EPROTO);
+        return UV_EPROTO;
     }
-    rt_task_complete(&v->task, status);
-    rt_task_release(t);
-}
-
-static int invariant_start(rt_task *t)
-{
-    invariant_req *v = rt_container_of(t, invariant_req, task);
-
-    rt_db_query_init(&v->q, v->req->app->db, sql_invariant, 0, NULL, NULL);
-    v->started = uv_hrtime();
-    rt_task_start(&v->q.task, v->req->signal, invariant_on_result);
+    expected = accounts * 1000;
+    body = json_pack("{s:I, s:I, s:I, s:b, s:I}", "accounts", (json_int_t)accounts, "total",
+                     (json_int_t)total, "expected", (json_int_t)expected, "ok", total == expected,
+                     "partial_transfers", (json_int_t)partial);
+    if (body == NULL)
+        svc_respond_uv_error(q->req, UV_ENOMEM);
+    else
+        svc_respond_json(q->req, 200, body);
     return 0;
 }
 
-static void invariant_release(rt_task *t)
-{
-    free(rt_container_of(t, invariant_req, task));
-}
-
-static const rt_task_vtable invariant_vt = {
-    .name = "accounts.invariant",
-    .start = invariant_start,
-    .cancel = NULL,
-    .release = invariant_release,
+static const hs_query_spec invariant_query = {
+    .vt = HS_QUERY_LISTEN("accounts.invariant"),
+    .sql = sql_invariant,
+    .plain_errors = true,
+    .rows = invariant_rows,
 };
 
 static int invariant(svc_request *req, void *state, rt_task **task_out)
 {
-    hs_xfer_state *t = state;
-    invariant_req *v;
-
+    (void)state;
     if (!hs__has_db(req))
         return 0;
-    v = calloc(1, sizeof(*v));
-    if (v == NULL)
-        return UV_ENOMEM;
-    rt_task_init(&v->task, t->app->rt, &invariant_vt);
-    v->req = req;
-    *task_out = &v->task;
-    return 0;
+    return hs__query_new(req, &invariant_query, sizeof(hs_query), task_out) != NULL ? 0 : UV_ENOMEM;
 }
+
+/* --- rows ------------------------------------------------------------------------------------- */
+
+static const svc_route rows[] = {
+    {"POST", "/before/transfers", SVC_VARIANT_BEFORE,
+     "transfer as separate autocommit statements: a cancellation leaves it half-done "
+     "(Idempotency-Key checked, not honoured)",
+     transfer, NULL, 0},
+    {"POST", "/after/transfers", SVC_VARIANT_AFTER,
+     "transfer in one transaction raced against cancellation, with idempotency keys", transfer,
+     NULL, 0},
+    {"GET", "/accounts/invariant", SVC_VARIANT_NONE,
+     "total balance against accounts x 1000, and transfers missing a ledger leg", invariant, NULL,
+     0},
+};
 
 int hs_transfers_register(svc_router *r, svc_app *app)
 {
-    hs_xfer_state *t = calloc(1, sizeof(*t));
-    int err = 0;
+    /* Every request using t has been answered before the root scope closes. */
+    hs_xfer_state *t = hs__state_new(app, sizeof(*t), NULL);
+    int err;
 
     if (t == NULL)
         return UV_ENOMEM;
     t->app = app;
-    /* Every request using t has been answered before the root scope closes. */
-    t->free_guard.fn = free;
-    t->free_guard.arg = t;
-    rt_scope_defer(app->root_scope, &t->free_guard);
     err = counters_register(t);
-    if (err < 0)
-        return err;
-    const svc_route rows[] = {
-        {"POST", "/before/transfers", SVC_VARIANT_BEFORE,
-         "transfer as separate autocommit statements: a cancellation leaves it half-done "
-         "(Idempotency-Key checked, not honoured)",
-         before_transfer, t, 0},
-        {"POST", "/after/transfers", SVC_VARIANT_AFTER,
-         "transfer in one transaction raced against cancellation, with idempotency keys",
-         after_transfer, t, 0},
-        {"GET", "/accounts/invariant", SVC_VARIANT_NONE,
-         "total balance against accounts x 1000, and transfers missing a ledger leg", invariant, t,
-         0},
-    };
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
-        err = svc_router_add(r, &rows[i]);
-    return err;
+    return err < 0 ? err : HS_ROUTES_ADD(r, rows, t);
 }

@@ -1,6 +1,7 @@
-# Pattern 4 (handlers/transfers.c): deadlines and SIGTERM break the invariant with `before` and
-# never with `after` (fault); idempotency keys, refusals and lock order (e2e); a deadline that
-# passes after COMMIT was sent is answered with the outcome or 503, never as cancelled (fault).
+# Pattern 4 (handlers/p4_transfers.c, p4_transfers_after.c): deadlines and SIGTERM break the
+# invariant with `before` and never with `after` (fault); idempotency keys, refusals and lock
+# order (e2e); a deadline that passes after COMMIT was sent is answered with the outcome or 503,
+# never as cancelled (fault).
 # Each binary runs the service on a database of its own (created on TEST_DATABASE_URL's server,
 # dropped after), since these tests move money and break the invariant on purpose.
 if(CURL_FOUND)

@@ -1,12 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * concurrency.c - pattern 2, concurrency: GET /{before,after}/users/{id}/dashboard and
- * POST /{before,after}/batch.
- *
- * The dashboard needs three independent rows (user, settings, recent transfers), each behind a
- * slow step (delay_ms). `before` awaits them one after another, so it costs three delays; `after`
- * starts all three at once under a fail-fast rt_join and costs one: the first failure cancels the
- * other two, and the join still waits for them, so no query outlives the request.
+ * p2_batch.c - pattern 2, bounded stream: POST /{before,after}/batch.
  *
  * The batch fetches each user (slow step) and writes one batch_results row per id. `before` is
  * the sequential loop: n items cost n delays, and it does not notice a shutdown, so the grace
@@ -22,46 +16,17 @@
  * anything is written. So `completed` equals the rows written for the batch_id, and
  * requested = completed + cancelled + failed.
  */
-#include "handlers/concurrency.h"
+#include "handlers/patterns.h"
 
-#include <inttypes.h>
 #include <stdlib.h>
 
-#include "handlers/pattern_db_int.h"
-#include "runtime/join.h"
+#include "handlers/kit_int.h"
+#include "handlers/user_row_int.h"
 #include "runtime/stream.h"
 #include "service/config.h"
 #include "service/log.h"
 
-/* --- statements ------------------------------------------------------------------------------ */
-
-enum { PART_USER = 0, PART_SETTINGS, PART_TRANSFERS, PARTS };
-
-#define SETTINGS_SQL                                                                               \
-    HS_SQL_DELAY "SELECT s.theme, s.locale, s.notifications"                                       \
-                 " FROM d LEFT JOIN settings s ON s.user_id = $1::bigint"
-
-/*
- * The ten newest transfers from or to any of the user's accounts. One ordered index scan per
- * direction (transfers_from_idx, transfers_to_idx), each stopped after ten rows, then merged:
- * an OR over both columns could use neither index. UNION, not UNION ALL, so a transfer between
- * two accounts of the same user is listed once.
- */
-#define TRANSFERS_SQL                                                                              \
-    HS_SQL_DELAY                                                                                   \
-    ", acct AS (SELECT id FROM accounts WHERE user_id = $1::bigint),"                              \
-    " recent AS ((SELECT id, from_account, to_account, amount, created_at FROM transfers"          \
-    "   WHERE from_account IN (SELECT id FROM acct) ORDER BY id DESC LIMIT 10)"                    \
-    "  UNION (SELECT id, from_account, to_account, amount, created_at FROM transfers"              \
-    "   WHERE to_account IN (SELECT id FROM acct) ORDER BY id DESC LIMIT 10))"                     \
-    " SELECT t.id, t.from_account, t.to_account, t.amount,"                                        \
-    "  to_char(t.created_at AT TIME ZONE 'UTC', " HS_SQL_RFC3339 ")"                               \
-    " FROM d LEFT JOIN (SELECT * FROM recent ORDER BY id DESC LIMIT 10) t ON true"                 \
-    " ORDER BY t.id DESC"
-
-static const char *const part_sql[PARTS] = {HS_USER_SQL, SETTINGS_SQL, TRANSFERS_SQL};
-static const char *const part_stmt[PARTS] = {HS_USER_STMT, "hs_dashboard_settings",
-                                             "hs_dashboard_transfers"};
+/* --- statements ------------------------------------------------------------------------------- */
 
 #define BATCH_INSERT_SQL                                                                           \
     "INSERT INTO batch_results (batch_id, user_id, variant) VALUES ($1, $2::bigint, $3)"
@@ -70,218 +35,7 @@ static const char *const part_stmt[PARTS] = {HS_USER_STMT, "hs_dashboard_setting
 #define BATCH_MAX_IDS         1000
 #define BATCH_MAX_CONCURRENCY 100
 
-/* --- the dashboard ------------------------------------------------------------------------- */
-
-typedef struct dashboard {
-    rt_task task; /* what the handler hands to the server */
-    svc_request *req;
-    bool concurrent; /* after: a join; before: one part after another */
-    size_t step;     /* before: the part in flight */
-    int64_t id;
-    uint64_t t0;
-    rt_db_query parts[PARTS];
-    rt_task *children[PARTS];
-    rt_join join;
-    char id_txt[HS_INT_TEXT];
-    char delay_txt[HS_INT_TEXT];
-} dashboard;
-
-static json_t *settings_json(const rt_db_result *r)
-{
-    bool notifications;
-
-    if (rt_db_result_rows(r) < 1 || rt_db_result_is_null(r, 0, 0))
-        return json_null();
-    if (rt_db_result_bool(r, 0, 2, &notifications) < 0)
-        return NULL;
-    return json_pack("{s:s,s:s,s:b}", "theme", rt_db_result_text(r, 0, 0), "locale",
-                     rt_db_result_text(r, 0, 1), "notifications", notifications);
-}
-
-static json_t *transfers_json(const rt_db_result *r)
-{
-    json_t *list = json_array();
-    int64_t v[4];
-
-    for (int row = 0; list != NULL && row < rt_db_result_rows(r); row++) {
-        /* The all-NULL row: the user has no transfers (the delay's LEFT JOIN). */
-        if (rt_db_result_is_null(r, row, 0))
-            continue;
-        for (int col = 0; col < 4; col++) {
-            if (rt_db_result_int64(r, row, col, &v[col]) < 0)
-                goto out_free_list;
-        }
-        if (json_array_append_new(list, json_pack("{s:I,s:I,s:I,s:I,s:s}", "id", (json_int_t)v[0],
-                                                  "from", (json_int_t)v[1], "to", (json_int_t)v[2],
-                                                  "amount", (json_int_t)v[3], "created_at",
-                                                  rt_db_result_text(r, row, 4))) < 0)
-            goto out_free_list;
-    }
-    return list;
-
-out_free_list:
-    json_decref(list);
-    return NULL;
-}
-
-/* Responds 200 with the three parts, or 404 when the user does not exist. */
-static void dashboard_respond(dashboard *d)
-{
-    json_t *body;
-    json_t *user;
-    bool missing;
-
-    user = hs__user_json_result(&d->parts[PART_USER].result, &missing);
-    if (missing) {
-        svc_respond_error(d->req, 404, "not_found", "user %" PRId64 " does not exist", d->id);
-        return;
-    }
-    /* "o" steals each part even when packing fails, so nothing leaks on the way to a 503. */
-    body = json_pack("{s:o,s:o,s:o}", "user", user, "settings",
-                     settings_json(&d->parts[PART_SETTINGS].result), "recent_transfers",
-                     transfers_json(&d->parts[PART_TRANSFERS].result));
-    if (body == NULL)
-        svc_respond_uv_error(d->req, UV_ENOMEM);
-    else
-        svc_respond_json(d->req, 200, body);
-}
-
-static void dashboard_finish(dashboard *d, int status)
-{
-    svc_request_add_db_time(d->req, uv_hrtime() - d->t0);
-    /* Parts never started are released from INIT; the one whose callback we are in, later. */
-    for (size_t i = 0; i < PARTS; i++)
-        rt_task_release(&d->parts[i].task);
-    rt_task_complete(&d->task, status);
-}
-
-/* before: the part in d->step has been delivered; start the next one or answer. */
-static void on_part_done(rt_task *t, int status)
-{
-    dashboard *d = t->data;
-
-    if (status == 0 && rt_task_is_cancel_requested(&d->task))
-        status = rt_task_cancel_reason(&d->task);
-    if (status < 0) {
-        hs__respond_db_error(d->req, status, &d->parts[d->step].result);
-        dashboard_finish(d, status);
-        return;
-    }
-    /* A sequential handler stops at the first missing piece: no user, no dashboard. */
-    if (d->step == PART_USER && hs__user_is_missing(&d->parts[PART_USER].result)) {
-        svc_respond_error(d->req, 404, "not_found", "user %" PRId64 " does not exist", d->id);
-        dashboard_finish(d, 0);
-        return;
-    }
-    if (++d->step == PARTS) {
-        dashboard_respond(d);
-        dashboard_finish(d, 0);
-        return;
-    }
-    rt_task_start(&d->parts[d->step].task, NULL, on_part_done);
-}
-
-/* after: all three parts have been delivered (or the first failure cancelled the others). */
-static void on_parts_joined(rt_task *t, int status)
-{
-    dashboard *d = rt_container_of(t, dashboard, join.task);
-    const rt_db_result *failed = NULL;
-
-    if (status < 0) {
-        for (size_t i = 0; i < PARTS && failed == NULL; i++) {
-            if (d->parts[i].task.status == status)
-                failed = &d->parts[i].result;
-        }
-        hs__respond_db_error(d->req, status, failed);
-    } else {
-        dashboard_respond(d);
-    }
-    dashboard_finish(d, status);
-}
-
-static int dashboard_start(rt_task *t)
-{
-    dashboard *d = rt_container_of(t, dashboard, task);
-    const char *params[2] = {d->id_txt, d->delay_txt};
-
-    for (size_t i = 0; i < PARTS; i++) {
-        rt_db_query_init(&d->parts[i], d->req->app->db, part_sql[i], 2, params, NULL);
-        rt_db_query_prepare_as(&d->parts[i], part_stmt[i]);
-        d->parts[i].task.data = d;
-        d->children[i] = &d->parts[i].task;
-    }
-    d->t0 = uv_hrtime();
-    /* No signals below: dashboard_cancel forwards the request's cancellation. */
-    if (d->concurrent) {
-        rt_join_init(&d->join, d->req->app->rt, d->children, PARTS, RT_JOIN_FAIL_FAST);
-        rt_task_start(&d->join.task, NULL, on_parts_joined);
-    } else {
-        d->step = PART_USER;
-        rt_task_start(&d->parts[PART_USER].task, NULL, on_part_done);
-    }
-    return 0;
-}
-
-static void dashboard_cancel(rt_task *t, int reason)
-{
-    dashboard *d = rt_container_of(t, dashboard, task);
-
-    if (d->concurrent)
-        rt_task_cancel(&d->join.task, reason);
-    else
-        rt_task_cancel(&d->parts[d->step].task, reason);
-}
-
-/* The parts were released by dashboard_finish, or never initialized if we never started. */
-static void dashboard_release(rt_task *t)
-{
-    free(rt_container_of(t, dashboard, task));
-}
-
-static const rt_task_vtable dashboard_vt = {
-    .name = "dashboard",
-    .start = dashboard_start,
-    .cancel = dashboard_cancel,
-    .release = dashboard_release,
-};
-
-static int dashboard_handler(svc_request *req, bool concurrent, rt_task **task_out)
-{
-    dashboard *d;
-    int64_t id;
-    int64_t delay;
-
-    if (hs__user_args(req, &id, &delay) < 0)
-        return 0;
-    if (req->app->db == NULL)
-        return RT_DB_EDOWN;
-    d = malloc(sizeof(*d));
-    if (d == NULL)
-        return UV_ENOMEM;
-    rt_task_init(&d->task, req->app->rt, &dashboard_vt);
-    d->req = req;
-    d->concurrent = concurrent;
-    d->step = PART_USER;
-    d->id = id;
-    hs__int_text(d->id_txt, id);
-    hs__int_text(d->delay_txt, delay);
-    *task_out = &d->task;
-    return 0;
-}
-
-static int before_dashboard(svc_request *req, void *state, rt_task **task_out)
-{
-    (void)state;
-    return dashboard_handler(req, false, task_out);
-}
-
-static int after_dashboard(svc_request *req, void *state, rt_task **task_out)
-{
-    (void)state;
-    return dashboard_handler(req, true, task_out);
-}
-
-/* --- the batch ----------------------------------------------------------------------------- */
+/* --- shared: the batch, its items and its account --------------------------------------------- */
 
 typedef struct batch {
     rt_task task; /* what the handler hands to the server */
@@ -499,34 +253,8 @@ static void batch_finish(batch *b, int status)
     rt_task_complete(&b->task, status);
 }
 
-/* after: the stream's source, a cursor over the ids. */
-static int batch_next(rt_stream *s, rt_task **out)
-{
-    batch *b = rt_container_of(s, batch, stream);
-    batch_item *it;
+/* --- before: one item at a time, blind to the drain signal ------------------------------------ */
 
-    if (b->next == b->n)
-        return 0;
-    it = item_new(b, b->ids[b->next]);
-    if (it == NULL)
-        return UV_ENOMEM;
-    b->next++;
-    *out = &it->task;
-    return 1;
-}
-
-static void on_stream_item(rt_stream *s, rt_task *child, int status)
-{
-    batch_record(rt_container_of(s, batch, stream), rt_container_of(child, batch_item, task),
-                 status);
-}
-
-static void on_stream_done(rt_task *t, int status)
-{
-    batch_finish(rt_container_of(t, batch, stream.task), status);
-}
-
-/* before: one item at a time, blind to the drain signal. */
 static void on_seq_item_done(rt_task *t, int status);
 
 static void seq_start_next(batch *b)
@@ -563,6 +291,37 @@ static void on_seq_item_done(rt_task *t, int status)
     }
     seq_start_next(b);
 }
+
+/* --- after: a bounded stream that drains ------------------------------------------------------ */
+
+/* The stream's source, a cursor over the ids. */
+static int batch_next(rt_stream *s, rt_task **out)
+{
+    batch *b = rt_container_of(s, batch, stream);
+    batch_item *it;
+
+    if (b->next == b->n)
+        return 0;
+    it = item_new(b, b->ids[b->next]);
+    if (it == NULL)
+        return UV_ENOMEM;
+    b->next++;
+    *out = &it->task;
+    return 1;
+}
+
+static void on_stream_item(rt_stream *s, rt_task *child, int status)
+{
+    batch_record(rt_container_of(s, batch, stream), rt_container_of(child, batch_item, task),
+                 status);
+}
+
+static void on_stream_done(rt_task *t, int status)
+{
+    batch_finish(rt_container_of(t, batch, stream.task), status);
+}
+
+/* --- the task and its handler ----------------------------------------------------------------- */
 
 static int batch_start(rt_task *t)
 {
@@ -637,25 +396,9 @@ out_invalid:
     return UV_EINVAL;
 }
 
-/* A fresh batch id: 128 random bits in hex, so batches of any client or instance never mix. */
-static int new_batch_id(char out[33])
+static int batch_handler(svc_request *req, void *state, rt_task **task_out)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char raw[16];
-    int err = uv_random(NULL, NULL, raw, sizeof(raw), 0, NULL);
-
-    if (err < 0)
-        return err;
-    for (size_t i = 0; i < sizeof(raw); i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 15];
-    }
-    out[32] = '\0';
-    return 0;
-}
-
-static int batch_handler(svc_request *req, bool bounded, rt_task **task_out)
-{
+    bool bounded = hs__is_after(req);
     int64_t dflt = req->app->config->batch_concurrency;
     json_t *body;
     int64_t delay;
@@ -665,6 +408,7 @@ static int batch_handler(svc_request *req, bool bounded, rt_task **task_out)
     batch *b;
     int err;
 
+    (void)state;
     if (dflt > BATCH_MAX_CONCURRENCY)
         dflt = BATCH_MAX_CONCURRENCY;
     if (svc_request_json(req, &body) < 0)
@@ -675,12 +419,8 @@ static int batch_handler(svc_request *req, bool bounded, rt_task **task_out)
     if (err == 0)
         err = svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency);
     json_decref(body);
-    if (err < 0)
+    if (err < 0 || !hs__has_db(req))
         goto out_free_ids;
-    if (req->app->db == NULL) {
-        err = RT_DB_EDOWN;
-        goto out_free_ids;
-    }
     b = calloc(1, sizeof(*b));
     if (b == NULL) {
         err = UV_ENOMEM;
@@ -691,7 +431,8 @@ static int batch_handler(svc_request *req, bool bounded, rt_task **task_out)
         err = UV_ENOMEM;
         goto out_free_batch;
     }
-    err = new_batch_id(b->batch_id);
+    /* 128 random bits in hex, so batches of any client or instance never mix. */
+    err = hs__random_hex(b->batch_id, 16);
     if (err < 0)
         goto out_free_failed;
     rt_task_init(&b->task, req->app->rt, &batch_vt);
@@ -711,43 +452,23 @@ out_free_batch:
     free(b);
 out_free_ids:
     free(ids);
-    /* A validation failure has set its 400 already; anything else is mapped by the server. */
+    /* A validation failure or a missing database has set its response already; anything else
+     * is mapped by the server. */
     return svc_request_has_response(req) ? 0 : err;
 }
 
-static int before_batch(svc_request *req, void *state, rt_task **task_out)
+/* --- rows ------------------------------------------------------------------------------------- */
+
+static const svc_route rows[] = {
+    {"POST", "/before/batch", SVC_VARIANT_BEFORE,
+     "pattern 2: fetch each user and write a row, one id at a time", batch_handler, NULL, 0},
+    {"POST", "/after/batch", SVC_VARIANT_AFTER,
+     "pattern 2: the same batch, at most `concurrency` at once, stopping at shutdown",
+     batch_handler, NULL, 0},
+};
+
+int hs_batch_register(svc_router *r, svc_app *app)
 {
-    (void)state;
-    return batch_handler(req, false, task_out);
-}
-
-static int after_batch(svc_request *req, void *state, rt_task **task_out)
-{
-    (void)state;
-    return batch_handler(req, true, task_out);
-}
-
-/* --- registration ---------------------------------------------------------------------------- */
-
-int hs_concurrency_register(svc_router *r, svc_app *app)
-{
-    static const svc_route rows[] = {
-        {"GET", "/before/users/{id}/dashboard", SVC_VARIANT_BEFORE,
-         "pattern 2: user, settings and recent transfers, awaited one after another",
-         before_dashboard, NULL, 0},
-        {"GET", "/after/users/{id}/dashboard", SVC_VARIANT_AFTER,
-         "pattern 2: user, settings and recent transfers, fetched concurrently (fail-fast join)",
-         after_dashboard, NULL, 0},
-        {"POST", "/before/batch", SVC_VARIANT_BEFORE,
-         "pattern 2: fetch each user and write a row, one id at a time", before_batch, NULL, 0},
-        {"POST", "/after/batch", SVC_VARIANT_AFTER,
-         "pattern 2: the same batch, at most `concurrency` at once, stopping at shutdown",
-         after_batch, NULL, 0},
-    };
-    int err = 0;
-
     (void)app;
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
-        err = svc_router_add(r, &rows[i]);
-    return err;
+    return HS_ROUTES_ADD(r, rows, NULL);
 }

@@ -1,9 +1,9 @@
-# Pattern 2 (handlers/concurrency.c): the dashboard (sequential vs joined) and the batch
-# (sequential vs a bounded stream that drains at shutdown), against the built binary.
+# Pattern 2, bounded stream (handlers/p2_batch.c): the batch, sequential vs a bounded stream that
+# drains at shutdown, against the built binary.
 # The batch tests count rows of batch_results, so they never run at the same time as each other.
 if(CURL_FOUND)
     find_package(Threads REQUIRED)
-    foreach(t dashboard:e2e batch:e2e batch_shutdown:fault)
+    foreach(t batch:e2e batch_shutdown:fault)
         string(REPLACE ":" ";" parts ${t})
         list(GET parts 0 name)
         list(GET parts 1 label)

@@ -1,25 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * pattern_db_int.h - what the pattern handlers share about the database: the user statement and
- * its JSON, the way `delay_ms` is played, and how a database error becomes a response.
+ * user_row_int.h - the user row that patterns 0 and 2 read: its statement, its route inputs and
+ * its JSON, and how `delay_ms` is played inside a statement.
  *
  * Patterns 0 and 2 read the same user row in four places (both users routes, the dashboard, the
  * batch). Keeping the statement text in one place is what makes `before` and `after` comparable:
  * they differ in how they wait for the row, never in what they ask for.
  */
-#ifndef HS_PATTERN_DB_INT_H
-#define HS_PATTERN_DB_INT_H
+#ifndef HS_USER_ROW_INT_H
+#define HS_USER_ROW_INT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runtime/db.h"
 #include "service/http.h"
-
-/* delay_ms is 0..5000 on every route that takes it (API.md). */
-#define HS_DELAY_MAX_MS 5000
-
-/* Room for any int64 in decimal, sign and NUL included. */
-#define HS_INT_TEXT 24
 
 /*
  * Timestamps leave the database as RFC 3339 UTC text (to_char(ts AT TIME ZONE 'UTC', this)), so
@@ -45,21 +40,12 @@
     " FROM d LEFT JOIN users u ON u.id = $1::bigint"
 #define HS_USER_STMT "hs_user_by_id"
 
-/** Writes v in decimal into buf (HS_INT_TEXT bytes) and returns buf. */
-const char *hs__int_text(char *buf, int64_t v);
-
 /**
  * Reads the user routes' inputs: the {id} path parameter into *id and the delay_ms query
  * parameter (0..HS_DELAY_MAX_MS, default 0) into *delay. Returns 0, or a negative error after
  * setting the 400 for the bad input. req is borrowed for the call; loop thread only.
  */
 int hs__user_args(svc_request *req, int64_t *id, int64_t *delay);
-
-/**
- * True when the service was configured with a database. Otherwise sets a 503 "no database is
- * configured" on req (borrowed for the call) and returns false; loop thread only.
- */
-bool hs__has_db(svc_request *req);
 
 /**
  * The user object {"id","name","email","created_at"} from the four columns of HS_USER_SQL as
@@ -77,16 +63,7 @@ bool hs__user_is_missing(const rt_db_result *r);
  */
 json_t *hs__user_json_result(const rt_db_result *r, bool *missing);
 
-/**
- * Sets the response for a failed database step: the pool's errors as svc_respond_uv_error maps
- * them (queue full -> 503 with Retry-After, database down or connection lost -> 503, timeouts ->
- * 504), and a server-side SQL error -> 500, logged with its SQLSTATE and message (which the
- * client never sees). r (may be NULL) is borrowed for the call.
- */
-void hs__respond_db_error(svc_request *req, int status, const rt_db_result *r);
+/** Sets the 404 of a user that does not exist. */
+void hs__user_respond_missing(svc_request *req, int64_t id);
 
-/** Logs a failed database step of req (what hs__respond_db_error logs), without responding. */
-void hs__log_db_error(const svc_request *req, int status, const char *sqlstate,
-                      const char *message);
-
-#endif /* HS_PATTERN_DB_INT_H */
+#endif /* HS_USER_ROW_INT_H */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * transfers_after.c - POST /after/transfers: the whole transfer in one transaction, raced against
- * the request's signal, with idempotency keys.
+ * p4_transfers_after.c - pattern 4, `after`: POST /after/transfers, the whole transfer in one
+ * transaction, raced against the request's signal, with idempotency keys.
  *
  * The transaction (rt_db_tx) is wrapped in an rt_race against req->signal, which the deadline
  * and the shutdown's cancellation both fire. The race is the one thing listening to that signal;
@@ -45,7 +45,7 @@
  *
  * With DB_TRANSACTION_POOLER=on (no pipelining) the same calls send one statement at a time.
  */
-#include "handlers/transfers_int.h"
+#include "handlers/p4_transfers_int.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -1,4 +1,4 @@
-# Pattern 0 (handlers/blocking.c): /healthz stalls behind `before` users and not behind `after`.
+# Pattern 0 (handlers/p0_blocking.c): /healthz stalls behind `before` users and not behind `after`.
 # An end-to-end test: the built binary on a free port, with TEST_DATABASE_URL as its database.
 if(CURL_FOUND)
     find_package(Threads REQUIRED)

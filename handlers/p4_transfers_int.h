@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * transfers_int.h - what the two files of pattern 4 share: transfers.c (the routes, the `before`
- * chain, the invariant) and transfers_after.c (the transaction raced against cancellation).
+ * p4_transfers_int.h - what the two files of pattern 4 share: p4_transfers.c (the routes, the
+ * `before` chain, the invariant) and p4_transfers_after.c (the transaction raced against
+ * cancellation).
  */
 #ifndef HS_TRANSFERS_INT_H
 #define HS_TRANSFERS_INT_H
@@ -9,7 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "handlers/pattern_db_int.h"
+#include "handlers/kit_int.h"
 #include "runtime/db.h"
 #include "service/http.h"
 
@@ -21,14 +22,13 @@
     "INSERT INTO transfers (from_account, to_account, amount, variant) "                           \
     "VALUES ($1::bigint, $2::bigint, $3::bigint, $4::text) RETURNING id"
 
-/* The rows' state: one per process, freed when the root scope closes. */
+/* The rows' state: one per process (hs__state_new), freed when the root scope closes. */
 typedef struct hs_xfer_state {
     svc_app *app;
     uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */
     uint64_t *rolled_back;      /* after: cancelled before COMMIT, rolled back */
     uint64_t *outcome_unknown;  /* after: COMMIT sent, its answer never came (503) */
     uint64_t *replayed;         /* after: answered from idempotency_keys */
-    rt_guard free_guard;
 } hs_xfer_state;
 
 /* A transfer request, validated, with the text forms the statements take as parameters. */

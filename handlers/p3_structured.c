@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * structured.c - pattern 3: POST /{before,after}/users/{id}/welcome, background work that writes
- * `events` rows to audit_events, one per `delay_ms`.
+ * p3_structured.c - pattern 3, structured concurrency: POST /{before,after}/users/{id}/welcome,
+ * background work that writes `events` rows to audit_events, one per `delay_ms`.
  *
  * Both variants answer the same way up front: the request's own task checks that the user exists
  * (404 otherwise, before anything is started), then hands the writing to background work and
@@ -31,24 +31,23 @@
  * table to exactly the number requested. A plain autocommit INSERT could not promise that: a
  * statement interrupted at the wrong moment may or may not have committed.
  */
-#include "handlers/structured.h"
+#include "handlers/patterns.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "handlers/pattern_db_int.h"
-#include "runtime/db.h"
+#include "handlers/kit_int.h"
+#include "handlers/user_row_int.h"
 #include "service/log.h"
 #include "service/metrics.h"
+
+/* --- statements ------------------------------------------------------------------------------- */
 
 #define EVENTS_DEFAULT   5
 #define EVENTS_MAX       100
 #define DELAY_DEFAULT_MS 50
 #define TASK_ID_MAX      48
-
-static const char sql_user[] = "SELECT 1 FROM users WHERE id = $1::bigint";
 
 /* One event: the delay is played inside the statement, as every database step of the API. */
 static const char sql_event[] = "WITH d AS (SELECT pg_sleep($4::float8 / 1000)) "
@@ -71,7 +70,6 @@ typedef struct structured {
     welcome_counters c;
     uint64_t next_id;
     char id_prefix[17];
-    rt_guard free_guard;
 } structured;
 
 typedef struct welcome_args {
@@ -83,14 +81,9 @@ typedef struct welcome_args {
 
 /* The request's own task: the user lookup, then the hand-off to background work. */
 typedef struct welcome_req {
-    rt_task task;
-    rt_db_query q;
+    hs_query q; /* first: the kit frees the struct */
     structured *s;
-    svc_request *req;
-    svc_variant variant;
     welcome_args a;
-    uint64_t q_started;
-    char user_s[HS_INT_TEXT];
 } welcome_req;
 
 /* before: the detached chain of queries. Owns copies of everything; never freed by anyone else. */
@@ -138,7 +131,7 @@ typedef struct writer {
 
 static const char *const scope_names[] = {"request", "service"};
 
-/* --- metrics ------------------------------------------------------------------------------ */
+/* --- shared: the pattern's metrics ------------------------------------------------------------ */
 
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
 static int counters_register(structured *s)
@@ -171,7 +164,7 @@ static int counters_register(structured *s)
     return 0;
 }
 
-/* --- before: the detached chain ------------------------------------------------------------ */
+/* --- before: the detached chain --------------------------------------------------------------- */
 
 static void detached_on_event(rt_task *t, int status);
 static void detached_on_released(rt_db_query *q);
@@ -252,7 +245,7 @@ static int detached_start(welcome_req *w, const char *task_id)
     return 0;
 }
 
-/* --- after: the scoped writer --------------------------------------------------------------- */
+/* --- after: the scoped writer ----------------------------------------------------------------- */
 
 static void writer_step(rt_db_tx *tx)
 {
@@ -384,16 +377,11 @@ static void writer_cancel(rt_task *t, int reason)
         rt_task_cancel(&w->tx.task, reason);
 }
 
-static void writer_release(rt_task *t)
-{
-    free(rt_container_of(t, writer, task));
-}
-
 static const rt_task_vtable writer_vt = {
     .name = "welcome.writer",
     .start = writer_start,
     .cancel = writer_cancel,
-    .release = writer_release,
+    .release = hs__task_free,
 };
 
 /* The request-scope writer's end decides the response that waited for it. */
@@ -418,24 +406,24 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
     rt_task_init(&w->task, s->app->rt, &writer_vt);
     rt_post_init(&w->next);
     w->db = s->app->db;
-    w->req = scope == SCOPE_REQUEST ? wr->req : NULL;
+    w->req = scope == SCOPE_REQUEST ? wr->q.req : NULL;
     w->scope = scope;
     w->written_total = s->c.written_after;
     w->tasks_cancelled = s->c.tasks_cancelled[scope];
     w->events_cancelled = s->c.events_cancelled[scope];
     w->events = wr->a.events;
     snprintf(w->task_id, sizeof(w->task_id), "%s", task_id);
-    snprintf(w->request_id, sizeof(w->request_id), "%s", wr->req->request_id);
-    snprintf(w->trace_id, sizeof(w->trace_id), "%s", wr->req->trace_id);
-    snprintf(w->span_id, sizeof(w->span_id), "%s", wr->req->span_id);
+    snprintf(w->request_id, sizeof(w->request_id), "%s", wr->q.req->request_id);
+    snprintf(w->trace_id, sizeof(w->trace_id), "%s", wr->q.req->trace_id);
+    snprintf(w->span_id, sizeof(w->span_id), "%s", wr->q.req->span_id);
     hs__int_text(w->user_s, wr->a.user_id);
     snprintf(w->delay_s, sizeof(w->delay_s), "%d", wr->a.delay_ms);
     if (scope == SCOPE_REQUEST)
-        return rt_scope_spawn(wr->req->scope, &w->task, writer_done_in_request);
+        return rt_scope_spawn(wr->q.req->scope, &w->task, writer_done_in_request);
     return rt_scope_spawn(s->app->service_scope, &w->task, NULL);
 }
 
-/* --- the request's task ------------------------------------------------------------------- */
+/* --- handler: the lookup, then the hand-off --------------------------------------------------- */
 
 static void respond_started(welcome_req *w, const char *task_id, const char *scope)
 {
@@ -443,76 +431,52 @@ static void respond_started(welcome_req *w, const char *task_id, const char *sco
         json_pack("{s:s, s:s, s:i}", "task_id", task_id, "scope", scope, "events", w->a.events);
 
     if (body == NULL)
-        svc_respond_uv_error(w->req, UV_ENOMEM);
+        svc_respond_uv_error(w->q.req, UV_ENOMEM);
     else
-        svc_respond_json(w->req, w->a.wait ? 200 : 202, body);
+        svc_respond_json(w->q.req, w->a.wait ? 200 : 202, body);
 }
 
-static void welcome_on_user(rt_task *t, int status)
+static int welcome_on_user(hs_query *q, const rt_db_result *r)
 {
-    welcome_req *w = rt_container_of(t, welcome_req, q.task);
+    welcome_req *w = rt_container_of(q, welcome_req, q);
     structured *s = w->s;
     char task_id[TASK_ID_MAX];
     int err;
 
-    svc_request_add_db_time(w->req, uv_hrtime() - w->q_started);
-    if (status < 0) {
-        svc_respond_uv_error(w->req, status);
-        rt_task_complete(&w->task, status);
-    } else if (rt_db_result_rows(&w->q.result) == 0) {
-        svc_respond_error(w->req, 404, "not_found", "user %" PRId64 " does not exist",
-                          w->a.user_id);
-        rt_task_complete(&w->task, 0);
-    } else if (rt_cancel_is_fired(w->req->signal)) {
+    if (rt_db_result_rows(r) == 0) {
+        hs__user_respond_missing(q->req, w->a.user_id);
+        return 0;
+    }
+    if (rt_cancel_is_fired(q->req->signal)) {
         /* The lookup won its race with the deadline by a hair: starting the work now would only
          * have it cancelled before its first event. */
-        svc_respond_uv_error(w->req, w->req->signal->reason);
-        rt_task_complete(&w->task, w->req->signal->reason);
-    } else {
-        snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
-        if (w->variant == SVC_VARIANT_BEFORE)
-            err = detached_start(w, task_id);
-        else
-            err = writer_spawn(w, task_id);
-        if (err < 0)
-            svc_respond_uv_error(w->req, err);
-        else if (w->variant == SVC_VARIANT_BEFORE)
-            respond_started(w, task_id, "detached");
-        else
-            respond_started(w, task_id, scope_names[w->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE]);
-        rt_task_complete(&w->task, err);
+        svc_respond_uv_error(q->req, q->req->signal->reason);
+        return q->req->signal->reason;
     }
-    rt_task_release(t);
+    snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
+    err = hs__is_after(q->req) ? writer_spawn(w, task_id) : detached_start(w, task_id);
+    if (err < 0)
+        svc_respond_uv_error(q->req, err);
+    else if (!hs__is_after(q->req))
+        respond_started(w, task_id, "detached");
+    else
+        respond_started(w, task_id, scope_names[w->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE]);
+    return err;
 }
 
-static int welcome_start(rt_task *t)
-{
-    welcome_req *w = rt_container_of(t, welcome_req, task);
-    const char *params[1] = {w->user_s};
-
-    rt_db_query_init(&w->q, w->req->app->db, sql_user, 1, params, NULL);
-    rt_db_query_prepare_as(&w->q, "hs_welcome_user");
-    w->q_started = uv_hrtime();
-    rt_task_start(&w->q.task, w->req->signal, welcome_on_user);
-    return 0;
-}
-
-static void welcome_release(rt_task *t)
-{
-    free(rt_container_of(t, welcome_req, task));
-}
-
-/* No cancel: the lookup listens to the request's signal itself, and the hand-off that follows
- * it does not wait for anything. */
-static const rt_task_vtable welcome_vt = {
-    .name = "welcome",
-    .start = welcome_start,
-    .cancel = NULL,
-    .release = welcome_release,
+/* The lookup listens to the request's signal itself, and the hand-off that follows it does not
+ * wait for anything. */
+static const hs_query_spec welcome_query = {
+    .vt = HS_QUERY_LISTEN("welcome"),
+    .sql = "SELECT 1 FROM users WHERE id = $1::bigint",
+    .stmt = "hs_welcome_user",
+    .nparams = 1,
+    .plain_errors = true,
+    .rows = welcome_on_user,
 };
 
 /* Reads and checks every input; on failure the 400 is set and UV_EINVAL returned. */
-static int parse_args(svc_request *req, svc_variant variant, welcome_args *a)
+static int parse_args(svc_request *req, welcome_args *a)
 {
     json_t *body;
     int64_t events;
@@ -523,7 +487,7 @@ static int parse_args(svc_request *req, svc_variant variant, welcome_args *a)
     if (err < 0)
         return err;
     a->wait = false;
-    if (variant == SVC_VARIANT_AFTER) {
+    if (hs__is_after(req)) {
         err = svc_query_bool(req, "wait", false, &a->wait);
         if (err < 0)
             return err;
@@ -542,72 +506,48 @@ static int parse_args(svc_request *req, svc_variant variant, welcome_args *a)
     return 0;
 }
 
-static int welcome(svc_request *req, structured *s, svc_variant variant, rt_task **task_out)
+static int welcome(svc_request *req, void *state, rt_task **task_out)
 {
     welcome_args a;
     welcome_req *w;
 
-    if (parse_args(req, variant, &a) < 0 || !hs__has_db(req))
+    if (parse_args(req, &a) < 0 || !hs__has_db(req))
         return 0;
-    w = calloc(1, sizeof(*w));
+    w = (welcome_req *)hs__query_new(req, &welcome_query, sizeof(*w), task_out);
     if (w == NULL)
         return UV_ENOMEM;
-    rt_task_init(&w->task, s->app->rt, &welcome_vt);
-    w->s = s;
-    w->req = req;
-    w->variant = variant;
+    w->s = state;
     w->a = a;
-    hs__int_text(w->user_s, a.user_id);
-    *task_out = &w->task;
+    hs__int_text(w->q.text[0], a.user_id);
     return 0;
 }
 
-static int welcome_before(svc_request *req, void *state, rt_task **task_out)
-{
-    return welcome(req, state, SVC_VARIANT_BEFORE, task_out);
-}
+/* --- rows ------------------------------------------------------------------------------------- */
 
-static int welcome_after(svc_request *req, void *state, rt_task **task_out)
-{
-    return welcome(req, state, SVC_VARIANT_AFTER, task_out);
-}
+static const svc_route rows[] = {
+    {"POST", "/before/users/{id}/welcome", SVC_VARIANT_BEFORE,
+     "fire-and-forget: writes audit events from a detached task that shutdown silently drops",
+     welcome, NULL, 0},
+    {"POST", "/after/users/{id}/welcome", SVC_VARIANT_AFTER,
+     "scoped background work: ?wait=true in the request scope, else the service scope, "
+     "drained then cancelled (and reported) at shutdown",
+     welcome, NULL, 0},
+};
 
 int hs_structured_register(svc_router *r, svc_app *app)
 {
-    structured *s = calloc(1, sizeof(*s));
-    unsigned char rnd[8];
-    int err = 0;
+    /* Requests and scoped writers are gone before the root scope closes; detached chains only
+     * hold copies and pointers into the metrics registry, never this state. */
+    structured *s = hs__state_new(app, sizeof(*s), NULL);
+    int err;
 
     if (s == NULL)
         return UV_ENOMEM;
     s->app = app;
     /* Task ids must not repeat across restarts (audit_events keeps them), so each process
      * numbers its tasks under a random prefix. */
-    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) != 0) {
-        uint64_t t = uv_hrtime();
-
-        memcpy(rnd, &t, sizeof(rnd));
-    }
-    for (size_t i = 0; i < sizeof(rnd); i++)
-        snprintf(s->id_prefix + 2 * i, 3, "%02x", rnd[i]);
-    /* Requests and scoped writers are gone before the root scope closes; detached chains only
-     * hold copies and pointers into the metrics registry, never this state. */
-    s->free_guard.fn = free;
-    s->free_guard.arg = s;
-    rt_scope_defer(app->root_scope, &s->free_guard);
+    if (hs__random_hex(s->id_prefix, 8) < 0)
+        snprintf(s->id_prefix, sizeof(s->id_prefix), "%016" PRIx64, uv_hrtime());
     err = counters_register(s);
-    if (err < 0)
-        return err;
-    const svc_route rows[] = {
-        {"POST", "/before/users/{id}/welcome", SVC_VARIANT_BEFORE,
-         "fire-and-forget: writes audit events from a detached task that shutdown silently drops",
-         welcome_before, s, 0},
-        {"POST", "/after/users/{id}/welcome", SVC_VARIANT_AFTER,
-         "scoped background work: ?wait=true in the request scope, else the service scope, "
-         "drained then cancelled (and reported) at shutdown",
-         welcome_after, s, 0},
-    };
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]) && err == 0; i++)
-        err = svc_router_add(r, &rows[i]);
-    return err;
+    return err < 0 ? err : HS_ROUTES_ADD(r, rows, s);
 }

@@ -1,4 +1,4 @@
-# Pattern 3 (handlers/structured.c): at SIGTERM, detached welcome tasks lose events silently;
+# Pattern 3 (handlers/p3_structured.c): at SIGTERM, detached welcome tasks lose events silently;
 # scoped ones write them or report each cancellation. Fault tests: the built binary, signalled,
 # on a database of each test's own (created on TEST_DATABASE_URL's server, dropped after).
 if(CURL_FOUND)

@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * kit_int.h - what every pattern handler needs and no pattern is about: the rows' shared state
+ * and their registration, the answer without a database, database errors as responses, a task
+ * that runs one statement and turns its result into the response, and random ids.
+ *
+ * With the kit, a pattern file (p<N>_<name>.c, see handlers/patterns.h) holds only its pattern:
+ * its statements, its `before` and its `after`. A handler shared by the two rows of a pair reads
+ * which one it serves from hs__is_after().
+ *
+ * Per-request storage is the task a handler hands back: the request scope releases it after the
+ * response, and hs__task_free is the release of a task that is the first member of its struct.
+ * The request interface has no allocation of its own to offer instead: req->scope, where a
+ * cleanup could be deferred, exists only once the task has started, and a handler that answers
+ * at once allocates nothing that outlives it.
+ */
+#ifndef HS_KIT_INT_H
+#define HS_KIT_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/db.h"
+#include "service/http.h"
+
+/* delay_ms is 0..5000 on every route that takes it (API.md). */
+#define HS_DELAY_MAX_MS 5000
+
+/* Room for any int64 in decimal, sign and NUL included. */
+#define HS_INT_TEXT 24
+
+/** Writes v in decimal into buf (HS_INT_TEXT bytes) and returns buf. */
+const char *hs__int_text(char *buf, int64_t v);
+
+/** Writes n random bytes as 2n lower-case hex digits and a NUL into out. Returns 0 or a uv_random
+ * error (out is then untouched). */
+int hs__random_hex(char *out, size_t n);
+
+/** True when req came in through the `after` row of its pair. */
+static inline bool hs__is_after(const svc_request *req)
+{
+    return req->route->variant == SVC_VARIANT_AFTER;
+}
+
+/* --- registration ---------------------------------------------------------------------------- */
+
+/**
+ * The state a pattern's rows share: size zeroed bytes that live until app->root_scope closes
+ * (after the server has stopped, so no request can still use them), then are handed to fin (if
+ * not NULL) and freed. NULL without memory. Startup only.
+ */
+void *hs__state_new(svc_app *app, size_t size, void (*fin)(void *state));
+
+/**
+ * Adds the n rows to r, each with state as its state. Returns 0, or the first error of
+ * svc_router_add. Startup only.
+ */
+int hs__routes_add(svc_router *r, const svc_route *rows, size_t n, void *state);
+
+#define HS_ROUTES_ADD(r, rows, state)                                                              \
+    hs__routes_add((r), (rows), sizeof(rows) / sizeof((rows)[0]), (state))
+
+/* --- database -------------------------------------------------------------------------------- */
+
+/**
+ * True when the service was configured with a database. Otherwise sets a 503 "no database is
+ * configured" on req (borrowed for the call) and returns false; loop thread only.
+ */
+bool hs__has_db(svc_request *req);
+
+/**
+ * Sets the response for a failed database step: the pool's errors as svc_respond_uv_error maps
+ * them (queue full -> 503 with Retry-After, database down or connection lost -> 503, timeouts ->
+ * 504), and a server-side SQL error -> 500, logged with its SQLSTATE and message (which the
+ * client never sees). r (may be NULL) is borrowed for the call.
+ */
+void hs__respond_db_error(svc_request *req, int status, const rt_db_result *r);
+
+/** Logs a failed database step of req (what hs__respond_db_error logs), without responding. */
+void hs__log_db_error(const svc_request *req, int status, const char *sqlstate,
+                      const char *message);
+
+/* --- tasks ----------------------------------------------------------------------------------- */
+
+/** A vtable's release for a task that is the first member of a malloc'd struct: frees it. */
+void hs__task_free(rt_task *t);
+
+/* The most parameters of an hs_query's statement. */
+#define HS_QUERY_PARAMS 3
+
+typedef struct hs_query hs_query;
+
+/**
+ * What a query does with its statement's result when the statement succeeded: sets the response
+ * and returns the status the task completes with. r is borrowed for the call.
+ */
+typedef int (*hs_query_rows_fn)(hs_query *q, const rt_db_result *r);
+
+/*
+ * A route that runs one statement, described once (static const). vt is HS_QUERY_FORWARD(name)
+ * (the task forwards the request's cancellation to the statement) or HS_QUERY_LISTEN(name) (the
+ * statement listens to req->signal itself and the task has no cancel).
+ */
+typedef struct hs_query_spec {
+    rt_task_vtable vt;
+    const char *sql;
+    const char *stmt;  /* prepared under this name by the pool; NULL: sent unprepared */
+    int nparams;       /* $1..$nparams are text[0..nparams) */
+    bool plain_errors; /* a failure as svc_respond_uv_error; else hs__respond_db_error */
+    hs_query_rows_fn rows;
+} hs_query_spec;
+
+/*
+ * The task: it sends the statement, adds the round trip to the request's database time, answers
+ * a failure as spec->plain_errors says and a success with spec->rows, and completes.
+ */
+struct hs_query {
+    rt_task task; /* what the handler hands to the server */
+    rt_db_query query;
+    const hs_query_spec *spec;
+    svc_request *req;
+    uint64_t sent_ns;
+    char text[HS_QUERY_PARAMS][HS_INT_TEXT]; /* the parameters, filled by the handler */
+};
+
+int hs__query_start(rt_task *t);
+void hs__query_cancel(rt_task *t, int reason);
+
+#define HS_QUERY_FORWARD(name_)                                                                    \
+    {                                                                                              \
+        .name = (name_), .start = hs__query_start, .cancel = hs__query_cancel,                     \
+        .release = hs__task_free                                                                   \
+    }
+#define HS_QUERY_LISTEN(name_)                                                                     \
+    {                                                                                              \
+        .name = (name_), .start = hs__query_start, .cancel = NULL, .release = hs__task_free        \
+    }
+
+/**
+ * A new query task of spec for req (borrowed until the response), in INIT, and stored in
+ * *task_out: size zeroed bytes (sizeof(hs_query), or a struct whose first member is one). The
+ * caller fills text[]. NULL without memory.
+ */
+hs_query *hs__query_new(svc_request *req, const hs_query_spec *spec, size_t size,
+                        rt_task **task_out);
+
+#endif /* HS_KIT_INT_H */
