@@ -387,8 +387,7 @@ static void test_answer_comes_after_the_key_is_free(void **state)
     assert_int_equal(r.status, 200);
     assert_true(e2e_header(&r, "Idempotent-Replayed", replayed, sizeof(replayed)));
     e2e_resp_free(&r);
-    fprintf(stderr, "  advisory locks held when the replay was answered: %lld\n",
-            (long long)held);
+    fprintf(stderr, "  advisory locks held when the replay was answered: %lld\n", (long long)held);
     assert_int_equal(held, 0);
     e2e_stop(&p);
     pgp_stop(&proxy);
