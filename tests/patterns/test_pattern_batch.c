@@ -105,10 +105,10 @@ static void test_batch_sequential_vs_bounded(void **state)
     check_rows(fx, &after, 101, 50, "after");
     assert_true(strcmp(before.batch_id, after.batch_id) != 0);
     assert_true(before.total_ms >= 40 * 50);
-    /* Five rounds of 50 ms, with room for a busy machine; behind a pooler in transaction mode
-     * (tests/db/pgbouncer.sh: one more hop per statement, one statement at a time) more room,
-     * still far from before's fifty. */
-    assert_true(after.total_ms < (pt_behind_pooler() ? 20 : 12) * 50);
+    /* Five rounds of 50 ms against before's fifty. A busy machine stretches both runs alike, so
+     * the proof is the ratio (after at most a third of before, where the ideal is a tenth) and
+     * the ten statements seen in flight at once, not a bound on after's own time. */
+    assert_true(after.total_ms * 3 <= before.total_ms);
     assert_true(after.total_ms >= 5 * 50 * 0.9);
     assert_int_equal(before.max_in_flight, 1);
     assert_int_equal(after.max_in_flight, 10);
