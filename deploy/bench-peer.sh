@@ -33,7 +33,10 @@ fi
 pool=${POOL:-8}
 workers=${WORKERS:-1}
 export ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} ROUTES=${ROUTES:-"healthz user dashboard transfer"}
-export CARGO_TARGET_DIR=$hs_root/build/peer
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$hs_root/build/peer}
+# The cluster's files live here; its server runs as postgres when this runs as root.
+export BENCH_WORKDIR=${BENCH_WORKDIR:-$(mktemp -d /tmp/hs-bench-peer.XXXXXX)}
+chmod 755 "$BENCH_WORKDIR"
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$hs_jobs" --target hindsight >/dev/null
