@@ -86,6 +86,7 @@ struct bank {
     int lost; /* failed with a lost connection or while the database was down (faults only) */
     int other;
     int other_status; /* the last of those */
+    op *live[OPS + 1]; /* by id, from start to delivery: what to name when the run stalls */
     uv_timer_t pause; /* faults only: starts the operations held back by paused */
     int paused;
     unsigned char told[OPS + 1];
@@ -126,6 +127,7 @@ static void op_done(rt_task *t, int status)
 
     o->delivered++;
     assert_int_equal(o->delivered, 1); /* R1 */
+    b->live[o->id] = NULL;
     if (o->kind == OP_READ) {
         if (status == 0) {
             int64_t total = -1;
@@ -268,6 +270,7 @@ static void op_start_next(bank *b)
         o->task = &o->u.tx.task;
     }
     o->task->data = o;
+    b->live[o->id] = o;
     rt_task_start(o->task, &o->deadline.signal, op_done);
 }
 
@@ -430,8 +433,29 @@ static void test_random_operations_keep_the_bank_invariant(void **state)
     }
     for (int i = 0; i < PARALLEL; i++)
         op_start_next(b);
-    if (!dbt_run_until(fx, bank_finished, b, 240000))
+    if (!dbt_run_until(fx, bank_finished, b, 240000)) {
+        rt_db_stats_get(fx->db, &st);
+        for (int i = 1; i <= ops; i++) {
+            const op *o = b->live[i];
+
+            if (o == NULL)
+                continue;
+            fprintf(stderr,
+                    "test_db_random: operation %d (kind %d, %s deadline) never completed: "
+                    "%s, %d statement(s) done, %d round trip(s), COMMIT %s\n",
+                    o->id, o->kind, o->deadline.at == RT_NO_DEADLINE ? "no" : "a",
+                    o->kind == OP_READ ? "a query" : "a transaction",
+                    o->kind == OP_READ ? 0 : (int)o->u.tx.step,
+                    o->kind == OP_READ ? 0 : (int)o->u.tx.round_trips,
+                    o->kind != OP_READ && o->u.tx.commit_sent ? "sent" : "not sent");
+        }
+        fprintf(stderr,
+                "test_db_random: pool: %zu idle, %zu busy, %zu connecting, %zu broken; %zu "
+                "queued, %zu in flight\n",
+                st.conns_idle, st.conns_busy, st.conns_connecting, st.conns_broken,
+                st.queue_depth, st.in_flight);
         fail_msg("only %d of %d operations finished", b->finished, ops);
+    }
     if (faults) {
         int closed = 0;
 
