@@ -85,9 +85,9 @@ struct bank {
     int unknown;
     int lost; /* failed with a lost connection or while the database was down (faults only) */
     int other;
-    int other_status; /* the last of those */
+    int other_status;  /* the last of those */
     op *live[OPS + 1]; /* by id, from start to delivery: what to name when the run stalls */
-    uv_timer_t pause; /* faults only: starts the operations held back by paused */
+    uv_timer_t pause;  /* faults only: starts the operations held back by paused */
     int paused;
     unsigned char told[OPS + 1];
 };
@@ -452,8 +452,8 @@ static void test_random_operations_keep_the_bank_invariant(void **state)
         fprintf(stderr,
                 "test_db_random: pool: %zu idle, %zu busy, %zu connecting, %zu broken; %zu "
                 "queued, %zu in flight\n",
-                st.conns_idle, st.conns_busy, st.conns_connecting, st.conns_broken,
-                st.queue_depth, st.in_flight);
+                st.conns_idle, st.conns_busy, st.conns_connecting, st.conns_broken, st.queue_depth,
+                st.in_flight);
         fail_msg("only %d of %d operations finished", b->finished, ops);
     }
     if (faults) {
