@@ -126,12 +126,16 @@ static const rt_task_vtable sleep_task_vt = {
 
 enum { H_SLEEP, H_FAIL_BUSY, H_NO_RESPONSE, H_CHILDREN, H_ENOMEM, H_BLOCK };
 
+/* Requests that have reached handler (loop thread), read by the client thread. */
+static int handled;
+
 static int handler(svc_request *req, void *state, rt_task **task_out)
 {
     int kind = (int)(intptr_t)state;
     sleep_task *st;
     int64_t ms;
 
+    __atomic_add_fetch(&handled, 1, __ATOMIC_RELEASE);
     if (kind == H_ENOMEM)
         return UV_ENOMEM;
     if (kind == H_BLOCK) {
@@ -337,6 +341,8 @@ static results res;
 
 static void *client(void *arg)
 {
+    int base;
+
     (void)arg;
     call_run((res.sleep50.path = "/sleep?ms=50", &res.sleep50));
     call_run((res.deadline.path = "/sleep?ms=5000", &res.deadline));
@@ -378,9 +384,14 @@ static void *client(void *arg)
     call_run((res.healthy_after.path = "/healthz", &res.healthy_after));
 
     /* Shutdown with two requests in flight: one ends within the grace period, one does not. */
+    base = __atomic_load_n(&handled, __ATOMIC_ACQUIRE);
     call_async(&res.finishes, "/sleep?ms=250");
     call_async(&res.cancelled, "/sleep?ms=900");
-    e2e_sleep_ms(100);
+    /* Both have reached their handler before shutdown begins: a fixed pause could end, on a
+     * busy machine, before they have even arrived. */
+    for (uint64_t until = e2e_now_ms() + 10000;
+         __atomic_load_n(&handled, __ATOMIC_ACQUIRE) < base + 2 && e2e_now_ms() < until;)
+        e2e_sleep_ms(5);
     uv_async_send(&h.trigger);
     call_wait(&res.finishes);
     call_wait(&res.cancelled);
