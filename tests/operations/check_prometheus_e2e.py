@@ -22,7 +22,9 @@ from opslib import ROOT, Load, Prometheus, Service, skip
 
 ALERT = "HindsightEventLoopStall"
 CLIENTS = 4
-DELAY_MS = 100
+# Longer than the probe's 100 ms period: the probe re-arms from each tick, so blocks of exactly
+# one period would end just as each tick fell due and look on time.
+DELAY_MS = 300
 AFTER_SECONDS = 15
 FIRE_TIMEOUT = 60
 
