@@ -664,25 +664,30 @@ static int cmp_int(const void *a, const void *b)
 /*
  * Slowloris: 300 connections that send headers a byte at a time cost the others nothing: /healthz
  * p99 stays under 15 ms while they hang on (45 under AddressSanitizer). A busy machine adds its
- * own stalls, so a round whose p99 missed is measured again (up to three rounds); a service that
- * is really slow misses all.
+ * own stalls, so a second instance without them is sampled at the same moments, alternately:
+ * a round passes when the p99 beside the slowloris connections is under the limit, or at most
+ * twice the quiet instance's plus 5 ms (the machine, not the service). A round that missed is
+ * measured again (up to three rounds); a service that is really slow misses all.
  */
 static void test_slowloris_keeps_healthz_fast(void **state)
 {
     enum { LORIS = 300, SAMPLES = 200, ROUNDS = 3 };
     static int loris[LORIS];
-    int lat[SAMPLES];
-    int best = 1 << 30;
-    e2e_proc p;
+    int lat[SAMPLES], quiet[SAMPLES];
+    bool ok = false;
+    e2e_proc p, q;
 
     (void)state;
     e2e_start(&p, NULL, NULL, true);
+    e2e_start(&q, NULL, NULL, true);
     for (int i = 0; i < LORIS; i++) {
         loris[i] = e2e_connect(&p);
         assert_true(loris[i] >= 0);
         assert_true(send_str(loris[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n"));
     }
-    for (int round = 0; round < ROUNDS && best >= HEALTHZ_P99_MS; round++) {
+    for (int round = 0; round < ROUNDS && !ok; round++) {
+        int p99, quiet_p99;
+
         for (int i = 0; i < SAMPLES; i++) {
             uint64_t t0;
 
@@ -694,14 +699,21 @@ static void test_slowloris_keeps_healthz_fast(void **state)
             t0 = e2e_now_ms();
             assert_int_equal(raw_status(&p, "GET", "/healthz", 5000, NULL), 200);
             lat[i] = (int)(e2e_now_ms() - t0);
+            t0 = e2e_now_ms();
+            assert_int_equal(raw_status(&q, "GET", "/healthz", 5000, NULL), 200);
+            quiet[i] = (int)(e2e_now_ms() - t0);
         }
         qsort(lat, SAMPLES, sizeof(lat[0]), cmp_int);
-        fprintf(stderr, "  /healthz beside %d slowloris connections: p50 %d ms, p99 %d ms\n", LORIS,
-                lat[SAMPLES / 2], lat[SAMPLES * 99 / 100]);
-        if (lat[SAMPLES * 99 / 100] < best)
-            best = lat[SAMPLES * 99 / 100];
+        qsort(quiet, SAMPLES, sizeof(quiet[0]), cmp_int);
+        p99 = lat[SAMPLES * 99 / 100];
+        quiet_p99 = quiet[SAMPLES * 99 / 100];
+        fprintf(stderr,
+                "  /healthz beside %d slowloris connections: p50 %d ms, p99 %d ms (without them: "
+                "p99 %d ms)\n",
+                LORIS, lat[SAMPLES / 2], p99, quiet_p99);
+        ok = p99 < HEALTHZ_P99_MS || p99 <= 2 * quiet_p99 + 5;
     }
-    assert_true(best < HEALTHZ_P99_MS);
+    assert_true(ok);
     /* They are all still open: nothing was shed for them (their deadline is 60 s). */
     for (int i = 0; i < LORIS; i++) {
         struct pollfd pfd = {loris[i], POLLIN, 0};
@@ -710,6 +722,7 @@ static void test_slowloris_keeps_healthz_fast(void **state)
     }
     for (int i = 0; i < LORIS; i++)
         close(loris[i]);
+    stop_within(&q, 0 + 10000 + 1000);
     stop_within(&p, 0 + 10000 + 1000);
 }
 
