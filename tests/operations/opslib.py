@@ -80,7 +80,10 @@ class Service:
         self.log = tempfile.NamedTemporaryFile(prefix="hs-ops-%s-" % name, suffix=".log",
                                                delete=False)
         full = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-        full.update({"PORT": str(self.port), "HOST": "127.0.0.1", "LOG_LEVEL": "warn"})
+        # One loop unless the test says otherwise: the default (one per CPU) splits the pool and
+        # its queue between loops, and the matrices count on one pool of the size they give.
+        full.update({"PORT": str(self.port), "HOST": "127.0.0.1", "LOG_LEVEL": "warn",
+                     "WORKERS": "1"})
         full.update(env)
         self.proc = subprocess.Popen([BIN], env=full, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 90

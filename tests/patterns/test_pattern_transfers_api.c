@@ -27,6 +27,7 @@
 typedef struct fixture {
     e2e_proc p;
     pf_db d;
+    pgp proxy; /* running while proxy.pid > 0 (one test), stopped by teardown if it failed */
 } fixture;
 
 static int setup(void **state)
@@ -44,6 +45,9 @@ static int teardown(void **state)
     fixture *fx = *state;
 
     e2e_stop(&fx->p);
+    e2e_kill_all();
+    if (fx->proxy.pid > 0)
+        pgp_stop(&fx->proxy);
     pf_db_drop(&fx->d);
     return 0;
 }
@@ -362,25 +366,27 @@ static void test_deadlock_victim_is_told_to_retry(void **state)
 static void test_answer_comes_after_the_key_is_free(void **state)
 {
     static const char body[] = "{\"from\":91,\"to\":92,\"amount\":3}";
+    /* This database's only: other tests' services hold advisory locks of their own. */
     static const char sql_locks[] =
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted";
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())";
     fixture *fx = *state;
     pf_db via = fx->d;
     e2e_proc p = {0};
-    pgp proxy;
+    pgp *proxy = &fx->proxy;
     e2e_resp r;
     char replayed[16];
     int64_t held;
 
-    assert_int_equal(pgp_start(&proxy, pgp_url_port(fx->d.url)), 0);
-    assert_int_equal(pgp_url(&proxy, fx->d.url, via.url, sizeof(via.url)), 0);
+    assert_int_equal(pgp_start(proxy, pgp_url_port(fx->d.url)), 0);
+    assert_int_equal(pgp_url(proxy, fx->d.url, via.url, sizeof(via.url)), 0);
     via.watch = NULL;
     pf_start(&p, &via, NULL);
     e2e_request(&p, "POST", "/after/transfers", body,
                 (const char *[]){"Idempotency-Key: free-91", NULL}, &r);
     assert_int_equal(r.status, 200);
     e2e_resp_free(&r);
-    assert_int_equal(pgp_cmd(&proxy, "delay 300"), 0);
+    assert_int_equal(pgp_cmd(proxy, "delay 300"), 0);
     e2e_request(&p, "POST", "/after/transfers", body,
                 (const char *[]){"Idempotency-Key: free-91", NULL}, &r);
     held = pf_db_int(&fx->d, sql_locks);
@@ -390,7 +396,7 @@ static void test_answer_comes_after_the_key_is_free(void **state)
     fprintf(stderr, "  advisory locks held when the replay was answered: %lld\n", (long long)held);
     assert_int_equal(held, 0);
     e2e_stop(&p);
-    pgp_stop(&proxy);
+    pgp_stop(proxy);
     assert_int_equal(balance(fx, 91), 997);
 }
 
