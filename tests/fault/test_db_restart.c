@@ -148,6 +148,16 @@ static void ttx_cb(rt_task *t, int status)
     x->status = status;
 }
 
+/* The transaction and the three slow queries have all been placed on connections. */
+static bool all_placed(void *arg)
+{
+    dbt_fixture *fx = arg;
+    rt_db_stats st;
+
+    rt_db_stats_get(fx->db, &st);
+    return st.in_flight >= 4 && st.queue_depth == 0;
+}
+
 static void test_server_restart_with_work_in_flight(void **state)
 {
     dbt_fixture *fx = *state;
@@ -181,6 +191,9 @@ static void test_server_restart_with_work_in_flight(void **state)
             dbt_query_start(&slow[i], fx->db, "SELECT pg_sleep(30)", 0, NULL, NULL);
             slow[i].counter = &done;
         }
+        /* Every one of them on a connection (after the restart of round 0 the pool reconnects
+         * first, which a busy machine stretches), then a moment for them to reach the server. */
+        assert_true(dbt_run_until(fx, all_placed, fx, 15000));
         dbt_run_for(fx, 200);
 
         /* Stop: everything in flight fails with a connection error, promptly. */
