@@ -176,6 +176,29 @@ static void test_both_serve_and_metrics_sum(void **state)
  */
 #define PROBE_MS 1000
 
+/*
+ * Starts the service with env, warms up `before`'s own connection on a connection served by
+ * worker 0, then sends a `before` request that holds worker 0's loop for delay_ms. Returns that
+ * connection; *t0 is when the blocking request went out. Skips without a database.
+ */
+static int block_worker0(e2e_proc *p, const char *const *env, int delay_ms, uint64_t *t0)
+{
+    char buf[65536], path[64];
+    int w, fd;
+
+    if (getenv("TEST_DATABASE_URL") == NULL)
+        skip();
+    e2e_start(p, env, NULL, true);
+    fd = conn_of_worker(p, 0);
+    /* A warm-up: before's own connection is opened by its first request. */
+    send_get(fd, "/before/users/1");
+    assert_int_equal(read_resp(fd, buf, sizeof(buf), &w, 30000), 200);
+    snprintf(path, sizeof(path), "/before/users/1?delay_ms=%d", delay_ms);
+    *t0 = e2e_now_ms();
+    send_get(fd, path);
+    return fd;
+}
+
 static void test_blocking_before_stalls_one_worker(void **state)
 {
     const char *const env[] = {"WORKERS=2", "BEFORE_ROUTES=on", NULL};
@@ -185,15 +208,7 @@ static void test_blocking_before_stalls_one_worker(void **state)
     uint64_t t0;
 
     (void)state;
-    if (getenv("TEST_DATABASE_URL") == NULL)
-        skip();
-    e2e_start(&p, env, NULL, true);
-    fd = conn_of_worker(&p, 0);
-    /* A warm-up: before's own connection is opened by its first request. */
-    send_get(fd, "/before/users/1");
-    assert_int_equal(read_resp(fd, buf, sizeof(buf), &w, 30000), 200);
-    t0 = e2e_now_ms();
-    send_get(fd, "/before/users/1?delay_ms=4000");
+    fd = block_worker0(&p, env, 4000, &t0);
     while (fast < 5 && e2e_now_ms() - t0 < 3000) {
         int c = e2e_connect(&p);
         uint64_t s = e2e_now_ms();
@@ -230,14 +245,7 @@ static void test_stalled_worker_fails_liveness(void **state)
     uint64_t t0;
 
     (void)state;
-    if (getenv("TEST_DATABASE_URL") == NULL)
-        skip();
-    e2e_start(&p, env, NULL, true);
-    fd = conn_of_worker(&p, 0);
-    send_get(fd, "/before/users/1");
-    assert_int_equal(read_resp(fd, buf, sizeof(buf), &w, 30000), 200);
-    t0 = e2e_now_ms();
-    send_get(fd, "/before/users/1?delay_ms=5000");
+    fd = block_worker0(&p, env, 5000, &t0);
     /* Worker 1 answers; once worker 0's probe is 500 ms late, with 503 naming worker 0. */
     while (status != 503 && e2e_now_ms() - t0 < 4500) {
         int c = e2e_connect(&p);
