@@ -351,7 +351,6 @@ static void test_malformed_content_length(void **state)
 {
     static const char *const values[] = {"-1", "+11", "11abc", ""};
     char raw[256];
-    exchange x;
 
     (void)state;
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
@@ -360,10 +359,16 @@ static void test_malformed_content_length(void **state)
                          "{}" SMUGGLED,
                          values[i]);
 
+        exchange x;
+
+        /* libmicrohttpd answers this itself, before the service sees the request, and before
+         * 1.0 writes that answer's head twice (docs/architecture.md). Either way: a 400, the
+         * smuggled request behind it never read as a request, and the connection closed. */
+        if (e2e_library_major() >= 1) {
+            assert_refused(raw, (size_t)n, 400, "bad_request");
+            continue;
+        }
         exchange_raw(raw, (size_t)n, &x);
-        /* libmicrohttpd 0.9.75 answers this itself before the service sees the request (and
-         * writes its head twice: docs/architecture.md); what must hold is a 400, no body read as a
-         * request, and the connection closed. */
         assert_true(x.closed);
         assert_int_equal(first_status(&x), 400);
         assert_null(strstr(x.data, "HTTP/1.1 404"));
