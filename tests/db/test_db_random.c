@@ -89,6 +89,7 @@ struct bank {
     op *live[OPS + 1]; /* by id, from start to delivery: what to name when the run stalls */
     uv_timer_t pause;  /* faults only: starts the operations held back by paused */
     int paused;
+    bool stopped; /* the run failed: nothing new starts while the pool closes */
     unsigned char told[OPS + 1];
 };
 
@@ -240,7 +241,7 @@ static void op_start_next(bank *b)
     uint64_t r;
     uint64_t at = RT_NO_DEADLINE;
 
-    if (b->started == ops)
+    if (b->started == ops || b->stopped)
         return;
     b->started++;
     o = calloc(1, sizeof(*o));
@@ -358,6 +359,20 @@ static void chaos_tick(uv_timer_t *t)
     uv_timer_start(t, chaos_tick, 100 + next_rand(b) % 400, 0);
 }
 
+/* Closes the chaos timer and the pause timer. Both live in memory the test frees or returns
+ * from (also when it fails): their closes must be over first. */
+static void chaos_stop(dbt_fixture *fx, chaos *ch)
+{
+    int closed = 0;
+
+    ch->timer.data = &closed;
+    ch->b->pause.data = &closed;
+    uv_close((uv_handle_t *)&ch->timer, count_closed);
+    uv_close((uv_handle_t *)&ch->b->pause, count_closed);
+    while (closed < 2)
+        uv_run(&fx->loop, UV_RUN_NOWAIT);
+}
+
 static void check_ledger(bank *b)
 {
     PGconn *c = dbt_plain();
@@ -457,18 +472,13 @@ static void test_random_operations_keep_the_bank_invariant(void **state)
                 "queued, %zu in flight\n",
                 st.conns_idle, st.conns_busy, st.conns_connecting, st.conns_broken, st.queue_depth,
                 st.in_flight);
+        if (faults)
+            chaos_stop(fx, &ch);
+        b->stopped = true;
         fail_msg("only %d of %d operations finished", b->finished, ops);
     }
     if (faults) {
-        int closed = 0;
-
-        ch.timer.data = &closed;
-        b->pause.data = &closed;
-        uv_close((uv_handle_t *)&ch.timer, count_closed);
-        uv_close((uv_handle_t *)&b->pause, count_closed);
-        /* Both live in memory this function frees or returns: their closes must be over first. */
-        while (closed < 2)
-            uv_run(&fx->loop, UV_RUN_NOWAIT);
+        chaos_stop(fx, &ch);
         assert_int_equal(pgp_cmd(&proxy, "pass"), 0);
         assert_int_equal(pgp_cmd(&proxy, "delay 0"), 0);
         assert_int_equal(pgp_cmd(&proxy, "drop_commit 0"), 0);
