@@ -494,6 +494,12 @@ static void conn_on_poll(uv_poll_t *h, int status, int events)
 
     if (c == NULL)
         return;
+    /* libuv reports an error on the socket (POLLERR) as a status, and has stopped the watch by
+     * then: forget its events, so that the next rt__db_conn_watch starts it again. Without
+     * this, a handshake whose last answer arrived together with a reset came up READY with a
+     * socket that nothing watched, and its first statement waited forever. */
+    if (status < 0)
+        c->events = 0;
     if (c->state == CONN_CONNECTING) {
         PostgresPollingStatusType r;
         int err;

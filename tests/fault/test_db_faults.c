@@ -2,8 +2,9 @@
 /*
  * test_db_faults.c - the driver under network faults injected by tests/fault/pgproxy.py between
  * the pool and TEST_DATABASE_URL's server: cancel requests that never return, pipelined
- * statements of a cancelled request, a silent partition of an idle pool, and a server that
- * drops every connection shortly after accepting it.
+ * statements of a cancelled request, a silent partition of an idle pool, a server that drops
+ * every connection shortly after accepting it, a server that refuses for being full, and (from a
+ * fake server, without the proxy) a handshake whose last answer arrives together with a reset.
  *
  * Every bound checked here is wide relative to the delay injected (a busy machine can only make
  * things slower, and each check is either a lower bound or a bound many times the expected time).
@@ -11,6 +12,10 @@
 #include "db_test.h"
 
 #include "fault/pgproxy.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 static pgp proxy;
 static char proxied[256];
@@ -322,6 +327,128 @@ static void test_full_server_backs_off_and_reports_once(void **state)
     PQfinish(d);
 }
 
+/* --- a handshake that ends as the connection breaks ----------------------------------------- */
+
+/*
+ * A one-shot fake server on loopback, stepped from the test's own loop between iterations: it
+ * accepts one connection, reads the startup packet, and answers the handshake (authentication
+ * OK, the backend's key, ready for query) followed at once by a reset. Both land while the
+ * driver's loop is not polling, so its next poll sees the answer and the reset together.
+ */
+typedef struct fake_server {
+    int listener;
+    int conn;
+    int port;
+    unsigned char in[512];
+    size_t got;
+    bool answered;
+} fake_server;
+
+static void fake_server_open(fake_server *f)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+
+    memset(f, 0, sizeof(*f));
+    f->conn = -1;
+    f->listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    assert_true(f->listener >= 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(f->listener, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(f->listener, 8), 0);
+    assert_int_equal(getsockname(f->listener, (struct sockaddr *)&a, &len), 0);
+    f->port = ntohs(a.sin_port);
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    v = htonl(v);
+    memcpy(p, &v, 4);
+}
+
+/* One step; true once the answer and the reset have been sent. */
+static bool fake_server_step(void *arg)
+{
+    fake_server *f = arg;
+    unsigned char out[64];
+    size_t n = 0;
+    struct linger reset = {1, 0};
+    uint32_t want;
+    ssize_t r;
+
+    if (f->answered)
+        return true;
+    if (f->conn < 0) {
+        f->conn = accept(f->listener, NULL, NULL);
+        if (f->conn < 0)
+            return false;
+        assert_int_equal(fcntl(f->conn, F_SETFL, O_NONBLOCK), 0);
+    }
+    r = recv(f->conn, f->in + f->got, sizeof(f->in) - f->got, 0);
+    if (r > 0)
+        f->got += (size_t)r;
+    if (f->got < 4)
+        return false;
+    memcpy(&want, f->in, 4);
+    if (f->got < ntohl(want))
+        return false; /* the startup packet is not all there yet */
+    /* AuthenticationOk, BackendKeyData, ReadyForQuery (idle). */
+    out[n++] = 'R';
+    put32(out + n, 8);
+    put32(out + n + 4, 0);
+    n += 8;
+    out[n++] = 'K';
+    put32(out + n, 12);
+    put32(out + n + 4, 4242);
+    put32(out + n + 8, 1);
+    n += 12;
+    out[n++] = 'Z';
+    put32(out + n, 5);
+    out[n + 4] = 'I';
+    n += 5;
+    assert_int_equal(send(f->conn, out, n, MSG_NOSIGNAL), (ssize_t)n);
+    assert_int_equal(setsockopt(f->conn, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+    close(f->conn);
+    f->conn = -1;
+    /* Later attempts are refused. */
+    close(f->listener);
+    f->listener = -1;
+    f->answered = true;
+    return true;
+}
+
+/*
+ * The server's last handshake message and a reset arrive together. libuv reports the reset as
+ * an error on the socket and stops watching it; libpq still reads the buffered messages and
+ * says the connection is up. A statement sent on it must fail at once (the connection is gone),
+ * not wait forever on a socket nobody watches.
+ */
+static void test_handshake_ending_in_a_reset(void **state)
+{
+    dbt_fixture *fx = *state;
+    rt_db_config cfg = dbt_config(1, 1);
+    fake_server f;
+    char conninfo[160];
+    static dbt_query q; /* outlives a failed test: the pool's close still delivers to it */
+
+    fake_server_open(&f);
+    snprintf(conninfo, sizeof(conninfo),
+             "host=127.0.0.1 port=%d user=hs dbname=hs sslmode=disable gssencmode=disable", f.port);
+    cfg.conninfo = conninfo;
+    assert_int_equal(rt_db_open(&fx->db, &fx->rt, &cfg), 0);
+    /* No deadline: nothing but the connection's own fate can end it. */
+    dbt_query_start(&q, fx->db, "SELECT 1", 0, NULL, NULL);
+    if (!dbt_run_until(fx, fake_server_step, &f, 10000))
+        fail_msg("the pool never reached the fake server");
+    dbt_wait_query(fx, &q, 10000);
+    print_message("the statement ended with %s\n", uv_err_name(q.status));
+    assert_int_not_equal(q.status, 0);
+    rt_task_release(&q.q.task);
+    close_within(fx, 10000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +457,7 @@ int main(void)
         FAULT_TEST(test_idle_partition_is_noticed),
         FAULT_TEST(test_flapping_server_bounded_attempts),
         FAULT_TEST(test_full_server_backs_off_and_reports_once),
+        FAULT_TEST(test_handshake_ending_in_a_reset),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
