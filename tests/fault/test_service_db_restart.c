@@ -741,6 +741,12 @@ static void test_connections_terminated(void **state)
     }
     back_ms = e2e_now_ms() - t0;
     PQfinish(c);
+    /* A new backend exists once the server has authenticated it, a little before its pool has
+     * the connection ready. With several workers, each pool holds only a few connections, and
+     * all of one pool's may still be finishing their handshakes here; the readiness seen above
+     * may also predate the pools noticing the kill at all. So the steady state begins when
+     * readiness says so again, now that every connection has reopened. */
+    wait_ready(&p, RECOVER_MAX_MS);
     atomic_store(&tr.phase, PH_AFTER);
     hold(&p, STEADY_MS, true);
     traffic_stop();
