@@ -1,20 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * p2_batch.c - pattern 2, bounded stream: POST /{before,after}/batch.
+ * p2_batch.c - pattern 2, bounded stream: POST /{before,after}/batch. For each id, fetch the user
+ * (the slow step), then write one batch_results row. `before` loops, one id at a time, blind to
+ * shutdown. `after` pulls the ids through an rt_stream that keeps at most `concurrency` in flight
+ * and stops on the service's drain signal: at shutdown no new item starts, the in-flight ones
+ * finish, and the answer says what was done.
  *
- * The batch fetches each user (slow step) and writes one batch_results row per id. `before` is
- * the sequential loop: n items cost n delays, and it does not notice a shutdown, so the grace
- * period runs out under it and it is cancelled without telling the client what it wrote.
- * `after` pulls items through an rt_stream that keeps at most `concurrency` in flight (about
- * ceil(n/c) delays, and never more than c pool slots taken by one batch), and whose stop signal
- * is the service's drain signal in drain mode: at shutdown it starts no new item, lets the
- * in-flight ones finish, and answers with what it did.
- *
- * Accounting is exact by construction: an item is "completed" only once its INSERT has
- * succeeded, and an INSERT, once sent, is not cancelled (it is short, and cancelling it would
- * leave the client unsure whether the row exists). Cancellation strikes the fetch only, before
- * anything is written. So `completed` equals the rows written for the batch_id, and
- * requested = completed + cancelled + failed.
+ * Accounting is exact by construction: an item is "completed" only once its INSERT succeeded,
+ * and an INSERT, once sent, is not cancelled (it is short, and cancelling it would leave the
+ * client unsure whether the row exists). So `completed` equals the rows written for the batch_id,
+ * and requested = completed + cancelled + failed.
  */
 #include "handlers/patterns.h"
 
@@ -138,7 +133,7 @@ static const rt_task_vtable item_vt = {
 /* A new item for id, in INIT; NULL without memory. Both statements are ready to start. */
 static batch_item *item_new(batch *b, int64_t id)
 {
-    batch_item *it = malloc(sizeof(*it));
+    batch_item *it = calloc(1, sizeof(*it));
     const char *fetch_params[2];
     const char *insert_params[3];
     rt_db *db = b->req->app->db;
@@ -148,9 +143,6 @@ static batch_item *item_new(batch *b, int64_t id)
     rt_task_init(&it->task, b->req->app->rt, &item_vt);
     it->b = b;
     it->user_id = id;
-    it->started = false;
-    it->inserting = false;
-    it->missing = false;
     hs__int_text(it->id_txt, id);
     fetch_params[0] = it->id_txt;
     fetch_params[1] = b->delay_txt;
@@ -228,28 +220,23 @@ static void log_batch_end(const batch *b, const char *how)
  */
 static void batch_finish(batch *b, int status)
 {
+    bool timeout = status == UV_ETIMEDOUT;
     json_t *body;
 
     svc_request_add_db_time(b->req, uv_hrtime() - b->t0);
     body = batch_report(b);
-    if (body == NULL) {
-        svc_respond_uv_error(b->req, UV_ENOMEM);
-    } else if (status == 0) {
-        if (b->completed + b->nfailed < b->n)
-            log_batch_end(b, "drain");
-        svc_respond_json(b->req, 200, body);
-    } else {
-        bool timeout = status == UV_ETIMEDOUT;
-
+    if (body != NULL && status < 0) {
         log_batch_end(b, uv_err_name(status));
         json_object_set_new(
             body, "error",
             json_pack("{s:s,s:s}", "code", timeout ? "timeout" : "unavailable", "message",
                       timeout ? "the request's deadline passed" : "the batch was interrupted"));
-        svc_respond_json(b->req, timeout ? 504 : 503, body);
-        if (status == UV_ENOMEM)
-            svc_respond_header(b->req, "Retry-After", "1");
+    } else if (body != NULL && b->completed + b->nfailed < b->n) {
+        log_batch_end(b, "drain");
     }
+    hs__respond_json(b->req, status == 0 ? 200 : timeout ? 504 : 503, body);
+    if (body != NULL && status == UV_ENOMEM)
+        svc_respond_header(b->req, "Retry-After", "1");
     rt_task_complete(&b->task, status);
 }
 
@@ -398,7 +385,6 @@ out_invalid:
 
 static int batch_handler(svc_request *req, void *state, rt_task **task_out)
 {
-    bool bounded = hs__is_after(req);
     int64_t dflt = req->app->config->batch_concurrency;
     json_t *body;
     int64_t delay;
@@ -419,42 +405,29 @@ static int batch_handler(svc_request *req, void *state, rt_task **task_out)
     if (err == 0)
         err = svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency);
     json_decref(body);
-    if (err < 0 || !hs__has_db(req))
-        goto out_free_ids;
-    b = calloc(1, sizeof(*b));
+    if (err < 0 || !hs__has_db(req)) {
+        free(ids);
+        /* Bad input or no database has set its response; anything else the server maps. */
+        return svc_request_has_response(req) ? 0 : err;
+    }
+    b = hs__task_new(req, &batch_vt, sizeof(*b), task_out);
     if (b == NULL) {
-        err = UV_ENOMEM;
-        goto out_free_ids;
+        free(ids);
+        return UV_ENOMEM;
     }
-    b->failed = malloc(n * sizeof(*b->failed));
-    if (b->failed == NULL) {
-        err = UV_ENOMEM;
-        goto out_free_batch;
-    }
-    /* 128 random bits in hex, so batches of any client or instance never mix. */
-    err = hs__random_hex(b->batch_id, 16);
-    if (err < 0)
-        goto out_free_failed;
-    rt_task_init(&b->task, req->app->rt, &batch_vt);
-    b->req = req;
-    b->bounded = bounded;
-    b->variant = bounded ? "after" : "before";
+    /* From here on batch_release frees what b owns, when the server releases the task. */
     b->ids = ids;
+    b->failed = malloc(n * sizeof(*b->failed));
+    b->req = req;
+    b->bounded = hs__is_after(req);
+    b->variant = b->bounded ? "after" : "before";
     b->n = n;
     b->concurrency = (size_t)concurrency;
     hs__int_text(b->delay_txt, delay);
-    *task_out = &b->task;
-    return 0;
-
-out_free_failed:
-    free(b->failed);
-out_free_batch:
-    free(b);
-out_free_ids:
-    free(ids);
-    /* A validation failure or a missing database has set its response already; anything else
-     * is mapped by the server. */
-    return svc_request_has_response(req) ? 0 : err;
+    if (b->failed == NULL)
+        return UV_ENOMEM;
+    /* 128 random bits in hex, so batches of any client or instance never mix. */
+    return hs__random_hex(b->batch_id, 16);
 }
 
 /* --- rows ------------------------------------------------------------------------------------- */

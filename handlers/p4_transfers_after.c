@@ -1,49 +1,34 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * p4_transfers_after.c - pattern 4, `after`: POST /after/transfers, the whole transfer in one
- * transaction, raced against the request's signal, with idempotency keys.
+ * transaction raced against the request's signal, with idempotency keys.
  *
- * The transaction (rt_db_tx) is wrapped in an rt_race against req->signal, which the deadline
- * and the shutdown's cancellation both fire. The race is the one thing listening to that signal;
- * it forwards the cancellation to the transaction, whose own rule applies: before COMMIT is sent
- * a cancellation abandons it and the pool rolls it back, after that the answer to COMMIT is
- * awaited (bounded by the pool's commit timeout). The race adds the tie rule: when the signal
- * fires in the same turn as the transaction's end, the signal wins, so a request that saw its
- * deadline pass answers 504 even if a refusal (409, 422, a replay) was decided a moment earlier.
- * The exception is a transaction whose COMMIT was sent: the signal no longer decides anything,
- * so the answer is what the database did. Acknowledged, the money has moved (200); refused, the
- * refusal; unanswered, nobody knows (503 commit_outcome_unknown: the client retries with the
- * same Idempotency-Key and gets the stored answer if it committed). Never a 504 "cancelled",
+ * The rt_race is the one listener of req->signal (deadline, shutdown) and forwards it to the
+ * rt_db_tx: before COMMIT is sent a cancellation abandons the transaction (the pool rolls it
+ * back); after, COMMIT's answer is awaited, bounded by the pool's commit timeout. On a tie the
+ * signal wins, so a request that saw its deadline pass answers 504 even if a refusal or a replay
+ * was decided a moment earlier; except once COMMIT is sent, when the answer is what the database
+ * did: acknowledged 200, refused the refusal, unanswered 503 commit_outcome_unknown (the client
+ * retries with its Idempotency-Key and gets the stored answer if it committed). Never a 504,
  * which would contradict a database that may well show the transfer.
- *
- * The transaction waits on the database twice (three times with a key):
  *
  *   no key:   [BEGIN, MOVE] -> [delay: SLEEP] -> [COMMIT]
  *   key:      [BEGIN, LOCK, LOOKUP] -> [MOVE] -> [delay: SLEEP] -> [STORE, COMMIT]
  *   replay:   [BEGIN, LOCK, LOOKUP] -> [COMMIT]   (a keyed refusal likewise ends in a COMMIT)
  *
- * where brackets are one round trip: the statements known before the transaction starts are
- * pipelined behind BEGIN, and COMMIT goes right behind STORE. MOVE is the whole transfer in one
- * statement: it locks both rows in id order (ORDER BY id FOR NO KEY UPDATE), so two transfers
- * in opposite directions lock in the same order and cannot deadlock (NO KEY: a transfer changes
- * balances, never ids, so the FOR KEY SHARE that any insert referencing an account takes for
- * its foreign key, a `before` transfer's rows among them, neither blocks it nor is blocked by
- * it, and cannot close a cycle with it either); checks that both exist and
- * that `from` holds enough; and only then debits, credits and writes the transfer row and its
- * two ledger legs. It returns what it found, and the step callback answers 404 or 409 (the pool
- * rolls back, nothing was written) or goes on to COMMIT. SLEEP is the demonstrations' delay_ms,
- * played with the rows locked and nothing yet committed, so a cancellation during it rolls back.
+ * Brackets are round trips (pipelined; one statement at a time with DB_TRANSACTION_POOLER=on).
+ * MOVE is the whole transfer in one statement: it locks both rows in id order (FOR NO KEY UPDATE:
+ * opposite transfers cannot deadlock, and the FOR KEY SHARE of a foreign key check, a `before`
+ * transfer's among them, neither blocks it nor closes a cycle with it), checks both exist and
+ * `from` holds enough, and only then writes; the step callback answers 404/409 (rolled back) or
+ * goes on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
  *
- * LOCK takes pg_try_advisory_xact_lock on the key: a second request with the same key while the
- * first is running gets false and a 409 at once instead of queuing behind it. LOOKUP replays a
- * stored response (same body hash) or refuses the key (422); it is its own statement, pipelined
- * behind LOCK, so that its snapshot is taken once the lock is held and sees the response of a
- * request that held the key a moment before. MOVE waits for LOOKUP's answer rather than being
- * pipelined too: behind a LOCK that failed it would queue on the rows the key's holder has
- * locked. STORE writes the response in the same transaction as the money, so a stored response
- * exists exactly when the transfer committed; should it fail, the COMMIT behind it rolls back.
- *
- * With DB_TRANSACTION_POOLER=on (no pipelining) the same calls send one statement at a time.
+ * LOCK (pg_try_advisory_xact_lock on the key) makes a concurrent request with the same key a 409
+ * at once instead of a queue. LOOKUP replays a stored response (same body hash) or refuses the
+ * key (422); pipelined behind LOCK, its snapshot is taken with the lock held, so it sees the
+ * response of the key's previous holder. MOVE waits for LOOKUP: behind a failed LOCK it would
+ * queue on the rows the holder has locked. STORE writes the response in the money's transaction,
+ * so a stored response exists exactly when the transfer committed.
  */
 #include "handlers/p4_transfers_int.h"
 
@@ -385,16 +370,16 @@ static const rt_task_vtable after_vt = {
 
 rt_task *hs__xfer_after_new(hs_xfer_state *t, svc_request *req, const hs_xfer_args *a)
 {
-    xfer_after *x = calloc(1, sizeof(*x));
+    rt_task *task = NULL;
+    xfer_after *x = hs__task_new(req, &after_vt, sizeof(*x), &task);
 
-    if (x == NULL)
-        return NULL;
-    rt_task_init(&x->task, t->app->rt, &after_vt);
-    x->t = t;
-    x->req = req;
-    x->a = *a;
-    x->move_p[0] = x->a.from_s;
-    x->move_p[1] = x->a.to_s;
-    x->move_p[2] = x->a.amount_s;
-    return &x->task;
+    if (x != NULL) {
+        x->t = t;
+        x->req = req;
+        x->a = *a;
+        x->move_p[0] = x->a.from_s;
+        x->move_p[1] = x->a.to_s;
+        x->move_p[2] = x->a.amount_s;
+    }
+    return task;
 }
