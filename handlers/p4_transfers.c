@@ -88,6 +88,19 @@ char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id)
     return text;
 }
 
+int hs__xfer_refusal(const hs_xfer_args *a, bool from_found, bool to_found, const char **code,
+                     char *msg, size_t size)
+{
+    if (!from_found || !to_found) {
+        *code = "not_found";
+        snprintf(msg, size, "account %" PRId64 " does not exist", from_found ? a->to : a->from);
+        return 404;
+    }
+    *code = "insufficient_funds";
+    snprintf(msg, size, "account %" PRId64 " holds less than %" PRId64, a->from, a->amount);
+    return 409;
+}
+
 void hs__xfer_respond_text(svc_request *req, int status, char *text)
 {
     if (text == NULL)
@@ -179,10 +192,14 @@ static void before_stopped(xfer_before *x, int step, int status)
     }
 }
 
+/* The debit changed nothing: an account is missing or short. */
 static void before_respond_missing(xfer_before *x, const rt_db_result *r)
 {
     bool from_found = false;
     bool to_found = false;
+    const char *code;
+    char msg[128];
+    int status;
 
     for (int i = 0; i < rt_db_result_rows(r); i++) {
         int64_t id;
@@ -192,14 +209,8 @@ static void before_respond_missing(xfer_before *x, const rt_db_result *r)
             to_found = to_found || id == x->a.to;
         }
     }
-    if (!from_found)
-        svc_respond_error(x->req, 404, "not_found", "account %" PRId64 " does not exist",
-                          x->a.from);
-    else if (!to_found)
-        svc_respond_error(x->req, 404, "not_found", "account %" PRId64 " does not exist", x->a.to);
-    else
-        svc_respond_error(x->req, 409, "insufficient_funds",
-                          "account %" PRId64 " holds less than %" PRId64, x->a.from, x->a.amount);
+    status = hs__xfer_refusal(&x->a, from_found, to_found, &code, msg, sizeof(msg));
+    svc_respond_error(x->req, status, code, "%s", msg);
 }
 
 /* Runs the step after `step`, which succeeded; returns false when the chain is over. */
@@ -427,7 +438,6 @@ static const svc_route rows[] = {
 
 int hs_transfers_register(svc_router *r, svc_app *app)
 {
-    /* Every request using t has been answered before the root scope closes. */
     hs_xfer_state *t = hs__state_new(app, sizeof(*t), NULL);
     int err;
 

@@ -32,7 +32,6 @@
  */
 #include "handlers/p4_transfers_int.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,9 +93,7 @@ typedef struct xfer_after {
     const char *answer_code;
     char answer_msg[128];
     char *replay; /* owned: a stored response body */
-    /* The answer was decided with the key's lock held (a replay, a refusal) and sent as the
-     * COMMIT of a transaction that wrote nothing: the lock is free before the client hears it. */
-    bool settled;
+    bool settled; /* the answer was decided with the key's lock held (after_answer) */
     uint64_t started;
 } xfer_after;
 
@@ -133,12 +130,6 @@ static void after_refuse(xfer_after *x, int status, const char *code, const char
     after_answer(x);
 }
 
-/* The transfer goes out once the key, if any, has been claimed. */
-static void after_move(xfer_after *x)
-{
-    after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
-}
-
 /* The transfer is in place, the response built: COMMIT (behind STORE with a key). */
 static void after_finish(xfer_after *x)
 {
@@ -156,7 +147,6 @@ static void after_check_move(xfer_after *x, const rt_db_result *r)
 {
     int64_t from_balance = -1;
     bool to_found = false;
-    char msg[128];
 
     if (rt_db_result_rows(r) != 1 || rt_db_result_bool(r, 0, 1, &to_found) < 0) {
         rt_db_tx_rollback(&x->tx, UV_EPROTO);
@@ -166,14 +156,10 @@ static void after_check_move(xfer_after *x, const rt_db_result *r)
         rt_db_tx_rollback(&x->tx, UV_EPROTO);
         return;
     }
-    if (from_balance < 0 || !to_found) {
-        snprintf(msg, sizeof(msg), "account %" PRId64 " does not exist",
-                 from_balance < 0 ? x->a.from : x->a.to);
-        after_refuse(x, 404, "not_found", msg);
-    } else if (from_balance < x->a.amount) {
-        snprintf(msg, sizeof(msg), "account %" PRId64 " holds less than %" PRId64, x->a.from,
-                 x->a.amount);
-        after_refuse(x, 409, "insufficient_funds", msg);
+    if (from_balance < 0 || !to_found || from_balance < x->a.amount) {
+        x->answer_status = hs__xfer_refusal(&x->a, from_balance >= 0, to_found, &x->answer_code,
+                                            x->answer_msg, sizeof(x->answer_msg));
+        after_answer(x);
     } else if (rt_db_result_int64(r, 0, 2, &x->transfer_id) < 0) {
         rt_db_tx_rollback(&x->tx, UV_EPROTO);
     } else if ((x->body = hs__xfer_success_body(&x->a, x->transfer_id)) == NULL) {
@@ -194,7 +180,8 @@ static void after_check_key(xfer_after *x, const rt_db_result *r)
     int64_t status;
 
     if (rt_db_result_rows(r) == 0) {
-        after_move(x);
+        /* The key is new and now claimed: the transfer goes out. */
+        after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
         return;
     }
     if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
@@ -273,23 +260,18 @@ static void after_on_race(rt_task *t, int status)
 
     svc_request_add_db_time(req, uv_hrtime() - x->started);
     if (x->settled) {
-        /* Decided before the COMMIT of a transaction that wrote nothing: whatever became of
-         * that COMMIT (or of the signal), the decision stands. */
+        /* Decided before the COMMIT of a transaction that wrote nothing: the decision stands. */
         status = ANSWERED;
     } else if (x->race.signal_won && x->tx.commit_sent) {
-        /* Cancellation no longer strikes once COMMIT is sent: the transaction's own status
-         * (the COMMIT's answer, or why it never came) is the answer. */
+        /* Once COMMIT is sent the transaction's own status is the answer (see the top). */
         after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
         status = x->race.inner_status;
     }
     if (x->tx.outcome == RT_DB_TX_COMMITTED && !x->settled) {
-        /* COMMIT was acknowledged: whatever the signal did, the money moved, and the client is
-         * told so (retrying with the same key would only replay this answer). */
         hs__xfer_respond_text(req, 200, x->body);
         x->body = NULL;
         status = 0;
     } else if (x->tx.outcome == RT_DB_TX_UNKNOWN && !x->settled) {
-        /* COMMIT was sent and its answer lost: neither a success nor a rollback. */
         (*x->t->outcome_unknown)++;
         after_log(x, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
         svc_respond_error(req, 503, "commit_outcome_unknown",
@@ -359,8 +341,7 @@ static void after_release(rt_task *t)
     free(x);
 }
 
-/* No cancel: the race listens to the request's signal, the very signal that cancels this task,
- * so the race is the transaction's single source of cancellation. */
+/* No cancel: the race listens to the request's signal, which is what would cancel this task. */
 static const rt_task_vtable after_vt = {
     .name = "transfer.after",
     .start = after_start,

@@ -8,6 +8,7 @@
 #define HS_TRANSFERS_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "handlers/kit_int.h"
@@ -51,6 +52,11 @@ typedef struct hs_xfer_args {
  * replays, byte for byte. NULL without memory.
  */
 char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id);
+
+/** The refusal of a transfer whose account is missing (404) or, both found, short (409): returns
+ * the status, sets *code (a literal) and writes the message into msg (size bytes). */
+int hs__xfer_refusal(const hs_xfer_args *a, bool from_found, bool to_found, const char **code,
+                     char *msg, size_t size);
 
 /**
  * Sets a JSON response from text, which it steals (even NULL, which means no memory left and
