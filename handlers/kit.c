@@ -36,34 +36,6 @@ int hs__random_hex(char *out, size_t n)
 
 /* --- registration ---------------------------------------------------------------------------- */
 
-typedef struct state_block {
-    rt_guard guard;
-    void (*fin)(void *state);
-    max_align_t state[]; /* what hs__state_new returns */
-} state_block;
-
-static void state_free(void *arg)
-{
-    state_block *b = arg;
-
-    if (b->fin != NULL)
-        b->fin(b->state);
-    free(b);
-}
-
-void *hs__state_new(svc_app *app, size_t size, void (*fin)(void *state))
-{
-    state_block *b = calloc(1, sizeof(*b) + size);
-
-    if (b == NULL)
-        return NULL;
-    b->fin = fin;
-    b->guard.fn = state_free;
-    b->guard.arg = b;
-    rt_scope_defer(app->root_scope, &b->guard);
-    return b->state;
-}
-
 int hs__routes_add(svc_router *r, const svc_route *rows, size_t n, void *state)
 {
     int err = 0;

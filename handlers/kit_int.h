@@ -2,9 +2,10 @@
 /*
  * kit_int.h - what every pattern handler needs and no pattern is about, so that a pattern file
  * (p<N>_<name>.c, see handlers/patterns.h) holds only its statements, its `before` and its
- * `after`: the rows' state and registration, the answer without a database, database errors as
- * responses, the task a handler hands back (its per-request storage, released by the request
- * scope after the response), a task that runs one statement, and random ids.
+ * `after`: the rows' registration, the answer without a database, database errors as responses,
+ * the task a handler hands back (its per-request storage, released by the request scope after
+ * the response), a task that runs one statement, and random ids. The rows' shared state is
+ * rt_scope_alloc'd on app->root_scope, which completes after the server has stopped.
  */
 #ifndef HS_KIT_INT_H
 #define HS_KIT_INT_H
@@ -36,13 +37,6 @@ static inline bool hs__is_after(const svc_request *req)
 }
 
 /* --- registration ---------------------------------------------------------------------------- */
-
-/**
- * The state a pattern's rows share: size zeroed bytes that live until app->root_scope closes
- * (after the server has stopped, so no request can still use them), then are handed to fin (if
- * not NULL) and freed. NULL without memory. Startup only.
- */
-void *hs__state_new(svc_app *app, size_t size, void (*fin)(void *state));
 
 /**
  * Adds the n rows to r, each with state as its state. Returns 0, or the first error of

@@ -148,7 +148,7 @@ static const svc_route rows[] = {
 
 int hs_blocking_register(svc_router *r, svc_app *app)
 {
-    blocking *b = hs__state_new(app, sizeof(*b), blocking_fin);
+    blocking *b = rt_scope_alloc(app->root_scope, sizeof(*b), blocking_fin);
 
     if (b == NULL)
         return UV_ENOMEM;

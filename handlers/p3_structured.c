@@ -534,7 +534,7 @@ int hs_structured_register(svc_router *r, svc_app *app)
 {
     /* Requests and scoped writers are gone before the root scope closes; detached chains only
      * hold copies and pointers into the metrics registry, never this state. */
-    structured *s = hs__state_new(app, sizeof(*s), NULL);
+    structured *s = rt_scope_alloc(app->root_scope, sizeof(*s), NULL);
     int err;
 
     if (s == NULL)

@@ -438,7 +438,7 @@ static const svc_route rows[] = {
 
 int hs_transfers_register(svc_router *r, svc_app *app)
 {
-    hs_xfer_state *t = hs__state_new(app, sizeof(*t), NULL);
+    hs_xfer_state *t = rt_scope_alloc(app->root_scope, sizeof(*t), NULL);
     int err;
 
     if (t == NULL)

@@ -23,7 +23,7 @@
     "INSERT INTO transfers (from_account, to_account, amount, variant) "                           \
     "VALUES ($1::bigint, $2::bigint, $3::bigint, $4::text) RETURNING id"
 
-/* The rows' state: one per process (hs__state_new), freed when the root scope closes. */
+/* The rows' state: one per process, on the root scope. */
 typedef struct hs_xfer_state {
     svc_app *app;
     uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */

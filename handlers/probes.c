@@ -125,7 +125,7 @@ static const svc_route rows[] = {
 
 int hs_probes_register(svc_router *r, svc_app *app)
 {
-    probes *p = hs__state_new(app, sizeof(*p), NULL);
+    probes *p = rt_scope_alloc(app->root_scope, sizeof(*p), NULL);
 
     if (p == NULL)
         return UV_ENOMEM;
