@@ -37,14 +37,13 @@ typedef struct batch {
     svc_request *req;
     bool bounded;        /* after: an rt_stream; before: a sequential loop */
     const char *variant; /* "before" or "after", written into each row */
-    int64_t *ids;        /* owned; n of them */
-    size_t n;
-    size_t next; /* the next id to hand out */
+    size_t n;            /* ids[0..n) */
+    size_t next;         /* the next id to hand out */
     size_t concurrency;
     size_t in_flight;
     size_t max_in_flight;
     uint64_t completed;
-    int64_t *failed; /* owned; room for n ids, so recording a failure never allocates */
+    int64_t *failed; /* ids + n: room for n, so recording a failure never allocates */
     size_t nfailed;
     uint64_t db_errors;
     uint64_t t0;
@@ -52,6 +51,7 @@ typedef struct batch {
     struct batch_item *current; /* before: the item in flight, or NULL */
     char batch_id[33];
     char delay_txt[HS_INT_TEXT];
+    int64_t ids[]; /* and the failures after them: one block, freed with the task */
 } batch;
 
 /* One id: fetch the user (the slow, cancellable step), then insert its row (not cancellable). */
@@ -336,48 +336,26 @@ static void batch_cancel(rt_task *t, int reason)
         rt_task_cancel(&b->current->task, reason);
 }
 
-static void batch_release(rt_task *t)
-{
-    batch *b = rt_container_of(t, batch, task);
-
-    free(b->ids);
-    free(b->failed);
-    free(b);
-}
-
 static const rt_task_vtable batch_vt = {
     .name = "batch",
     .start = batch_start,
     .cancel = batch_cancel,
-    .release = batch_release,
+    .release = hs__task_free,
 };
 
-/* Reads body.ids into a new array (*out, *n); on anything but 1..1000 positive integers, a 400. */
-static int parse_ids(svc_request *req, const json_t *body, int64_t **out, size_t *n)
+/* How many ids body.ids holds; on anything but 1..1000 positive integers, a 400 and UV_EINVAL. */
+static int count_ids(svc_request *req, const json_t *ids)
 {
-    const json_t *ids = json_object_get(body, "ids");
-    size_t count = json_array_size(ids);
-    int64_t *v;
+    size_t n = json_array_size(ids);
+    bool ok = json_is_array(ids) && n >= 1 && n <= BATCH_MAX_IDS;
 
-    if (!json_is_array(ids) || count < 1 || count > BATCH_MAX_IDS)
-        goto out_invalid;
-    v = malloc(count * sizeof(*v));
-    if (v == NULL)
-        return UV_ENOMEM;
-    for (size_t i = 0; i < count; i++) {
+    for (size_t i = 0; ok && i < n; i++) {
         const json_t *id = json_array_get(ids, i);
 
-        if (!json_is_integer(id) || json_integer_value(id) < 1) {
-            free(v);
-            goto out_invalid;
-        }
-        v[i] = json_integer_value(id);
+        ok = json_is_integer(id) && json_integer_value(id) >= 1;
     }
-    *out = v;
-    *n = count;
-    return 0;
-
-out_invalid:
+    if (ok)
+        return (int)n;
     svc_respond_error(req, 400, "bad_request", "ids must be an array of 1..%d positive integers",
                       BATCH_MAX_IDS);
     return UV_EINVAL;
@@ -387,45 +365,36 @@ static int batch_handler(svc_request *req, void *state, rt_task **task_out)
 {
     int64_t dflt = req->app->config->batch_concurrency;
     json_t *body;
+    const json_t *ids;
     int64_t delay;
     int64_t concurrency;
-    int64_t *ids = NULL;
-    size_t n = 0;
-    batch *b;
-    int err;
+    batch *b = NULL;
+    int n;
 
     (void)state;
     if (dflt > BATCH_MAX_CONCURRENCY)
         dflt = BATCH_MAX_CONCURRENCY;
     if (svc_request_json(req, &body) < 0)
         return 0;
-    err = parse_ids(req, body, &ids, &n);
-    if (err == 0)
-        err = svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay);
-    if (err == 0)
-        err = svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency);
+    ids = json_object_get(body, "ids");
+    n = count_ids(req, ids);
+    if (n > 0 && svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay) == 0 &&
+        svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency) == 0 &&
+        hs__has_db(req)) {
+        b = hs__task_new(req, &batch_vt, sizeof(*b) + 2 * (size_t)n * sizeof(int64_t), task_out);
+        for (int i = 0; b != NULL && i < n; i++)
+            b->ids[i] = json_integer_value(json_array_get(ids, (size_t)i));
+    }
     json_decref(body);
-    if (err < 0 || !hs__has_db(req)) {
-        free(ids);
-        /* Bad input or no database has set its response; anything else the server maps. */
-        return svc_request_has_response(req) ? 0 : err;
-    }
-    b = hs__task_new(req, &batch_vt, sizeof(*b), task_out);
-    if (b == NULL) {
-        free(ids);
-        return UV_ENOMEM;
-    }
-    /* From here on batch_release frees what b owns, when the server releases the task. */
-    b->ids = ids;
-    b->failed = malloc(n * sizeof(*b->failed));
+    if (b == NULL)
+        return svc_request_has_response(req) ? 0 : UV_ENOMEM;
     b->req = req;
     b->bounded = hs__is_after(req);
     b->variant = b->bounded ? "after" : "before";
-    b->n = n;
+    b->n = (size_t)n;
+    b->failed = b->ids + n;
     b->concurrency = (size_t)concurrency;
     hs__int_text(b->delay_txt, delay);
-    if (b->failed == NULL)
-        return UV_ENOMEM;
     /* 128 random bits in hex, so batches of any client or instance never mix. */
     return hs__random_hex(b->batch_id, 16);
 }
