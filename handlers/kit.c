@@ -36,34 +36,6 @@ int hs__random_hex(char *out, size_t n)
 
 /* --- registration ---------------------------------------------------------------------------- */
 
-typedef struct state_block {
-    rt_guard guard;
-    void (*fin)(void *state);
-    max_align_t state[]; /* what hs__state_new returns */
-} state_block;
-
-static void state_free(void *arg)
-{
-    state_block *b = arg;
-
-    if (b->fin != NULL)
-        b->fin(b->state);
-    free(b);
-}
-
-void *hs__state_new(svc_app *app, size_t size, void (*fin)(void *state))
-{
-    state_block *b = calloc(1, sizeof(*b) + size);
-
-    if (b == NULL)
-        return NULL;
-    b->fin = fin;
-    b->guard.fn = state_free;
-    b->guard.arg = b;
-    rt_scope_defer(app->root_scope, &b->guard);
-    return b->state;
-}
-
 int hs__routes_add(svc_router *r, const svc_route *rows, size_t n, void *state)
 {
     int err = 0;
@@ -114,7 +86,26 @@ void hs__respond_db_error(svc_request *req, int status, const rt_db_result *r)
     svc_respond_uv_error(req, status);
 }
 
+void hs__respond_json(svc_request *req, int status, json_t *body)
+{
+    if (body == NULL)
+        svc_respond_uv_error(req, UV_ENOMEM);
+    else
+        svc_respond_json(req, status, body);
+}
+
 /* --- tasks ----------------------------------------------------------------------------------- */
+
+void *hs__task_new(svc_request *req, const rt_task_vtable *vt, size_t size, rt_task **task_out)
+{
+    rt_task *t = calloc(1, size);
+
+    if (t == NULL)
+        return NULL;
+    rt_task_init(t, req->app->rt, vt);
+    *task_out = t;
+    return t;
+}
 
 void hs__task_free(rt_task *t)
 {
@@ -161,13 +152,11 @@ void hs__query_cancel(rt_task *t, int reason)
 hs_query *hs__query_new(svc_request *req, const hs_query_spec *spec, size_t size,
                         rt_task **task_out)
 {
-    hs_query *q = calloc(1, size);
+    hs_query *q = hs__task_new(req, &spec->vt, size, task_out);
 
-    if (q == NULL)
-        return NULL;
-    rt_task_init(&q->task, req->app->rt, &spec->vt);
-    q->spec = spec;
-    q->req = req;
-    *task_out = &q->task;
+    if (q != NULL) {
+        q->spec = spec;
+        q->req = req;
+    }
     return q;
 }

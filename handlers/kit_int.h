@@ -1,18 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * kit_int.h - what every pattern handler needs and no pattern is about: the rows' shared state
- * and their registration, the answer without a database, database errors as responses, a task
- * that runs one statement and turns its result into the response, and random ids.
- *
- * With the kit, a pattern file (p<N>_<name>.c, see handlers/patterns.h) holds only its pattern:
- * its statements, its `before` and its `after`. A handler shared by the two rows of a pair reads
- * which one it serves from hs__is_after().
- *
- * Per-request storage is the task a handler hands back: the request scope releases it after the
- * response, and hs__task_free is the release of a task that is the first member of its struct.
- * The request interface has no allocation of its own to offer instead: req->scope, where a
- * cleanup could be deferred, exists only once the task has started, and a handler that answers
- * at once allocates nothing that outlives it.
+ * kit_int.h - what every pattern handler needs and no pattern is about, so that a pattern file
+ * (p<N>_<name>.c, see handlers/patterns.h) holds only its statements, its `before` and its
+ * `after`: the rows' registration, the answer without a database, database errors as responses,
+ * the task a handler hands back (its per-request storage, released by the request scope after
+ * the response), a task that runs one statement, and random ids. The rows' shared state is
+ * rt_scope_alloc'd on app->root_scope, which completes after the server has stopped.
  */
 #ifndef HS_KIT_INT_H
 #define HS_KIT_INT_H
@@ -46,13 +39,6 @@ static inline bool hs__is_after(const svc_request *req)
 /* --- registration ---------------------------------------------------------------------------- */
 
 /**
- * The state a pattern's rows share: size zeroed bytes that live until app->root_scope closes
- * (after the server has stopped, so no request can still use them), then are handed to fin (if
- * not NULL) and freed. NULL without memory. Startup only.
- */
-void *hs__state_new(svc_app *app, size_t size, void (*fin)(void *state));
-
-/**
  * Adds the n rows to r, each with state as its state. Returns 0, or the first error of
  * svc_router_add. Startup only.
  */
@@ -81,7 +67,17 @@ void hs__respond_db_error(svc_request *req, int status, const rt_db_result *r);
 void hs__log_db_error(const svc_request *req, int status, const char *sqlstate,
                       const char *message);
 
+/** svc_respond_json, except that a NULL body (no memory to build it) is a 503. */
+void hs__respond_json(svc_request *req, int status, json_t *body);
+
 /* --- tasks ----------------------------------------------------------------------------------- */
+
+/**
+ * A new task of vt for req: size zeroed bytes whose first member is the rt_task, in INIT and
+ * stored in *task_out. The server steals it even when the handler then fails, so a handler
+ * unwinds through vt->release. NULL without memory.
+ */
+void *hs__task_new(svc_request *req, const rt_task_vtable *vt, size_t size, rt_task **task_out);
 
 /** A vtable's release for a task that is the first member of a malloc'd struct: frees it. */
 void hs__task_free(rt_task *t);

@@ -1,22 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * p0_blocking.c - pattern 0, "don't block the loop": GET /{before,after}/users/{id}?delay_ms=.
+ * Both send HS_USER_SQL and answer the same JSON; they differ only in how they wait for it.
  *
- * Both routes send the same statement (HS_USER_SQL) and answer the same JSON; they differ only in
- * how they wait for it.
- *
- * `before` calls libpq's synchronous PQexecParams from the handler, on the loop thread, over one
- * connection of its own (opened on first use, reset when it has broken). For the whole round
- * trip, server-side delay included, the loop turns no more: no other request is read, no probe
- * answers, no timer fires. That stall, visible on /healthz and in the loop-lag metric, is the
- * demonstration; it fails in no other way (its memory and its connection are handled as
- * carefully as anywhere else).
- *
- * `after` hands the statement to the pool as a task and returns at once; the connection is
- * suspended until the row arrives, and the loop keeps serving meanwhile. The statement is
- * prepared once per pool connection, since this is the hottest query of the service. The task
- * forwards a cancellation (deadline, shutdown) to the query, which the pool turns into a PQcancel
- * off the loop.
+ * `before` calls libpq's synchronous PQexecParams on the loop thread, over a connection of its
+ * own: for the whole round trip no request is read, no probe answers, no timer fires. That stall
+ * is the demonstration; memory and connection are handled as carefully as anywhere else.
+ * `after` hands the statement to the pool as a task (prepared, as the hottest query), and the
+ * task forwards a cancellation to it, which the pool turns into a PQcancel off the loop.
  */
 #include "handlers/patterns.h"
 
@@ -106,10 +97,8 @@ static int user_rows(hs_query *q, const rt_db_result *r)
 
     if (missing)
         svc_respond_error(q->req, 404, "not_found", "user %s does not exist", q->text[0]);
-    else if (user == NULL)
-        svc_respond_uv_error(q->req, UV_ENOMEM);
     else
-        svc_respond_json(q->req, 200, user);
+        hs__respond_json(q->req, 200, user);
     return 0;
 }
 
@@ -140,9 +129,8 @@ static int after_user(svc_request *req, void *state, rt_task **task_out)
 
 /* --- rows ------------------------------------------------------------------------------------- */
 
-/* The root scope closes after the server has stopped, so no request can still use b. The
- * connection is idle by then (before never leaves a statement running), so PQfinish only sends
- * Terminate and does not wait on the server. */
+/* The connection is idle by then (before never leaves a statement running), so PQfinish only
+ * sends Terminate and does not wait on the server. */
 static void blocking_fin(void *state)
 {
     blocking *b = state;
@@ -160,7 +148,7 @@ static const svc_route rows[] = {
 
 int hs_blocking_register(svc_router *r, svc_app *app)
 {
-    blocking *b = hs__state_new(app, sizeof(*b), blocking_fin);
+    blocking *b = rt_scope_alloc(app->root_scope, sizeof(*b), blocking_fin);
 
     if (b == NULL)
         return UV_ENOMEM;

@@ -1,20 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * p2_batch.c - pattern 2, bounded stream: POST /{before,after}/batch.
+ * p2_batch.c - pattern 2, bounded stream: POST /{before,after}/batch. For each id, fetch the user
+ * (the slow step), then write one batch_results row. `before` loops, one id at a time, blind to
+ * shutdown. `after` pulls the ids through an rt_stream that keeps at most `concurrency` in flight
+ * and stops on the service's drain signal: at shutdown no new item starts, the in-flight ones
+ * finish, and the answer says what was done.
  *
- * The batch fetches each user (slow step) and writes one batch_results row per id. `before` is
- * the sequential loop: n items cost n delays, and it does not notice a shutdown, so the grace
- * period runs out under it and it is cancelled without telling the client what it wrote.
- * `after` pulls items through an rt_stream that keeps at most `concurrency` in flight (about
- * ceil(n/c) delays, and never more than c pool slots taken by one batch), and whose stop signal
- * is the service's drain signal in drain mode: at shutdown it starts no new item, lets the
- * in-flight ones finish, and answers with what it did.
- *
- * Accounting is exact by construction: an item is "completed" only once its INSERT has
- * succeeded, and an INSERT, once sent, is not cancelled (it is short, and cancelling it would
- * leave the client unsure whether the row exists). Cancellation strikes the fetch only, before
- * anything is written. So `completed` equals the rows written for the batch_id, and
- * requested = completed + cancelled + failed.
+ * Accounting is exact by construction: an item is "completed" only once its INSERT succeeded,
+ * and an INSERT, once sent, is not cancelled (it is short, and cancelling it would leave the
+ * client unsure whether the row exists). So `completed` equals the rows written for the batch_id,
+ * and requested = completed + cancelled + failed.
  */
 #include "handlers/patterns.h"
 
@@ -42,14 +37,13 @@ typedef struct batch {
     svc_request *req;
     bool bounded;        /* after: an rt_stream; before: a sequential loop */
     const char *variant; /* "before" or "after", written into each row */
-    int64_t *ids;        /* owned; n of them */
-    size_t n;
-    size_t next; /* the next id to hand out */
+    size_t n;            /* ids[0..n) */
+    size_t next;         /* the next id to hand out */
     size_t concurrency;
     size_t in_flight;
     size_t max_in_flight;
     uint64_t completed;
-    int64_t *failed; /* owned; room for n ids, so recording a failure never allocates */
+    int64_t *failed; /* ids + n: room for n, so recording a failure never allocates */
     size_t nfailed;
     uint64_t db_errors;
     uint64_t t0;
@@ -57,6 +51,7 @@ typedef struct batch {
     struct batch_item *current; /* before: the item in flight, or NULL */
     char batch_id[33];
     char delay_txt[HS_INT_TEXT];
+    int64_t ids[]; /* and the failures after them: one block, freed with the task */
 } batch;
 
 /* One id: fetch the user (the slow, cancellable step), then insert its row (not cancellable). */
@@ -138,7 +133,7 @@ static const rt_task_vtable item_vt = {
 /* A new item for id, in INIT; NULL without memory. Both statements are ready to start. */
 static batch_item *item_new(batch *b, int64_t id)
 {
-    batch_item *it = malloc(sizeof(*it));
+    batch_item *it = calloc(1, sizeof(*it));
     const char *fetch_params[2];
     const char *insert_params[3];
     rt_db *db = b->req->app->db;
@@ -148,9 +143,6 @@ static batch_item *item_new(batch *b, int64_t id)
     rt_task_init(&it->task, b->req->app->rt, &item_vt);
     it->b = b;
     it->user_id = id;
-    it->started = false;
-    it->inserting = false;
-    it->missing = false;
     hs__int_text(it->id_txt, id);
     fetch_params[0] = it->id_txt;
     fetch_params[1] = b->delay_txt;
@@ -228,28 +220,23 @@ static void log_batch_end(const batch *b, const char *how)
  */
 static void batch_finish(batch *b, int status)
 {
+    bool timeout = status == UV_ETIMEDOUT;
     json_t *body;
 
     svc_request_add_db_time(b->req, uv_hrtime() - b->t0);
     body = batch_report(b);
-    if (body == NULL) {
-        svc_respond_uv_error(b->req, UV_ENOMEM);
-    } else if (status == 0) {
-        if (b->completed + b->nfailed < b->n)
-            log_batch_end(b, "drain");
-        svc_respond_json(b->req, 200, body);
-    } else {
-        bool timeout = status == UV_ETIMEDOUT;
-
+    if (body != NULL && status < 0) {
         log_batch_end(b, uv_err_name(status));
         json_object_set_new(
             body, "error",
             json_pack("{s:s,s:s}", "code", timeout ? "timeout" : "unavailable", "message",
                       timeout ? "the request's deadline passed" : "the batch was interrupted"));
-        svc_respond_json(b->req, timeout ? 504 : 503, body);
-        if (status == UV_ENOMEM)
-            svc_respond_header(b->req, "Retry-After", "1");
+    } else if (body != NULL && b->completed + b->nfailed < b->n) {
+        log_batch_end(b, "drain");
     }
+    hs__respond_json(b->req, status == 0 ? 200 : timeout ? 504 : 503, body);
+    if (body != NULL && status == UV_ENOMEM)
+        svc_respond_header(b->req, "Retry-After", "1");
     rt_task_complete(&b->task, status);
 }
 
@@ -349,48 +336,26 @@ static void batch_cancel(rt_task *t, int reason)
         rt_task_cancel(&b->current->task, reason);
 }
 
-static void batch_release(rt_task *t)
-{
-    batch *b = rt_container_of(t, batch, task);
-
-    free(b->ids);
-    free(b->failed);
-    free(b);
-}
-
 static const rt_task_vtable batch_vt = {
     .name = "batch",
     .start = batch_start,
     .cancel = batch_cancel,
-    .release = batch_release,
+    .release = hs__task_free,
 };
 
-/* Reads body.ids into a new array (*out, *n); on anything but 1..1000 positive integers, a 400. */
-static int parse_ids(svc_request *req, const json_t *body, int64_t **out, size_t *n)
+/* How many ids body.ids holds; on anything but 1..1000 positive integers, a 400 and UV_EINVAL. */
+static int count_ids(svc_request *req, const json_t *ids)
 {
-    const json_t *ids = json_object_get(body, "ids");
-    size_t count = json_array_size(ids);
-    int64_t *v;
+    size_t n = json_array_size(ids);
+    bool ok = json_is_array(ids) && n >= 1 && n <= BATCH_MAX_IDS;
 
-    if (!json_is_array(ids) || count < 1 || count > BATCH_MAX_IDS)
-        goto out_invalid;
-    v = malloc(count * sizeof(*v));
-    if (v == NULL)
-        return UV_ENOMEM;
-    for (size_t i = 0; i < count; i++) {
+    for (size_t i = 0; ok && i < n; i++) {
         const json_t *id = json_array_get(ids, i);
 
-        if (!json_is_integer(id) || json_integer_value(id) < 1) {
-            free(v);
-            goto out_invalid;
-        }
-        v[i] = json_integer_value(id);
+        ok = json_is_integer(id) && json_integer_value(id) >= 1;
     }
-    *out = v;
-    *n = count;
-    return 0;
-
-out_invalid:
+    if (ok)
+        return (int)n;
     svc_respond_error(req, 400, "bad_request", "ids must be an array of 1..%d positive integers",
                       BATCH_MAX_IDS);
     return UV_EINVAL;
@@ -398,63 +363,40 @@ out_invalid:
 
 static int batch_handler(svc_request *req, void *state, rt_task **task_out)
 {
-    bool bounded = hs__is_after(req);
     int64_t dflt = req->app->config->batch_concurrency;
     json_t *body;
+    const json_t *ids;
     int64_t delay;
     int64_t concurrency;
-    int64_t *ids = NULL;
-    size_t n = 0;
-    batch *b;
-    int err;
+    batch *b = NULL;
+    int n;
 
     (void)state;
     if (dflt > BATCH_MAX_CONCURRENCY)
         dflt = BATCH_MAX_CONCURRENCY;
     if (svc_request_json(req, &body) < 0)
         return 0;
-    err = parse_ids(req, body, &ids, &n);
-    if (err == 0)
-        err = svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay);
-    if (err == 0)
-        err = svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency);
+    ids = json_object_get(body, "ids");
+    n = count_ids(req, ids);
+    if (n > 0 && svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, 0, &delay) == 0 &&
+        svc_json_int(req, body, "concurrency", 1, BATCH_MAX_CONCURRENCY, dflt, &concurrency) == 0 &&
+        hs__has_db(req)) {
+        b = hs__task_new(req, &batch_vt, sizeof(*b) + 2 * (size_t)n * sizeof(int64_t), task_out);
+        for (int i = 0; b != NULL && i < n; i++)
+            b->ids[i] = json_integer_value(json_array_get(ids, (size_t)i));
+    }
     json_decref(body);
-    if (err < 0 || !hs__has_db(req))
-        goto out_free_ids;
-    b = calloc(1, sizeof(*b));
-    if (b == NULL) {
-        err = UV_ENOMEM;
-        goto out_free_ids;
-    }
-    b->failed = malloc(n * sizeof(*b->failed));
-    if (b->failed == NULL) {
-        err = UV_ENOMEM;
-        goto out_free_batch;
-    }
-    /* 128 random bits in hex, so batches of any client or instance never mix. */
-    err = hs__random_hex(b->batch_id, 16);
-    if (err < 0)
-        goto out_free_failed;
-    rt_task_init(&b->task, req->app->rt, &batch_vt);
+    if (b == NULL)
+        return svc_request_has_response(req) ? 0 : UV_ENOMEM;
     b->req = req;
-    b->bounded = bounded;
-    b->variant = bounded ? "after" : "before";
-    b->ids = ids;
-    b->n = n;
+    b->bounded = hs__is_after(req);
+    b->variant = b->bounded ? "after" : "before";
+    b->n = (size_t)n;
+    b->failed = b->ids + n;
     b->concurrency = (size_t)concurrency;
     hs__int_text(b->delay_txt, delay);
-    *task_out = &b->task;
-    return 0;
-
-out_free_failed:
-    free(b->failed);
-out_free_batch:
-    free(b);
-out_free_ids:
-    free(ids);
-    /* A validation failure or a missing database has set its response already; anything else
-     * is mapped by the server. */
-    return svc_request_has_response(req) ? 0 : err;
+    /* 128 random bits in hex, so batches of any client or instance never mix. */
+    return hs__random_hex(b->batch_id, 16);
 }
 
 /* --- rows ------------------------------------------------------------------------------------- */

@@ -9,8 +9,6 @@
  */
 #include "handlers/patterns.h"
 
-#include <stdlib.h>
-
 #include "handlers/kit_int.h"
 #include "handlers/user_row_int.h"
 #include "runtime/join.h"
@@ -102,23 +100,18 @@ out_free_list:
 /* Responds 200 with the three parts, or 404 when the user does not exist. */
 static void dashboard_respond(dashboard *d)
 {
-    json_t *body;
-    json_t *user;
     bool missing;
+    json_t *user = hs__user_json_result(&d->parts[PART_USER].result, &missing);
 
-    user = hs__user_json_result(&d->parts[PART_USER].result, &missing);
     if (missing) {
         hs__user_respond_missing(d->req, d->id);
         return;
     }
     /* "o" steals each part even when packing fails, so nothing leaks on the way to a 503. */
-    body = json_pack("{s:o,s:o,s:o}", "user", user, "settings",
-                     settings_json(&d->parts[PART_SETTINGS].result), "recent_transfers",
-                     transfers_json(&d->parts[PART_TRANSFERS].result));
-    if (body == NULL)
-        svc_respond_uv_error(d->req, UV_ENOMEM);
-    else
-        svc_respond_json(d->req, 200, body);
+    hs__respond_json(d->req, 200,
+                     json_pack("{s:o,s:o,s:o}", "user", user, "settings",
+                               settings_json(&d->parts[PART_SETTINGS].result), "recent_transfers",
+                               transfers_json(&d->parts[PART_TRANSFERS].result)));
 }
 
 static void dashboard_finish(dashboard *d, int status)
@@ -230,17 +223,14 @@ static int dashboard_handler(svc_request *req, void *state, rt_task **task_out)
     (void)state;
     if (hs__user_args(req, &id, &delay) < 0 || !hs__has_db(req))
         return 0;
-    d = malloc(sizeof(*d));
+    d = hs__task_new(req, &dashboard_vt, sizeof(*d), task_out);
     if (d == NULL)
         return UV_ENOMEM;
-    rt_task_init(&d->task, req->app->rt, &dashboard_vt);
     d->req = req;
     d->concurrent = hs__is_after(req);
-    d->step = PART_USER;
     d->id = id;
     hs__int_text(d->id_txt, id);
     hs__int_text(d->delay_txt, delay);
-    *task_out = &d->task;
     return 0;
 }
 

@@ -1,35 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * p3_structured.c - pattern 3, structured concurrency: POST /{before,after}/users/{id}/welcome,
- * background work that writes `events` rows to audit_events, one per `delay_ms`.
+ * background work that writes `events` rows to audit_events, one per `delay_ms`. Both variants
+ * check that the user exists (404 before anything starts), hand the writing to background work
+ * and answer; what differs is who owns that work.
  *
- * Both variants answer the same way up front: the request's own task checks that the user exists
- * (404 otherwise, before anything is started), then hands the writing to background work and
- * answers. What differs is who owns that work.
+ * before: a detached chain of queries, with no scope and no signal; only a gauge sees it. At
+ * shutdown nothing waits for it, the pool closes under it, and its unwritten events are silently
+ * lost. It stays memory-safe while being wrong: it owns copies of everything, reaches the pool
+ * only through app->db (which main clears once the pool is gone), and always has a query in the
+ * pool or a post queued, so the pool's close (or the post) reaches it before the runtime closes.
  *
- * before: a detached chain of queries (`detached`), started with no scope and no signal. Nothing
- * waits for it and nothing can stop it; it is visible only in a gauge of detached tasks alive. At
- * shutdown the server drains its scopes, finds nothing, and closes the pool: the chain's pending
- * query fails and the chain frees itself without a word, and the events it had not written yet are
- * simply lost. Staying memory-safe while being wrong is the whole art here: the chain owns copies
- * of everything it uses, reaches the pool only through app->db (which main sets to NULL once the
- * pool is gone), and always has either a query in the pool or a post queued, so the pool's close
- * (or the post) is guaranteed to reach it before the runtime closes. It holds no handle, so the
- * loop can close.
- *
- * after: a task (`writer`) spawned into a scope. With ?wait=true, into the request's scope: the
- * response is sent only once the writer is done (and it is cancelled by the request's deadline).
- * Otherwise into the service scope: the response is sent at once, and shutdown drains the scope
- * for SHUTDOWN_GRACE_MS, then cancels it. A writer in the service scope outlives its request, so
- * it copies what it needs and never touches the request.
- *
- * Each event of the writer is its own transaction (BEGIN; the INSERT with its pg_sleep; COMMIT),
- * which is what makes the account of a cancellation exact: the driver cancels a transaction only
- * before COMMIT is sent (then nothing of it is visible), and awaits COMMIT's answer otherwise. So
- * every event is either counted as written (COMMIT acknowledged) or as cancelled (never
- * committed), and the log line and counters written at cancellation add up with the rows in the
- * table to exactly the number requested. A plain autocommit INSERT could not promise that: a
- * statement interrupted at the wrong moment may or may not have committed.
+ * after: a `writer` task spawned into a scope: the request's with ?wait=true (the response waits
+ * for it, the deadline cancels it), else the service's, which shutdown drains for
+ * SHUTDOWN_GRACE_MS and then cancels. A writer in the service scope outlives its request, so it
+ * copies what it needs. Each event is its own transaction (BEGIN; INSERT with its pg_sleep;
+ * COMMIT): the driver cancels a transaction only before COMMIT is sent, so every event is either
+ * written or cancelled, and the cancellation's log line and counters add up with the table's rows
+ * to exactly the number requested (an interrupted autocommit INSERT may or may not have
+ * committed).
  */
 #include "handlers/patterns.h"
 
@@ -86,6 +75,16 @@ typedef struct welcome_req {
     welcome_args a;
 } welcome_req;
 
+/* One event's parameters, in text: what both variants copy, since their work outlives the
+ * request that started it. */
+typedef struct event_text {
+    char task_id[TASK_ID_MAX];
+    char user_s[HS_INT_TEXT];
+    char delay_s[HS_INT_TEXT];
+    char seq_s[HS_INT_TEXT];
+    const char *params[5]; /* sql_event's $1..$5 */
+} event_text;
+
 /* before: the detached chain of queries. Owns copies of everything; never freed by anyone else. */
 typedef struct detached {
     rt_db_query q;
@@ -96,10 +95,7 @@ typedef struct detached {
     int events;
     int seq;
     bool stop;
-    char task_id[TASK_ID_MAX];
-    char user_s[HS_INT_TEXT];
-    char delay_s[16];
-    char seq_s[16];
+    event_text ev;
 } detached;
 
 /* after: the scoped writer, one transaction per event. */
@@ -118,10 +114,7 @@ typedef struct writer {
     int last_status;
     bool unknown; /* a COMMIT whose answer never came */
     uint64_t tx_started;
-    char task_id[TASK_ID_MAX];
-    char user_s[HS_INT_TEXT];
-    char delay_s[16];
-    char seq_s[16];
+    event_text ev;
     /* The ids of the request that started it, copied: in the service scope it outlives the
      * request, and its log lines still belong to that request's trace. */
     char request_id[SVC_REQUEST_ID_MAX + 1];
@@ -130,6 +123,26 @@ typedef struct writer {
 } writer;
 
 static const char *const scope_names[] = {"request", "service"};
+
+static void event_text_init(event_text *e, const char *task_id, const welcome_args *a,
+                            const char *variant)
+{
+    snprintf(e->task_id, sizeof(e->task_id), "%s", task_id);
+    hs__int_text(e->user_s, a->user_id);
+    hs__int_text(e->delay_s, a->delay_ms);
+    e->params[0] = e->task_id;
+    e->params[1] = e->user_s;
+    e->params[2] = e->seq_s;
+    e->params[3] = e->delay_s;
+    e->params[4] = variant;
+}
+
+/* The parameters of event number seq (1-based), borrowed until the next call. */
+static const char *const *event_params(event_text *e, int seq)
+{
+    hs__int_text(e->seq_s, seq);
+    return e->params;
+}
 
 /* --- shared: the pattern's metrics ------------------------------------------------------------ */
 
@@ -171,10 +184,8 @@ static void detached_on_released(rt_db_query *q);
 
 static void detached_send(detached *d)
 {
-    const char *params[5] = {d->task_id, d->user_s, d->seq_s, d->delay_s, "before"};
-
-    snprintf(d->seq_s, sizeof(d->seq_s), "%d", d->seq + 1);
-    rt_db_query_init(&d->q, d->app->db, sql_event, 5, params, detached_on_released);
+    rt_db_query_init(&d->q, d->app->db, sql_event, 5, event_params(&d->ev, d->seq + 1),
+                     detached_on_released);
     rt_db_query_prepare_as(&d->q, "hs_welcome_event");
     /* No signal: nothing can ask this chain to stop. That is the anti-pattern. */
     rt_task_start(&d->q.task, NULL, detached_on_event);
@@ -237,9 +248,7 @@ static int detached_start(welcome_req *w, const char *task_id)
     d->alive = s->c.detached_alive;
     d->events = w->a.events;
     rt_post_init(&d->next);
-    snprintf(d->task_id, sizeof(d->task_id), "%s", task_id);
-    hs__int_text(d->user_s, w->a.user_id);
-    snprintf(d->delay_s, sizeof(d->delay_s), "%d", w->a.delay_ms);
+    event_text_init(&d->ev, task_id, &w->a, "before");
     (*d->alive)++;
     detached_send(d);
     return 0;
@@ -251,14 +260,10 @@ static void writer_step(rt_db_tx *tx)
 {
     writer *w = rt_container_of(tx, writer, tx);
 
-    if (tx->step == 0) {
-        const char *params[5] = {w->task_id, w->user_s, w->seq_s, w->delay_s, "after"};
-
-        snprintf(w->seq_s, sizeof(w->seq_s), "%d", w->written + 1);
-        rt_db_tx_exec(tx, "hs_welcome_event", sql_event, 5, params);
-    } else {
+    if (tx->step == 0)
+        rt_db_tx_exec(tx, "hs_welcome_event", sql_event, 5, event_params(&w->ev, w->written + 1));
+    else
         rt_db_tx_commit(tx);
-    }
 }
 
 static void log_writer_ids(svc_log_line *l, const writer *w)
@@ -283,7 +288,7 @@ static void writer_finish(writer *w, int status)
         if (svc_log_begin(&l, SVC_LOG_WARN, cancelled ? "task_cancelled" : "task_failed")) {
             log_writer_ids(&l, w);
             svc_log_str(&l, "task", "welcome");
-            svc_log_str(&l, "task_id", w->task_id);
+            svc_log_str(&l, "task_id", w->ev.task_id);
             svc_log_str(&l, "scope", scope_names[w->scope]);
             svc_log_str(&l, "reason", uv_err_name(status));
             svc_log_int(&l, "events_written", w->written);
@@ -352,7 +357,7 @@ static void writer_on_tx(rt_task *t, int status)
 
             svc_log_begin(&l, SVC_LOG_WARN, "db_error");
             log_writer_ids(&l, w);
-            svc_log_str(&l, "task_id", w->task_id);
+            svc_log_str(&l, "task_id", w->ev.task_id);
             svc_log_str(&l, "sqlstate", w->tx.result.sqlstate);
             svc_log_str(&l, "detail", rt_db_result_error(&w->tx.result));
             svc_log_end(&l);
@@ -405,6 +410,7 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
         return UV_ENOMEM;
     rt_task_init(&w->task, s->app->rt, &writer_vt);
     rt_post_init(&w->next);
+    event_text_init(&w->ev, task_id, &wr->a, "after");
     w->db = s->app->db;
     w->req = scope == SCOPE_REQUEST ? wr->q.req : NULL;
     w->scope = scope;
@@ -412,12 +418,9 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
     w->tasks_cancelled = s->c.tasks_cancelled[scope];
     w->events_cancelled = s->c.events_cancelled[scope];
     w->events = wr->a.events;
-    snprintf(w->task_id, sizeof(w->task_id), "%s", task_id);
     snprintf(w->request_id, sizeof(w->request_id), "%s", wr->q.req->request_id);
     snprintf(w->trace_id, sizeof(w->trace_id), "%s", wr->q.req->trace_id);
     snprintf(w->span_id, sizeof(w->span_id), "%s", wr->q.req->span_id);
-    hs__int_text(w->user_s, wr->a.user_id);
-    snprintf(w->delay_s, sizeof(w->delay_s), "%d", wr->a.delay_ms);
     if (scope == SCOPE_REQUEST)
         return rt_scope_spawn(wr->q.req->scope, &w->task, writer_done_in_request);
     return rt_scope_spawn(s->app->service_scope, &w->task, NULL);
@@ -425,22 +428,12 @@ static int writer_spawn(welcome_req *wr, const char *task_id)
 
 /* --- handler: the lookup, then the hand-off --------------------------------------------------- */
 
-static void respond_started(welcome_req *w, const char *task_id, const char *scope)
-{
-    json_t *body =
-        json_pack("{s:s, s:s, s:i}", "task_id", task_id, "scope", scope, "events", w->a.events);
-
-    if (body == NULL)
-        svc_respond_uv_error(w->q.req, UV_ENOMEM);
-    else
-        svc_respond_json(w->q.req, w->a.wait ? 200 : 202, body);
-}
-
 static int welcome_on_user(hs_query *q, const rt_db_result *r)
 {
     welcome_req *w = rt_container_of(q, welcome_req, q);
     structured *s = w->s;
     char task_id[TASK_ID_MAX];
+    const char *scope;
     int err;
 
     if (rt_db_result_rows(r) == 0) {
@@ -455,13 +448,16 @@ static int welcome_on_user(hs_query *q, const rt_db_result *r)
     }
     snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
     err = hs__is_after(q->req) ? writer_spawn(w, task_id) : detached_start(w, task_id);
-    if (err < 0)
+    if (err < 0) {
         svc_respond_uv_error(q->req, err);
-    else if (!hs__is_after(q->req))
-        respond_started(w, task_id, "detached");
-    else
-        respond_started(w, task_id, scope_names[w->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE]);
-    return err;
+        return err;
+    }
+    scope =
+        !hs__is_after(q->req) ? "detached" : scope_names[w->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE];
+    hs__respond_json(
+        q->req, w->a.wait ? 200 : 202,
+        json_pack("{s:s, s:s, s:i}", "task_id", task_id, "scope", scope, "events", w->a.events));
+    return 0;
 }
 
 /* The lookup listens to the request's signal itself, and the hand-off that follows it does not
@@ -538,7 +534,7 @@ int hs_structured_register(svc_router *r, svc_app *app)
 {
     /* Requests and scoped writers are gone before the root scope closes; detached chains only
      * hold copies and pointers into the metrics registry, never this state. */
-    structured *s = hs__state_new(app, sizeof(*s), NULL);
+    structured *s = rt_scope_alloc(app->root_scope, sizeof(*s), NULL);
     int err;
 
     if (s == NULL)

@@ -1,22 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * p4_transfers.c - pattern 4, cancellation-aware writes: POST /{before,after}/transfers and GET
- * /accounts/invariant.
- *
- * A transfer is a debit, a credit, a transfers row and two ledger legs. The invariant (the sum
- * of all balances never changes; every transfer has two legs that cancel out) holds only if all
- * of that happens or none of it does, whatever interrupts the request: its deadline (504) or the
- * shutdown's cancellation (503).
+ * p4_transfers.c - pattern 4, cancellation-aware writes: POST /{before,after}/transfers (the
+ * routes and their validation, the same for both), the `before` chain, GET /accounts/invariant.
+ * A transfer (debit, credit, transfers row, two ledger legs) keeps the invariant only if all of
+ * it happens or none of it does, whatever interrupts the request (deadline 504, shutdown 503).
  *
  * before sends the steps as separate autocommit statements, each listening to the request's
- * signal. A cancellation between the debit and the credit (the delay_ms gap) just stops: the
- * money has left one account and never reached the other. That is the documented failure; the
- * route is otherwise careful (an unknown account is refused before anything is debited) and
- * memory-safe, and the cancellation is logged and counted like any other.
- *
- * after runs the whole transfer in one transaction raced against the request's signal, with
- * idempotency keys: see p4_transfers_after.c. This file holds the routes (validation is the same
- * for both variants), the `before` chain, and GET /accounts/invariant.
+ * signal: a cancellation between debit and credit (the delay_ms gap) just stops, and the money
+ * has left one account and never reached the other. That is the documented failure; otherwise
+ * the route is careful (an unknown account is refused before anything is debited) and
+ * memory-safe. after (p4_transfers_after.c): one transaction raced against the signal.
  */
 #include "handlers/patterns.h"
 
@@ -93,6 +86,19 @@ char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id)
     text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return text;
+}
+
+int hs__xfer_refusal(const hs_xfer_args *a, bool from_found, bool to_found, const char **code,
+                     char *msg, size_t size)
+{
+    if (!from_found || !to_found) {
+        *code = "not_found";
+        snprintf(msg, size, "account %" PRId64 " does not exist", from_found ? a->to : a->from);
+        return 404;
+    }
+    *code = "insufficient_funds";
+    snprintf(msg, size, "account %" PRId64 " holds less than %" PRId64, a->from, a->amount);
+    return 409;
 }
 
 void hs__xfer_respond_text(svc_request *req, int status, char *text)
@@ -186,10 +192,14 @@ static void before_stopped(xfer_before *x, int step, int status)
     }
 }
 
+/* The debit changed nothing: an account is missing or short. */
 static void before_respond_missing(xfer_before *x, const rt_db_result *r)
 {
     bool from_found = false;
     bool to_found = false;
+    const char *code;
+    char msg[128];
+    int status;
 
     for (int i = 0; i < rt_db_result_rows(r); i++) {
         int64_t id;
@@ -199,14 +209,8 @@ static void before_respond_missing(xfer_before *x, const rt_db_result *r)
             to_found = to_found || id == x->a.to;
         }
     }
-    if (!from_found)
-        svc_respond_error(x->req, 404, "not_found", "account %" PRId64 " does not exist",
-                          x->a.from);
-    else if (!to_found)
-        svc_respond_error(x->req, 404, "not_found", "account %" PRId64 " does not exist", x->a.to);
-    else
-        svc_respond_error(x->req, 409, "insufficient_funds",
-                          "account %" PRId64 " holds less than %" PRId64, x->a.from, x->a.amount);
+    status = hs__xfer_refusal(&x->a, from_found, to_found, &code, msg, sizeof(msg));
+    svc_respond_error(x->req, status, code, "%s", msg);
 }
 
 /* Runs the step after `step`, which succeeded; returns false when the chain is over. */
@@ -371,14 +375,12 @@ static int transfer(svc_request *req, void *state, rt_task **task_out)
         *task_out = hs__xfer_after_new(t, req, &a);
         return *task_out != NULL ? 0 : UV_ENOMEM;
     }
-    x = calloc(1, sizeof(*x));
+    x = hs__task_new(req, &before_vt, sizeof(*x), task_out);
     if (x == NULL)
         return UV_ENOMEM;
-    rt_task_init(&x->task, t->app->rt, &before_vt);
     x->t = t;
     x->req = req;
     x->a = a;
-    *task_out = &x->task;
     return 0;
 }
 
@@ -390,7 +392,6 @@ static int invariant_rows(hs_query *q, const rt_db_result *r)
     int64_t total;
     int64_t partial;
     int64_t expected;
-    json_t *body;
 
     if (rt_db_result_int64(r, 0, 0, &accounts) < 0 || rt_db_result_int64(r, 0, 1, &total) < 0 ||
         rt_db_result_int64(r, 0, 2, &partial) < 0) {
@@ -398,13 +399,10 @@ static int invariant_rows(hs_query *q, const rt_db_result *r)
         return UV_EPROTO;
     }
     expected = accounts * 1000;
-    body = json_pack("{s:I, s:I, s:I, s:b, s:I}", "accounts", (json_int_t)accounts, "total",
-                     (json_int_t)total, "expected", (json_int_t)expected, "ok", total == expected,
-                     "partial_transfers", (json_int_t)partial);
-    if (body == NULL)
-        svc_respond_uv_error(q->req, UV_ENOMEM);
-    else
-        svc_respond_json(q->req, 200, body);
+    hs__respond_json(q->req, 200,
+                     json_pack("{s:I, s:I, s:I, s:b, s:I}", "accounts", (json_int_t)accounts,
+                               "total", (json_int_t)total, "expected", (json_int_t)expected, "ok",
+                               total == expected, "partial_transfers", (json_int_t)partial));
     return 0;
 }
 
@@ -440,8 +438,7 @@ static const svc_route rows[] = {
 
 int hs_transfers_register(svc_router *r, svc_app *app)
 {
-    /* Every request using t has been answered before the root scope closes. */
-    hs_xfer_state *t = hs__state_new(app, sizeof(*t), NULL);
+    hs_xfer_state *t = rt_scope_alloc(app->root_scope, sizeof(*t), NULL);
     int err;
 
     if (t == NULL)

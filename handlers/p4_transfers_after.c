@@ -1,53 +1,37 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * p4_transfers_after.c - pattern 4, `after`: POST /after/transfers, the whole transfer in one
- * transaction, raced against the request's signal, with idempotency keys.
+ * transaction raced against the request's signal, with idempotency keys.
  *
- * The transaction (rt_db_tx) is wrapped in an rt_race against req->signal, which the deadline
- * and the shutdown's cancellation both fire. The race is the one thing listening to that signal;
- * it forwards the cancellation to the transaction, whose own rule applies: before COMMIT is sent
- * a cancellation abandons it and the pool rolls it back, after that the answer to COMMIT is
- * awaited (bounded by the pool's commit timeout). The race adds the tie rule: when the signal
- * fires in the same turn as the transaction's end, the signal wins, so a request that saw its
- * deadline pass answers 504 even if a refusal (409, 422, a replay) was decided a moment earlier.
- * The exception is a transaction whose COMMIT was sent: the signal no longer decides anything,
- * so the answer is what the database did. Acknowledged, the money has moved (200); refused, the
- * refusal; unanswered, nobody knows (503 commit_outcome_unknown: the client retries with the
- * same Idempotency-Key and gets the stored answer if it committed). Never a 504 "cancelled",
+ * The rt_race is the one listener of req->signal (deadline, shutdown) and forwards it to the
+ * rt_db_tx: before COMMIT is sent a cancellation abandons the transaction (the pool rolls it
+ * back); after, COMMIT's answer is awaited, bounded by the pool's commit timeout. On a tie the
+ * signal wins, so a request that saw its deadline pass answers 504 even if a refusal or a replay
+ * was decided a moment earlier; except once COMMIT is sent, when the answer is what the database
+ * did: acknowledged 200, refused the refusal, unanswered 503 commit_outcome_unknown (the client
+ * retries with its Idempotency-Key and gets the stored answer if it committed). Never a 504,
  * which would contradict a database that may well show the transfer.
- *
- * The transaction waits on the database twice (three times with a key):
  *
  *   no key:   [BEGIN, MOVE] -> [delay: SLEEP] -> [COMMIT]
  *   key:      [BEGIN, LOCK, LOOKUP] -> [MOVE] -> [delay: SLEEP] -> [STORE, COMMIT]
  *   replay:   [BEGIN, LOCK, LOOKUP] -> [COMMIT]   (a keyed refusal likewise ends in a COMMIT)
  *
- * where brackets are one round trip: the statements known before the transaction starts are
- * pipelined behind BEGIN, and COMMIT goes right behind STORE. MOVE is the whole transfer in one
- * statement: it locks both rows in id order (ORDER BY id FOR NO KEY UPDATE), so two transfers
- * in opposite directions lock in the same order and cannot deadlock (NO KEY: a transfer changes
- * balances, never ids, so the FOR KEY SHARE that any insert referencing an account takes for
- * its foreign key, a `before` transfer's rows among them, neither blocks it nor is blocked by
- * it, and cannot close a cycle with it either); checks that both exist and
- * that `from` holds enough; and only then debits, credits and writes the transfer row and its
- * two ledger legs. It returns what it found, and the step callback answers 404 or 409 (the pool
- * rolls back, nothing was written) or goes on to COMMIT. SLEEP is the demonstrations' delay_ms,
- * played with the rows locked and nothing yet committed, so a cancellation during it rolls back.
+ * Brackets are round trips (pipelined; one statement at a time with DB_TRANSACTION_POOLER=on).
+ * MOVE is the whole transfer in one statement: it locks both rows in id order (FOR NO KEY UPDATE:
+ * opposite transfers cannot deadlock, and the FOR KEY SHARE of a foreign key check, a `before`
+ * transfer's among them, neither blocks it nor closes a cycle with it), checks both exist and
+ * `from` holds enough, and only then writes; the step callback answers 404/409 (rolled back) or
+ * goes on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
  *
- * LOCK takes pg_try_advisory_xact_lock on the key: a second request with the same key while the
- * first is running gets false and a 409 at once instead of queuing behind it. LOOKUP replays a
- * stored response (same body hash) or refuses the key (422); it is its own statement, pipelined
- * behind LOCK, so that its snapshot is taken once the lock is held and sees the response of a
- * request that held the key a moment before. MOVE waits for LOOKUP's answer rather than being
- * pipelined too: behind a LOCK that failed it would queue on the rows the key's holder has
- * locked. STORE writes the response in the same transaction as the money, so a stored response
- * exists exactly when the transfer committed; should it fail, the COMMIT behind it rolls back.
- *
- * With DB_TRANSACTION_POOLER=on (no pipelining) the same calls send one statement at a time.
+ * LOCK (pg_try_advisory_xact_lock on the key) makes a concurrent request with the same key a 409
+ * at once instead of a queue. LOOKUP replays a stored response (same body hash) or refuses the
+ * key (422); pipelined behind LOCK, its snapshot is taken with the lock held, so it sees the
+ * response of the key's previous holder. MOVE waits for LOOKUP: behind a failed LOCK it would
+ * queue on the rows the holder has locked. STORE writes the response in the money's transaction,
+ * so a stored response exists exactly when the transfer committed.
  */
 #include "handlers/p4_transfers_int.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,9 +93,7 @@ typedef struct xfer_after {
     const char *answer_code;
     char answer_msg[128];
     char *replay; /* owned: a stored response body */
-    /* The answer was decided with the key's lock held (a replay, a refusal) and sent as the
-     * COMMIT of a transaction that wrote nothing: the lock is free before the client hears it. */
-    bool settled;
+    bool settled; /* the answer was decided with the key's lock held (after_answer) */
     uint64_t started;
 } xfer_after;
 
@@ -148,12 +130,6 @@ static void after_refuse(xfer_after *x, int status, const char *code, const char
     after_answer(x);
 }
 
-/* The transfer goes out once the key, if any, has been claimed. */
-static void after_move(xfer_after *x)
-{
-    after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
-}
-
 /* The transfer is in place, the response built: COMMIT (behind STORE with a key). */
 static void after_finish(xfer_after *x)
 {
@@ -171,7 +147,6 @@ static void after_check_move(xfer_after *x, const rt_db_result *r)
 {
     int64_t from_balance = -1;
     bool to_found = false;
-    char msg[128];
 
     if (rt_db_result_rows(r) != 1 || rt_db_result_bool(r, 0, 1, &to_found) < 0) {
         rt_db_tx_rollback(&x->tx, UV_EPROTO);
@@ -181,14 +156,10 @@ static void after_check_move(xfer_after *x, const rt_db_result *r)
         rt_db_tx_rollback(&x->tx, UV_EPROTO);
         return;
     }
-    if (from_balance < 0 || !to_found) {
-        snprintf(msg, sizeof(msg), "account %" PRId64 " does not exist",
-                 from_balance < 0 ? x->a.from : x->a.to);
-        after_refuse(x, 404, "not_found", msg);
-    } else if (from_balance < x->a.amount) {
-        snprintf(msg, sizeof(msg), "account %" PRId64 " holds less than %" PRId64, x->a.from,
-                 x->a.amount);
-        after_refuse(x, 409, "insufficient_funds", msg);
+    if (from_balance < 0 || !to_found || from_balance < x->a.amount) {
+        x->answer_status = hs__xfer_refusal(&x->a, from_balance >= 0, to_found, &x->answer_code,
+                                            x->answer_msg, sizeof(x->answer_msg));
+        after_answer(x);
     } else if (rt_db_result_int64(r, 0, 2, &x->transfer_id) < 0) {
         rt_db_tx_rollback(&x->tx, UV_EPROTO);
     } else if ((x->body = hs__xfer_success_body(&x->a, x->transfer_id)) == NULL) {
@@ -209,7 +180,8 @@ static void after_check_key(xfer_after *x, const rt_db_result *r)
     int64_t status;
 
     if (rt_db_result_rows(r) == 0) {
-        after_move(x);
+        /* The key is new and now claimed: the transfer goes out. */
+        after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
         return;
     }
     if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
@@ -288,23 +260,18 @@ static void after_on_race(rt_task *t, int status)
 
     svc_request_add_db_time(req, uv_hrtime() - x->started);
     if (x->settled) {
-        /* Decided before the COMMIT of a transaction that wrote nothing: whatever became of
-         * that COMMIT (or of the signal), the decision stands. */
+        /* Decided before the COMMIT of a transaction that wrote nothing: the decision stands. */
         status = ANSWERED;
     } else if (x->race.signal_won && x->tx.commit_sent) {
-        /* Cancellation no longer strikes once COMMIT is sent: the transaction's own status
-         * (the COMMIT's answer, or why it never came) is the answer. */
+        /* Once COMMIT is sent the transaction's own status is the answer (see the top). */
         after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
         status = x->race.inner_status;
     }
     if (x->tx.outcome == RT_DB_TX_COMMITTED && !x->settled) {
-        /* COMMIT was acknowledged: whatever the signal did, the money moved, and the client is
-         * told so (retrying with the same key would only replay this answer). */
         hs__xfer_respond_text(req, 200, x->body);
         x->body = NULL;
         status = 0;
     } else if (x->tx.outcome == RT_DB_TX_UNKNOWN && !x->settled) {
-        /* COMMIT was sent and its answer lost: neither a success nor a rollback. */
         (*x->t->outcome_unknown)++;
         after_log(x, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
         svc_respond_error(req, 503, "commit_outcome_unknown",
@@ -374,8 +341,7 @@ static void after_release(rt_task *t)
     free(x);
 }
 
-/* No cancel: the race listens to the request's signal, the very signal that cancels this task,
- * so the race is the transaction's single source of cancellation. */
+/* No cancel: the race listens to the request's signal, which is what would cancel this task. */
 static const rt_task_vtable after_vt = {
     .name = "transfer.after",
     .start = after_start,
@@ -385,16 +351,16 @@ static const rt_task_vtable after_vt = {
 
 rt_task *hs__xfer_after_new(hs_xfer_state *t, svc_request *req, const hs_xfer_args *a)
 {
-    xfer_after *x = calloc(1, sizeof(*x));
+    rt_task *task = NULL;
+    xfer_after *x = hs__task_new(req, &after_vt, sizeof(*x), &task);
 
-    if (x == NULL)
-        return NULL;
-    rt_task_init(&x->task, t->app->rt, &after_vt);
-    x->t = t;
-    x->req = req;
-    x->a = *a;
-    x->move_p[0] = x->a.from_s;
-    x->move_p[1] = x->a.to_s;
-    x->move_p[2] = x->a.amount_s;
-    return &x->task;
+    if (x != NULL) {
+        x->t = t;
+        x->req = req;
+        x->a = *a;
+        x->move_p[0] = x->a.from_s;
+        x->move_p[1] = x->a.to_s;
+        x->move_p[2] = x->a.amount_s;
+    }
+    return task;
 }

@@ -8,6 +8,7 @@
 #define HS_TRANSFERS_INT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "handlers/kit_int.h"
@@ -22,7 +23,7 @@
     "INSERT INTO transfers (from_account, to_account, amount, variant) "                           \
     "VALUES ($1::bigint, $2::bigint, $3::bigint, $4::text) RETURNING id"
 
-/* The rows' state: one per process (hs__state_new), freed when the root scope closes. */
+/* The rows' state: one per process, on the root scope. */
 typedef struct hs_xfer_state {
     svc_app *app;
     uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */
@@ -51,6 +52,11 @@ typedef struct hs_xfer_args {
  * replays, byte for byte. NULL without memory.
  */
 char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id);
+
+/** The refusal of a transfer whose account is missing (404) or, both found, short (409): returns
+ * the status, sets *code (a literal) and writes the message into msg (size bytes). */
+int hs__xfer_refusal(const hs_xfer_args *a, bool from_found, bool to_found, const char **code,
+                     char *msg, size_t size);
 
 /**
  * Sets a JSON response from text, which it steals (even NULL, which means no memory left and

@@ -25,11 +25,9 @@ typedef struct probes {
 } probes;
 
 /*
- * 200 while the loop turns. "Turns" means its timers run too: the loop-lag probe (a 100 ms timer)
- * must have run within LIVENESS_MAX_STALL_MS. A loop blocked outright cannot answer at all (the
- * probe's request times out, which an orchestrator counts as a failure too); this catches the
- * loop that still runs some callbacks, this one included, while its timer phase is starved or a
- * callback has held it for that long: then 503, so that the process gets restarted.
+ * 200 while the loop turns, timers included: the loop-lag probe (a 100 ms timer) must have run
+ * within LIVENESS_MAX_STALL_MS. A loop blocked outright cannot answer at all; this catches one
+ * that still runs some callbacks while its timers starve: 503, so the process gets restarted.
  */
 static int healthz(svc_request *req, void *state, rt_task **task_out)
 {
@@ -127,8 +125,7 @@ static const svc_route rows[] = {
 
 int hs_probes_register(svc_router *r, svc_app *app)
 {
-    /* The root scope closes after the server has stopped, so no request can still use p. */
-    probes *p = hs__state_new(app, sizeof(*p), NULL);
+    probes *p = rt_scope_alloc(app->root_scope, sizeof(*p), NULL);
 
     if (p == NULL)
         return UV_ENOMEM;

@@ -18,6 +18,8 @@
  */
 #include "scope.h"
 
+#include <stddef.h>
+
 #include "runtime_int.h"
 
 static void scope_finish(rt_post *p);
@@ -124,6 +126,34 @@ void rt_scope_defer(rt_scope *s, rt_guard *g)
 {
     g->next = s->guards;
     s->guards = g;
+}
+
+typedef struct scope_block {
+    rt_guard guard;
+    void (*fin)(void *mem);
+    max_align_t mem[]; /* what rt_scope_alloc returns */
+} scope_block;
+
+static void scope_block_free(void *arg)
+{
+    scope_block *b = arg;
+
+    if (b->fin != NULL)
+        b->fin(b->mem);
+    rt_free(b);
+}
+
+void *rt_scope_alloc(rt_scope *s, size_t size, void (*fin)(void *mem))
+{
+    scope_block *b = rt_calloc(1, sizeof(*b) + size);
+
+    if (b == NULL)
+        return NULL;
+    b->fin = fin;
+    b->guard.fn = scope_block_free;
+    b->guard.arg = b;
+    rt_scope_defer(s, &b->guard);
+    return b->mem;
 }
 
 bool rt_scope_is_closing(const rt_scope *s)

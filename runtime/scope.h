@@ -71,6 +71,13 @@ void rt_scope_close(rt_scope *s, rt_scope_close_cb cb);
 /** Pushes g on s's guard stack (see rt_task_defer). */
 void rt_scope_defer(rt_scope *s, rt_guard *g);
 
+/**
+ * size zeroed bytes that s owns: when s completes they are handed to fin (may be NULL) and freed,
+ * as a guard (S4), so after every child is gone. For state shared by what runs under s. Returns
+ * new memory, borrowed until then, or NULL without memory (nothing is deferred then).
+ */
+void *rt_scope_alloc(rt_scope *s, size_t size, void (*fin)(void *mem));
+
 /** True once rt_scope_close has been called on s or on one of its ancestors. */
 bool rt_scope_is_closing(const rt_scope *s);
 
