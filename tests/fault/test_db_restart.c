@@ -60,18 +60,23 @@ static int group_setup(void **state)
     (void)state;
     if (src == NULL)
         fail_msg("HS_SOURCE_DIR is not set (ctest sets it)");
-    for (p = FAULT_PORT_FIRST; p <= FAULT_PORT_LAST && !port_is_free(p); p++)
-        ;
-    if (p > FAULT_PORT_LAST)
-        fail_msg("no free port in %d..%d", FAULT_PORT_FIRST, FAULT_PORT_LAST);
     snprintf(pg_sh, sizeof(pg_sh), "%s/deploy/pg.sh", src);
-    snprintf(port, sizeof(port), "%d", p);
-    snprintf(data, sizeof(data), "%s/pgfault-%d", HS_BINARY_DIR, p);
-    snprintf(fault_url, sizeof(fault_url), "postgresql://postgres@127.0.0.1:%d/hindsight", p);
-    setenv("HS_PG_PORT", port, 1);
-    setenv("HS_PG_DATA", data, 1);
-    if (pg_ctl("start") != 0)
-        fail_msg("cannot start the private cluster with %s (port %d)", pg_sh, p);
+    /* A port free when looked at may be taken before the server binds it (another suite on the
+     * same machine choosing from the same range): then the next free one is tried. */
+    for (p = FAULT_PORT_FIRST; p <= FAULT_PORT_LAST; p++) {
+        if (!port_is_free(p))
+            continue;
+        snprintf(port, sizeof(port), "%d", p);
+        snprintf(data, sizeof(data), "%s/pgfault-%d", HS_BINARY_DIR, p);
+        snprintf(fault_url, sizeof(fault_url), "postgresql://postgres@127.0.0.1:%d/hindsight", p);
+        setenv("HS_PG_PORT", port, 1);
+        setenv("HS_PG_DATA", data, 1);
+        if (pg_ctl("start") == 0)
+            return 0;
+        fprintf(stderr, "could not start a cluster on port %d; trying the next one\n", p);
+    }
+    fail_msg("cannot start the private cluster with %s on any port in %d..%d", pg_sh,
+             FAULT_PORT_FIRST, FAULT_PORT_LAST);
     return 0;
 }
 
