@@ -167,9 +167,10 @@ static void test_server_restart_with_work_in_flight(void **state)
 {
     dbt_fixture *fx = *state;
     rt_db_config cfg = dbt_config(3, 2);
-    dbt_query slow[3], down, after[4];
-    int done = 0;
-    ttx x;
+    /* Static: when a check fails, closing the pool still delivers to them. */
+    static dbt_query slow[3], down, after[4];
+    static int done;
+    static ttx x;
     pg_job job;
     uint64_t t0;
     rt_db_stats st;
@@ -198,7 +199,18 @@ static void test_server_restart_with_work_in_flight(void **state)
         }
         /* Every one of them on a connection (after the restart of round 0 the pool reconnects
          * first, which a busy machine stretches), then a moment for them to reach the server. */
-        assert_true(dbt_run_until(fx, all_placed, fx, 15000));
+        if (!dbt_run_until(fx, all_placed, fx, 15000)) {
+            rt_db_stats_get(fx->db, &st);
+            fail_msg("round %d: not all placed after 15 s: %zu in flight, %zu queued; "
+                     "connections %zu idle, %zu busy, %zu connecting, %zu broken; the "
+                     "transaction %s, the slow queries delivered %d, %d, %d",
+                     round, st.in_flight, st.queue_depth, st.conns_idle, st.conns_busy,
+                     st.conns_connecting, st.conns_broken,
+                     !x.delivered    ? "still running"
+                     : x.status == 0 ? "ended ok"
+                                     : uv_err_name(x.status),
+                     slow[0].delivered, slow[1].delivered, slow[2].delivered);
+        }
         dbt_run_for(fx, 200);
 
         /* Stop: everything in flight fails with a connection error, promptly. */
