@@ -107,8 +107,10 @@ wait_http "$nginx_port"
 
 # CPU time (user + system), in clock ticks, of the process $1 and of every process whose parent it
 # is (nginx's workers; the service's loops are threads of the one process and already counted).
+# A process that exits between the glob and the read is skipped (on a busy machine one does).
 cpu_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '{
+    local f
+    for f in /proc/[0-9]*/stat; do cat "$f" 2>/dev/null || true; done | awk -v p="$1" '{
         pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, a, " ")
         if (pid == p || a[2] == p) t += a[12] + a[13]
     } END { print t + 0 }'
