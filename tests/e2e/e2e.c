@@ -287,6 +287,33 @@ void e2e_get(const e2e_proc *p, const char *path, e2e_resp *r)
     e2e_request(p, "GET", path, NULL, NULL, r);
 }
 
+long long e2e_metric(const e2e_proc *p, const char *name)
+{
+    size_t n = strlen(name);
+    long long v = -1;
+    e2e_resp r;
+
+    e2e_get(p, "/metrics", &r);
+    for (const char *at = r.status == 200 ? r.body : NULL; at != NULL; at = strstr(at + 1, name)) {
+        if ((at == r.body || at[-1] == '\n') && at[n] == ' ') {
+            v = strtoll(at + n + 1, NULL, 10);
+            break;
+        }
+    }
+    e2e_resp_free(&r);
+    return v;
+}
+
+long long e2e_wait_metric(const e2e_proc *p, const char *name, long long want, int timeout_ms)
+{
+    uint64_t until = e2e_now_ms() + (uint64_t)timeout_ms;
+    long long v;
+
+    while ((v = e2e_metric(p, name)) != want && e2e_now_ms() < until)
+        e2e_sleep_ms(20);
+    return v;
+}
+
 bool e2e_header(const e2e_resp *r, const char *name, char *out, size_t cap)
 {
     size_t n = strlen(name);

@@ -78,6 +78,18 @@ bool e2e_header(const e2e_resp *r, const char *name, char *out, size_t cap);
 
 void e2e_resp_free(e2e_resp *r);
 
+/**
+ * The value of an unlabelled series of GET /metrics (name as rendered, e.g.
+ * "hs_http_requests_in_flight"), or -1 when the answer is not a 200 or has no such series.
+ */
+long long e2e_metric(const e2e_proc *p, const char *name);
+
+/**
+ * Polls e2e_metric until it reads want or timeout_ms have passed; returns what it read last.
+ * The /metrics request counts itself in hs_http_requests_in_flight.
+ */
+long long e2e_wait_metric(const e2e_proc *p, const char *name, long long want, int timeout_ms);
+
 /** Milliseconds on a monotonic clock. */
 uint64_t e2e_now_ms(void);
 

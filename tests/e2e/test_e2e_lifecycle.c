@@ -285,7 +285,8 @@ static void test_grace_period_bounds_the_wait(void **state)
     upload = e2e_connect(&p);
     assert_true(upload >= 0);
     send_all(upload, "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab");
-    e2e_sleep_ms(100);
+    /* Only a request the service has received holds the shutdown up (the asking one is 2). */
+    assert_int_equal(e2e_wait_metric(&p, "hs_http_requests_in_flight", 2, 10000), 2);
     t0 = e2e_now_ms();
     e2e_signal(&p, SIGTERM);
     assert_int_equal(e2e_wait_exit(&p, 10000), 0);

@@ -521,31 +521,7 @@ static void test_many_query_arguments(void **state)
 
 /* --- the budget for buffered bodies ------------------------------------------------------ */
 
-/* hs_http_body_buffered_bytes from /metrics, or -1 when it is not there. */
-static long long body_gauge(const e2e_proc *p)
-{
-    static const char name[] = "\nhs_http_body_buffered_bytes ";
-    e2e_resp r;
-    const char *line;
-    long long v = -1;
-
-    e2e_get(p, "/metrics", &r);
-    if (r.status == 200 && (line = strstr(r.body, name)) != NULL)
-        v = strtoll(line + STRLEN(name), NULL, 10);
-    e2e_resp_free(&r);
-    return v;
-}
-
-/* Waits (up to a wide bound) until the gauge reads want; returns what it read last. */
-static long long wait_gauge(const e2e_proc *p, long long want)
-{
-    uint64_t until = e2e_now_ms() + 20000;
-    long long v;
-
-    while ((v = body_gauge(p)) != want && e2e_now_ms() < until)
-        e2e_sleep_ms(20);
-    return v;
-}
+#define BODY_GAUGE "hs_http_body_buffered_bytes"
 
 static void test_body_budget(void **state)
 {
@@ -570,13 +546,13 @@ static void test_body_budget(void **state)
     assert_non_null(body);
     e2e_start(&p, env, NULL, true);
     svc = p; /* exchange_raw talks to svc */
-    assert_int_equal(body_gauge(&p), 0);
+    assert_int_equal(e2e_metric(&p, BODY_GAUGE), 0);
 
     /* One client holds a declared 200,000-byte body: exactly that much is reserved. */
     a = e2e_connect(&p);
     assert_true(a >= 0);
     send_all(a, held, STRLEN(held));
-    assert_int_equal(wait_gauge(&p, 200001), 200001);
+    assert_int_equal(e2e_wait_metric(&p, BODY_GAUGE, 200001, 20000), 200001);
 
     /* A second declared body would pass the budget: 503 with Retry-After, at once, and close. */
     b = e2e_connect(&p);
@@ -602,11 +578,11 @@ static void test_body_budget(void **state)
     assert_int_equal(count_responses(&x), 1);
     assert_int_equal(first_status(&x), 503);
     free(x.data);
-    assert_int_equal(wait_gauge(&p, 200001), 200001);
+    assert_int_equal(e2e_wait_metric(&p, BODY_GAUGE, 200001, 20000), 200001);
 
     /* The holder leaves: its memory goes back, and a body of the same size is served. */
     close(a);
-    assert_int_equal(wait_gauge(&p, 0), 0);
+    assert_int_equal(e2e_wait_metric(&p, BODY_GAUGE, 0, 20000), 0);
     n = sprintf(body, "POST /after/batch HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                       "Content-Length: 100000\r\n\r\n");
     memset(body + n, ' ', 100000);
@@ -615,7 +591,7 @@ static void test_body_budget(void **state)
     /* Not 503: it reaches the handler, which finds no JSON object. */
     assert_int_equal(first_status(&x), 400);
     free(x.data);
-    assert_int_equal(wait_gauge(&p, 0), 0);
+    assert_int_equal(e2e_wait_metric(&p, BODY_GAUGE, 0, 20000), 0);
 
     svc = saved;
     e2e_stop(&p);

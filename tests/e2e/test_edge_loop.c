@@ -229,25 +229,6 @@ static int stop_within(e2e_proc *p, int limit_ms)
     return (int)(e2e_now_ms() - t0);
 }
 
-/* hs_http_requests_in_flight once it has stopped falling (within 10 s), the asking one included. */
-static long in_flight_settles(const e2e_proc *p)
-{
-    long n = -1;
-
-    for (uint64_t until = e2e_now_ms() + 10000; e2e_now_ms() < until; e2e_sleep_ms(50)) {
-        e2e_resp r;
-        const char *line;
-
-        e2e_get(p, "/metrics", &r);
-        line = r.body != NULL ? strstr(r.body, "\nhs_http_requests_in_flight ") : NULL;
-        n = line != NULL ? strtol(line + 28, NULL, 10) : -1;
-        e2e_resp_free(&r);
-        if (n == 1)
-            break;
-    }
-    return n;
-}
-
 /* --- the wedged loop ---------------------------------------------------------------------------
  */
 
@@ -293,7 +274,7 @@ static void poisoned_chunk_line(const char *line, size_t len)
     close(fd);
     /* Closed, the request is over for the server too: nothing left in flight but the /metrics
      * request asking (libmicrohttpd 1.0.1 closes this one without reporting it complete). */
-    assert_int_equal(in_flight_settles(&p), 1);
+    assert_int_equal(e2e_wait_metric(&p, "hs_http_requests_in_flight", 1, 10000), 1);
     stop_within(&p, 0 + 1000 + 1000);
 }
 
