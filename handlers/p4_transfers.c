@@ -115,22 +115,18 @@ typedef struct xfer_args {
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
 static int counters_register(xfer_state *t)
 {
+    static const char cancelled[] = "hs_transfers_cancelled_total";
     static const char help[] = "Transfers cancelled by their deadline or by shutdown.";
-    svc_metrics *m = t->app->metrics;
+    const svc_metrics_series series[] = {
+        {&t->cancelled_before, cancelled, "variant=\"before\",effect=\"left_as_is\"", help, false},
+        {&t->rolled_back, cancelled, "variant=\"after\",effect=\"rolled_back\"", help, false},
+        {&t->replayed, "hs_transfers_replayed_total", "",
+         "Transfers answered from a stored Idempotency-Key response.", false},
+        {&t->outcome_unknown, "hs_commits_outcome_unknown_total", "",
+         "Transfers whose COMMIT was sent but never answered (503 commit_outcome_unknown).", false},
+    };
 
-    t->cancelled_before = svc_metrics_counter(m, "hs_transfers_cancelled_total",
-                                              "variant=\"before\",effect=\"left_as_is\"", help);
-    t->rolled_back = svc_metrics_counter(m, "hs_transfers_cancelled_total",
-                                         "variant=\"after\",effect=\"rolled_back\"", help);
-    t->replayed = svc_metrics_counter(m, "hs_transfers_replayed_total", "",
-                                      "Transfers answered from a stored Idempotency-Key response.");
-    t->outcome_unknown = svc_metrics_counter(
-        m, "hs_commits_outcome_unknown_total", "",
-        "Transfers whose COMMIT was sent but never answered (503 commit_outcome_unknown).");
-    if (t->cancelled_before == NULL || t->rolled_back == NULL || t->replayed == NULL ||
-        t->outcome_unknown == NULL)
-        return UV_ENOMEM;
-    return 0;
+    return SVC_METRICS_REGISTER(t->app->metrics, series);
 }
 
 /* The 200 body of a committed transfer, as text (new, free it): it is both sent and stored for
