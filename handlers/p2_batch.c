@@ -43,15 +43,14 @@ typedef struct batch {
     size_t in_flight;
     size_t max_in_flight;
     uint64_t completed;
-    int64_t *failed; /* ids + n: room for n, so recording a failure never allocates */
-    size_t nfailed;
+    size_t nfailed; /* failures so far, in ids[n..n + nfailed): recording one never allocates */
     uint64_t db_errors;
     uint64_t t0;
     rt_stream stream;           /* after */
     struct batch_item *current; /* before: the item in flight, or NULL */
     char batch_id[33];
     char delay_txt[HS_INT_TEXT];
-    int64_t ids[]; /* and the failures after them: one block, freed with the task */
+    int64_t ids[]; /* n ids, then room for n failures: one block, freed with the task */
 } batch;
 
 /* One id: fetch the user (the slow, cancellable step), then insert its row (not cancellable). */
@@ -167,7 +166,7 @@ static void batch_record(batch *b, batch_item *it, int status)
     }
     if (status == UV_ECANCELED || status == UV_ETIMEDOUT)
         return;
-    b->failed[b->nfailed++] = it->user_id;
+    b->ids[b->n + b->nfailed++] = it->user_id;
     if (status < 0 && b->db_errors++ == 0) {
         const rt_db_result *r = it->inserting ? &it->insert.result : &it->fetch.result;
 
@@ -182,7 +181,7 @@ static json_t *batch_report(const batch *b)
     uint64_t cancelled = b->n - b->completed - b->nfailed;
 
     for (size_t i = 0; failed != NULL && i < b->nfailed; i++) {
-        if (json_array_append_new(failed, json_integer(b->failed[i])) < 0) {
+        if (json_array_append_new(failed, json_integer(b->ids[b->n + i])) < 0) {
             json_decref(failed);
             failed = NULL;
         }
@@ -392,7 +391,6 @@ static int batch_handler(svc_request *req, void *state, rt_task **task_out)
     b->bounded = hs__is_after(req);
     b->variant = b->bounded ? "after" : "before";
     b->n = (size_t)n;
-    b->failed = b->ids + n;
     b->concurrency = (size_t)concurrency;
     hs__int_text(b->delay_txt, delay);
     /* 128 random bits in hex, so batches of any client or instance never mix. */

@@ -149,32 +149,26 @@ static const char *const *event_params(event_text *e, int seq)
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
 static int counters_register(structured *s)
 {
-    svc_metrics *m = s->app->metrics;
-    welcome_counters *c = &s->c;
+    static const char written[] = "hs_welcome_events_written_total";
     static const char written_help[] = "Audit events written by welcome tasks.";
+    static const char tasks[] = "hs_welcome_cancelled_total";
     static const char tasks_help[] = "Scoped welcome tasks cancelled before writing every event.";
+    static const char events[] = "hs_welcome_events_cancelled_total";
     static const char events_help[] = "Events a cancelled welcome task did not write.";
+    static const char alive_help[] = "Detached welcome tasks (before) still running: nothing "
+                                     "waits for them, and shutdown drops them.";
+    welcome_counters *c = &s->c;
+    const svc_metrics_series series[] = {
+        {&c->written_before, written, "variant=\"before\"", written_help, false},
+        {&c->written_after, written, "variant=\"after\"", written_help, false},
+        {&c->detached_alive, "hs_welcome_detached_alive", "", alive_help, true},
+        {&c->tasks_cancelled[SCOPE_REQUEST], tasks, "scope=\"request\"", tasks_help, false},
+        {&c->tasks_cancelled[SCOPE_SERVICE], tasks, "scope=\"service\"", tasks_help, false},
+        {&c->events_cancelled[SCOPE_REQUEST], events, "scope=\"request\"", events_help, false},
+        {&c->events_cancelled[SCOPE_SERVICE], events, "scope=\"service\"", events_help, false},
+    };
 
-    c->written_before = svc_metrics_counter(m, "hs_welcome_events_written_total",
-                                            "variant=\"before\"", written_help);
-    c->written_after = svc_metrics_counter(m, "hs_welcome_events_written_total",
-                                           "variant=\"after\"", written_help);
-    c->detached_alive = svc_metrics_gauge(m, "hs_welcome_detached_alive", "",
-                                          "Detached welcome tasks (before) still running: nothing "
-                                          "waits for them, and shutdown drops them.");
-    c->tasks_cancelled[SCOPE_REQUEST] =
-        svc_metrics_counter(m, "hs_welcome_cancelled_total", "scope=\"request\"", tasks_help);
-    c->tasks_cancelled[SCOPE_SERVICE] =
-        svc_metrics_counter(m, "hs_welcome_cancelled_total", "scope=\"service\"", tasks_help);
-    c->events_cancelled[SCOPE_REQUEST] = svc_metrics_counter(m, "hs_welcome_events_cancelled_total",
-                                                             "scope=\"request\"", events_help);
-    c->events_cancelled[SCOPE_SERVICE] = svc_metrics_counter(m, "hs_welcome_events_cancelled_total",
-                                                             "scope=\"service\"", events_help);
-    if (c->written_before == NULL || c->written_after == NULL || c->detached_alive == NULL ||
-        c->tasks_cancelled[SCOPE_REQUEST] == NULL || c->tasks_cancelled[SCOPE_SERVICE] == NULL ||
-        c->events_cancelled[SCOPE_REQUEST] == NULL || c->events_cancelled[SCOPE_SERVICE] == NULL)
-        return UV_ENOMEM;
-    return 0;
+    return SVC_METRICS_REGISTER(s->app->metrics, series);
 }
 
 /* --- before: the detached chain --------------------------------------------------------------- */

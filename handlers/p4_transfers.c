@@ -1,15 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * p4_transfers.c - pattern 4, cancellation-aware writes: POST /{before,after}/transfers (the
- * routes and their validation, the same for both), the `before` chain, GET /accounts/invariant.
- * A transfer (debit, credit, transfers row, two ledger legs) keeps the invariant only if all of
- * it happens or none of it does, whatever interrupts the request (deadline 504, shutdown 503).
+ * routes and their validation are the same for both) and GET /accounts/invariant. A transfer
+ * (debit, credit, transfers row, two ledger legs) keeps the invariant only if all of it happens
+ * or none of it does, whatever interrupts the request (deadline 504, shutdown 503).
  *
  * before sends the steps as separate autocommit statements, each listening to the request's
  * signal: a cancellation between debit and credit (the delay_ms gap) just stops, and the money
  * has left one account and never reached the other. That is the documented failure; otherwise
  * the route is careful (an unknown account is refused before anything is debited) and
- * memory-safe. after (p4_transfers_after.c): one transaction raced against the signal.
+ * memory-safe. after: one transaction raced against the signal (its section says how).
  */
 #include "handlers/patterns.h"
 
@@ -18,7 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "handlers/p4_transfers_int.h"
+#include "handlers/kit_int.h"
+#include "runtime/race.h"
 #include "service/log.h"
 #include "service/metrics.h"
 
@@ -40,9 +41,43 @@ static const char sql_leg[] =
     "INSERT INTO ledger (transfer_id, account_id, delta) VALUES ($1::bigint, $2::bigint, "
     "$3::bigint)";
 
-static const char sql_sleep[] = HS_XFER_SQL_SLEEP;
-static const char sql_credit[] = HS_XFER_SQL_CREDIT;
-static const char sql_transfer[] = HS_XFER_SQL_TRANSFER;
+static const char sql_credit[] =
+    "UPDATE accounts SET balance = balance + $1::bigint WHERE id = $2::bigint";
+static const char sql_transfer[] =
+    "INSERT INTO transfers (from_account, to_account, amount, variant) "
+    "VALUES ($1::bigint, $2::bigint, $3::bigint, $4::text) RETURNING id";
+
+/* Both variants' delay_ms: one text, so that they share a prepared name (hs_xfer_sleep). */
+static const char sql_sleep[] = "SELECT pg_sleep($1::float8 / 1000)";
+
+/* after: LOCK, LOOKUP, MOVE and STORE (see its section). */
+static const char sql_lock[] = "SELECT pg_try_advisory_xact_lock(hashtextextended($1::text, 0))";
+static const char sql_lookup[] =
+    "SELECT request_hash = md5($2::text), response_status, response_body "
+    "FROM idempotency_keys WHERE key = $1::text";
+/* The whole transfer ($1 from, $2 to, $3 amount): returns `from`'s balance (NULL: no such
+ * account), whether `to` exists, and the new transfer's id (NULL: nothing was moved). Every
+ * part reads `acc`, so both rows are locked, in id order, before anything is written; the
+ * aggregate reads all of `acc`, so both are locked even when one is missing. */
+static const char sql_move[] =
+    "WITH acc AS (SELECT id, balance FROM accounts WHERE id IN ($1::bigint, $2::bigint) "
+    "ORDER BY id FOR NO KEY UPDATE), "
+    "chk AS (SELECT max(balance) FILTER (WHERE id = $1::bigint) AS from_balance, "
+    "coalesce(bool_or(id = $2::bigint), false) AS to_found FROM acc), "
+    "go AS (SELECT 1 FROM chk WHERE to_found AND from_balance >= $3::bigint), "
+    "debit AS (UPDATE accounts SET balance = balance - $3::bigint "
+    "WHERE id = $1::bigint AND EXISTS (SELECT 1 FROM go)), "
+    "credit AS (UPDATE accounts SET balance = balance + $3::bigint "
+    "WHERE id = $2::bigint AND EXISTS (SELECT 1 FROM go)), "
+    "xfer AS (INSERT INTO transfers (from_account, to_account, amount, variant) "
+    "SELECT $1::bigint, $2::bigint, $3::bigint, 'after' FROM go RETURNING id), "
+    "legs AS (INSERT INTO ledger (transfer_id, account_id, delta) "
+    "SELECT id, $1::bigint, -$3::bigint FROM xfer UNION ALL SELECT id, $2::bigint, $3::bigint "
+    "FROM xfer) "
+    "SELECT from_balance, to_found, (SELECT id FROM xfer) FROM chk";
+static const char sql_store[] =
+    "INSERT INTO idempotency_keys (key, request_hash, response_status, response_body) "
+    "VALUES ($1::text, md5($2::text), 200, $3::text)";
 
 /* One snapshot for all three numbers, so a transfer in flight is counted either whole or not. */
 static const char sql_invariant[] =
@@ -51,30 +86,52 @@ static const char sql_invariant[] =
     "(SELECT transfer_id, count(*) AS n, sum(delta) AS s FROM ledger GROUP BY transfer_id) l "
     "ON l.transfer_id = t.id WHERE l.n IS DISTINCT FROM 2 OR l.s IS DISTINCT FROM 0)";
 
-/* --- shared (with p4_transfers_after.c) ------------------------------------------------------- */
+/* --- shared: the request, the answers, the metrics -------------------------------------------- */
+
+/* The rows' state: one per process, on the root scope. */
+typedef struct xfer_state {
+    svc_app *app;
+    uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */
+    uint64_t *rolled_back;      /* after: cancelled before COMMIT, rolled back */
+    uint64_t *outcome_unknown;  /* after: COMMIT sent, its answer never came (503) */
+    uint64_t *replayed;         /* after: answered from idempotency_keys */
+} xfer_state;
+
+/* A transfer request, validated, with the text forms the statements take as parameters. */
+typedef struct xfer_args {
+    int64_t from;
+    int64_t to;
+    int64_t amount;
+    int64_t delay_ms;
+    const char *key; /* borrowed from the request; NULL without Idempotency-Key */
+    char from_s[HS_INT_TEXT];
+    char to_s[HS_INT_TEXT];
+    char amount_s[HS_INT_TEXT];
+    char neg_amount_s[HS_INT_TEXT];
+    char delay_s[HS_INT_TEXT];
+    char canon[160]; /* the body as hashed for the key: fixed key order, defaults filled in */
+} xfer_args;
 
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
-static int counters_register(hs_xfer_state *t)
+static int counters_register(xfer_state *t)
 {
+    static const char cancelled[] = "hs_transfers_cancelled_total";
     static const char help[] = "Transfers cancelled by their deadline or by shutdown.";
-    svc_metrics *m = t->app->metrics;
+    const svc_metrics_series series[] = {
+        {&t->cancelled_before, cancelled, "variant=\"before\",effect=\"left_as_is\"", help, false},
+        {&t->rolled_back, cancelled, "variant=\"after\",effect=\"rolled_back\"", help, false},
+        {&t->replayed, "hs_transfers_replayed_total", "",
+         "Transfers answered from a stored Idempotency-Key response.", false},
+        {&t->outcome_unknown, "hs_commits_outcome_unknown_total", "",
+         "Transfers whose COMMIT was sent but never answered (503 commit_outcome_unknown).", false},
+    };
 
-    t->cancelled_before = svc_metrics_counter(m, "hs_transfers_cancelled_total",
-                                              "variant=\"before\",effect=\"left_as_is\"", help);
-    t->rolled_back = svc_metrics_counter(m, "hs_transfers_cancelled_total",
-                                         "variant=\"after\",effect=\"rolled_back\"", help);
-    t->replayed = svc_metrics_counter(m, "hs_transfers_replayed_total", "",
-                                      "Transfers answered from a stored Idempotency-Key response.");
-    t->outcome_unknown = svc_metrics_counter(
-        m, "hs_commits_outcome_unknown_total", "",
-        "Transfers whose COMMIT was sent but never answered (503 commit_outcome_unknown).");
-    if (t->cancelled_before == NULL || t->rolled_back == NULL || t->replayed == NULL ||
-        t->outcome_unknown == NULL)
-        return UV_ENOMEM;
-    return 0;
+    return SVC_METRICS_REGISTER(t->app->metrics, series);
 }
 
-char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id)
+/* The 200 body of a committed transfer, as text (new, free it): it is both sent and stored for
+ * replays, byte for byte. NULL without memory. */
+static char *success_body(const xfer_args *a, int64_t transfer_id)
 {
     json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:s}", "transfer_id", (json_int_t)transfer_id,
                           "from", (json_int_t)a->from, "to", (json_int_t)a->to, "amount",
@@ -88,8 +145,10 @@ char *hs__xfer_success_body(const hs_xfer_args *a, int64_t transfer_id)
     return text;
 }
 
-int hs__xfer_refusal(const hs_xfer_args *a, bool from_found, bool to_found, const char **code,
-                     char *msg, size_t size)
+/* The refusal of a transfer whose account is missing (404) or, both found, short (409): returns
+ * the status, sets *code (a literal) and writes the message into msg (size bytes). */
+static int refusal(const xfer_args *a, bool from_found, bool to_found, const char **code, char *msg,
+                   size_t size)
 {
     if (!from_found || !to_found) {
         *code = "not_found";
@@ -101,7 +160,9 @@ int hs__xfer_refusal(const hs_xfer_args *a, bool from_found, bool to_found, cons
     return 409;
 }
 
-void hs__xfer_respond_text(svc_request *req, int status, char *text)
+/* Sets a JSON response from text, which it steals (even NULL, which means no memory left and
+ * becomes a 503): callers hand over the body they already own instead of copying it. */
+static void respond_text(svc_request *req, int status, char *text)
 {
     if (text == NULL)
         svc_respond_uv_error(req, UV_ENOMEM);
@@ -109,7 +170,8 @@ void hs__xfer_respond_text(svc_request *req, int status, char *text)
         svc_respond_buffer(req, status, content_type_json, text, strlen(text));
 }
 
-void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt_db_result *r)
+/* Logs a statement the server refused (SQLSTATE and message), which the client never sees. */
+static void log_db_error(const svc_request *req, const char *variant, const rt_db_result *r)
 {
     svc_log_line l;
 
@@ -123,7 +185,7 @@ void hs__xfer_log_db_error(const svc_request *req, const char *variant, const rt
     svc_log_end(&l);
 }
 
-/* --- before ----------------------------------------------------------------------------------- */
+/* --- before: separate autocommit statements --------------------------------------------------- */
 
 enum before_step {
     B_DEBIT = 0,
@@ -142,9 +204,9 @@ static const char *const before_step_names[B_N] = {"debit", "check",  "transfer"
 typedef struct xfer_before {
     rt_task task;
     rt_db_query q[B_N]; /* one per step: each is released in its own callback, never reused */
-    hs_xfer_state *t;
+    xfer_state *t;
     svc_request *req;
-    hs_xfer_args a;
+    xfer_args a;
     bool debited;
     int64_t transfer_id;
     uint64_t step_started;
@@ -209,7 +271,7 @@ static void before_respond_missing(xfer_before *x, const rt_db_result *r)
             to_found = to_found || id == x->a.to;
         }
     }
-    status = hs__xfer_refusal(&x->a, from_found, to_found, &code, msg, sizeof(msg));
+    status = refusal(&x->a, from_found, to_found, &code, msg, sizeof(msg));
     svc_respond_error(x->req, status, code, "%s", msg);
 }
 
@@ -263,7 +325,7 @@ static bool before_advance(xfer_before *x, int step, const rt_db_result *r)
         return true;
     }
     default:
-        hs__xfer_respond_text(x->req, 200, hs__xfer_success_body(&x->a, x->transfer_id));
+        respond_text(x->req, 200, success_body(&x->a, x->transfer_id));
         return false;
     }
 }
@@ -278,7 +340,7 @@ static void before_on_step(rt_task *t, int status)
         if (status == UV_ECANCELED || status == UV_ETIMEDOUT)
             before_stopped(x, step, status);
         else if (status == RT_DB_ESQL)
-            hs__xfer_log_db_error(x->req, "before", &x->q[step].result);
+            log_db_error(x->req, "before", &x->q[step].result);
         svc_respond_uv_error(x->req, status);
         rt_task_complete(&x->task, status);
     } else if (!before_advance(x, step, &x->q[step].result)) {
@@ -305,7 +367,322 @@ static const rt_task_vtable before_vt = {
     .release = hs__task_free,
 };
 
-/* --- handler (after: p4_transfers_after.c) ---------------------------------------------------- */
+/* --- after: one transaction raced against the signal ------------------------------------------ */
+
+/*
+ * The rt_race is the one listener of req->signal (deadline, shutdown) and forwards it to the
+ * rt_db_tx: before COMMIT is sent a cancellation abandons the transaction (the pool rolls it
+ * back); after, COMMIT's answer is awaited, bounded by the pool's commit timeout. On a tie the
+ * signal wins, so a request that saw its deadline pass answers 504 even if a refusal or a replay
+ * was decided a moment earlier; except once COMMIT is sent, when the answer is what the database
+ * did: acknowledged 200, refused the refusal, unanswered 503 commit_outcome_unknown (the client
+ * retries with its Idempotency-Key and gets the stored answer if it committed). Never a 504,
+ * which would contradict a database that may well show the transfer.
+ *
+ *   no key:   [BEGIN, MOVE] -> [delay: SLEEP] -> [COMMIT]
+ *   key:      [BEGIN, LOCK, LOOKUP] -> [MOVE] -> [delay: SLEEP] -> [STORE, COMMIT]
+ *   replay:   [BEGIN, LOCK, LOOKUP] -> [COMMIT]   (a keyed refusal likewise ends in a COMMIT)
+ *
+ * Brackets are round trips (pipelined; one statement at a time with DB_TRANSACTION_POOLER=on).
+ * MOVE is the whole transfer in one statement: it locks both rows in id order (FOR NO KEY UPDATE:
+ * opposite transfers cannot deadlock, and the FOR KEY SHARE of a foreign key check, a `before`
+ * transfer's among them, neither blocks it nor closes a cycle with it), checks both exist and
+ * `from` holds enough, and only then writes; the step callback answers 404/409 (rolled back) or
+ * goes on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
+ *
+ * LOCK (pg_try_advisory_xact_lock on the key) makes a concurrent request with the same key a 409
+ * at once instead of a queue. LOOKUP replays a stored response (same body hash) or refuses the
+ * key (422); pipelined behind LOCK, its snapshot is taken with the lock held, so it sees the
+ * response of the key's previous holder. MOVE waits for LOOKUP: behind a failed LOCK it would
+ * queue on the rows the holder has locked. STORE writes the response in the money's transaction,
+ * so a stored response exists exactly when the transfer committed.
+ */
+
+/* A transaction the step callback abandoned on purpose, with the response already chosen. */
+#define ANSWERED UV_EALREADY
+
+/* The statement whose result the step callback sees next. */
+enum after_stage { A_LOCK = 0, A_LOOKUP, A_MOVE, A_SLEEP, A_COMMIT };
+
+typedef struct xfer_after {
+    rt_task task;
+    rt_race race;
+    rt_db_tx tx;
+    xfer_state *t;
+    svc_request *req;
+    xfer_args a;
+    int stage;
+    /* Parameters of the statements pipelined behind BEGIN: borrowed until completion. */
+    const char *lock_p[1];
+    const char *lookup_p[2];
+    const char *move_p[3];
+    int64_t transfer_id;
+    char *body; /* the 200 body (owned), built before STORE so the stored copy is identical */
+    /* What the step callback decided when it abandoned the transaction (status ANSWERED). */
+    int answer_status;
+    const char *answer_code;
+    char answer_msg[128];
+    char *replay; /* owned: a stored response body */
+    bool settled; /* the answer was decided with the key's lock held (after_answer) */
+    uint64_t started;
+} xfer_after;
+
+static void after_exec(xfer_after *x, int stage, const char *name, const char *sql, int n,
+                       const char *const *params)
+{
+    x->stage = stage;
+    rt_db_tx_exec(&x->tx, name, sql, n, params);
+}
+
+/*
+ * Ends a transaction whose answer is already chosen and that wrote nothing. Holding the key's
+ * lock, it commits (nothing to make durable) and answers once the COMMIT is back, so a client
+ * that sends the same key as soon as it hears the answer finds the key free; left to the pool's
+ * ROLLBACK, the lock would outlive the answer by a round trip (longer behind a pooler), and that
+ * client would be told 409 idempotency_in_progress. Without the lock, the pool rolls back.
+ */
+static void after_answer(xfer_after *x)
+{
+    if (x->a.key != NULL && x->stage != A_LOCK) {
+        x->settled = true;
+        x->stage = A_COMMIT;
+        rt_db_tx_commit(&x->tx);
+    } else {
+        rt_db_tx_rollback(&x->tx, ANSWERED);
+    }
+}
+
+static void after_refuse(xfer_after *x, int status, const char *code, const char *msg)
+{
+    x->answer_status = status;
+    x->answer_code = code;
+    snprintf(x->answer_msg, sizeof(x->answer_msg), "%s", msg);
+    after_answer(x);
+}
+
+/* The transfer is in place, the response built: COMMIT (behind STORE with a key). */
+static void after_finish(xfer_after *x)
+{
+    if (x->a.key != NULL) {
+        const char *p[3] = {x->a.key, x->a.canon, x->body};
+
+        after_exec(x, A_COMMIT, "hs_xfer_store", sql_store, 3, p);
+    }
+    x->stage = A_COMMIT;
+    rt_db_tx_commit(&x->tx);
+}
+
+/* MOVE came back: the rows were locked (in id order), and the money moved unless refused. */
+static void after_check_move(xfer_after *x, const rt_db_result *r)
+{
+    int64_t from_balance = -1;
+    bool to_found = false;
+
+    if (rt_db_result_rows(r) != 1 || rt_db_result_bool(r, 0, 1, &to_found) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+        return;
+    }
+    if (!rt_db_result_is_null(r, 0, 0) && rt_db_result_int64(r, 0, 0, &from_balance) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+        return;
+    }
+    if (from_balance < 0 || !to_found || from_balance < x->a.amount) {
+        x->answer_status = refusal(&x->a, from_balance >= 0, to_found, &x->answer_code,
+                                   x->answer_msg, sizeof(x->answer_msg));
+        after_answer(x);
+    } else if (rt_db_result_int64(r, 0, 2, &x->transfer_id) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+    } else if ((x->body = success_body(&x->a, x->transfer_id)) == NULL) {
+        rt_db_tx_rollback(&x->tx, UV_ENOMEM);
+    } else if (x->a.delay_ms > 0) {
+        const char *p[1] = {x->a.delay_s};
+
+        after_exec(x, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, p);
+    } else {
+        after_finish(x);
+    }
+}
+
+/* LOOKUP came back: a stored response is replayed when the body is the same. */
+static void after_check_key(xfer_after *x, const rt_db_result *r)
+{
+    bool same;
+    int64_t status;
+
+    if (rt_db_result_rows(r) == 0) {
+        /* The key is new and now claimed: the transfer goes out. */
+        after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
+        return;
+    }
+    if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
+        rt_db_tx_rollback(&x->tx, UV_EPROTO);
+        return;
+    }
+    if (!same) {
+        after_refuse(x, 422, "idempotency_key_reused",
+                     "this Idempotency-Key was used with a different body");
+        return;
+    }
+    x->replay = strdup(rt_db_result_text(r, 0, 2));
+    if (x->replay == NULL) {
+        rt_db_tx_rollback(&x->tx, UV_ENOMEM);
+        return;
+    }
+    x->answer_status = (int)status;
+    after_answer(x);
+}
+
+static void after_step(rt_db_tx *tx)
+{
+    xfer_after *x = rt_container_of(tx, xfer_after, tx);
+    const rt_db_result *r = &tx->result;
+
+    switch (x->stage) {
+    case A_LOCK: {
+        bool got;
+
+        if (rt_db_result_bool(r, 0, 0, &got) < 0) {
+            rt_db_tx_rollback(tx, UV_EPROTO);
+        } else if (!got) {
+            after_refuse(x, 409, "idempotency_in_progress",
+                         "a request with this Idempotency-Key is still running");
+        } else {
+            x->stage = A_LOOKUP; /* pipelined behind: its result comes next */
+        }
+        break;
+    }
+    case A_LOOKUP:
+        after_check_key(x, r);
+        break;
+    case A_MOVE:
+        after_check_move(x, r);
+        break;
+    case A_SLEEP:
+        after_finish(x);
+        break;
+    default:
+        rt_db_tx_rollback(tx, UV_EPROTO);
+        break;
+    }
+}
+
+static void after_log(const xfer_after *x, svc_log_level level, const char *event, int status)
+{
+    static const char *const outcomes[] = {"none", "committed", "rolled_back", "unknown"};
+    svc_log_line l;
+
+    if (!svc_log_begin(&l, level, event))
+        return;
+    svc_request_log_ids(&l, x->req);
+    svc_log_str(&l, "variant", "after");
+    svc_log_str(&l, "reason", uv_err_name(status));
+    svc_log_str(&l, "outcome", outcomes[x->tx.outcome]);
+    svc_log_int(&l, "statements", x->tx.step);
+    svc_log_int(&l, "round_trips", x->tx.round_trips);
+    svc_log_end(&l);
+}
+
+/* The race has ended: turn what the database did, and what the signal did, into the answer. */
+static void after_on_race(rt_task *t, int status)
+{
+    xfer_after *x = rt_container_of(t, xfer_after, race.task);
+    svc_request *req = x->req;
+
+    svc_request_add_db_time(req, uv_hrtime() - x->started);
+    if (x->settled) {
+        /* Decided before the COMMIT of a transaction that wrote nothing: the decision stands. */
+        status = ANSWERED;
+    } else if (x->race.signal_won && x->tx.commit_sent) {
+        /* Once COMMIT is sent the transaction's own status is the answer (see this section). */
+        after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
+        status = x->race.inner_status;
+    }
+    if (x->tx.outcome == RT_DB_TX_COMMITTED && !x->settled) {
+        respond_text(req, 200, x->body);
+        x->body = NULL;
+        status = 0;
+    } else if (x->tx.outcome == RT_DB_TX_UNKNOWN && !x->settled) {
+        (*x->t->outcome_unknown)++;
+        after_log(x, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
+        svc_respond_error(req, 503, "commit_outcome_unknown",
+                          "COMMIT was sent but its answer never came; retry with the same "
+                          "Idempotency-Key to learn the outcome");
+    } else if (x->race.signal_won && !x->tx.commit_sent && !x->settled) {
+        (*x->t->rolled_back)++;
+        after_log(x, SVC_LOG_WARN, "transfer_cancelled", status);
+        svc_respond_uv_error(req, status);
+    } else if (status == ANSWERED && x->replay != NULL) {
+        (*x->t->replayed)++;
+        respond_text(req, x->answer_status, x->replay);
+        x->replay = NULL;
+        svc_respond_header(req, "Idempotent-Replayed", "true");
+        status = 0;
+    } else if (status == ANSWERED) {
+        svc_respond_error(req, x->answer_status, x->answer_code, "%s", x->answer_msg);
+        status = 0;
+    } else if (status == RT_DB_ESQL && strncmp(x->tx.result.sqlstate, "40", 2) == 0) {
+        /* SQLSTATE class 40, transaction rollback (a deadlock with another client's locks, a
+         * serialization failure): the database undid the whole transaction, so nothing moved and
+         * the same request can simply be sent again. */
+        log_db_error(req, "after", &x->tx.result);
+        svc_respond_error(req, 503, "unavailable",
+                          "the database rolled this transfer back to settle a conflict with "
+                          "another transaction; nothing moved, retry");
+        svc_respond_header(req, "Retry-After", "1");
+    } else {
+        if (status == RT_DB_ESQL)
+            log_db_error(req, "after", &x->tx.result);
+        svc_respond_uv_error(req, status);
+    }
+    rt_task_release(&x->tx.task);
+    rt_task_release(t);
+    rt_task_complete(&x->task, status);
+}
+
+static int after_start(rt_task *t)
+{
+    xfer_after *x = rt_container_of(t, xfer_after, task);
+    rt_runtime *rt = x->req->app->rt;
+
+    rt_db_tx_init(&x->tx, x->req->app->db, NULL, after_step, NULL);
+    x->move_p[0] = x->a.from_s;
+    x->move_p[1] = x->a.to_s;
+    x->move_p[2] = x->a.amount_s;
+    if (x->a.key != NULL) {
+        x->lock_p[0] = x->a.key;
+        x->lookup_p[0] = x->a.key;
+        x->lookup_p[1] = x->a.canon;
+        rt_db_tx_pipeline(&x->tx, "hs_xfer_lock", sql_lock, 1, x->lock_p);
+        rt_db_tx_pipeline(&x->tx, "hs_xfer_lookup", sql_lookup, 2, x->lookup_p);
+        x->stage = A_LOCK;
+    } else {
+        rt_db_tx_pipeline(&x->tx, "hs_xfer_move", sql_move, 3, x->move_p);
+        x->stage = A_MOVE;
+    }
+    rt_race_init(&x->race, rt, &x->tx.task, x->req->signal);
+    x->started = uv_hrtime();
+    rt_task_start(&x->race.task, NULL, after_on_race);
+    return 0;
+}
+
+static void after_release(rt_task *t)
+{
+    xfer_after *x = rt_container_of(t, xfer_after, task);
+
+    free(x->body);
+    free(x->replay);
+    free(x);
+}
+
+/* No cancel: the race listens to the request's signal, which is what would cancel this task. */
+static const rt_task_vtable after_vt = {
+    .name = "transfer.after",
+    .start = after_start,
+    .cancel = NULL,
+    .release = after_release,
+};
+
+/* --- handler: POST /{before,after}/transfers -------------------------------------------------- */
 
 static bool is_key_char(char c)
 {
@@ -314,7 +691,7 @@ static bool is_key_char(char c)
 }
 
 /* Reads and checks every input; on failure the 400 is set and UV_EINVAL returned. */
-static int parse_args(svc_request *req, hs_xfer_args *a)
+static int parse_args(svc_request *req, xfer_args *a)
 {
     const char *key = svc_request_header(req, "Idempotency-Key");
     json_t *body;
@@ -365,26 +742,31 @@ static int parse_args(svc_request *req, hs_xfer_args *a)
 
 static int transfer(svc_request *req, void *state, rt_task **task_out)
 {
-    hs_xfer_state *t = state;
-    xfer_before *x;
-    hs_xfer_args a;
+    xfer_args a;
 
     if (parse_args(req, &a) < 0 || !hs__has_db(req))
         return 0;
     if (hs__is_after(req)) {
-        *task_out = hs__xfer_after_new(t, req, &a);
-        return *task_out != NULL ? 0 : UV_ENOMEM;
+        xfer_after *x = hs__task_new(req, &after_vt, sizeof(*x), task_out);
+
+        if (x == NULL)
+            return UV_ENOMEM;
+        x->t = state;
+        x->req = req;
+        x->a = a;
+    } else {
+        xfer_before *x = hs__task_new(req, &before_vt, sizeof(*x), task_out);
+
+        if (x == NULL)
+            return UV_ENOMEM;
+        x->t = state;
+        x->req = req;
+        x->a = a;
     }
-    x = hs__task_new(req, &before_vt, sizeof(*x), task_out);
-    if (x == NULL)
-        return UV_ENOMEM;
-    x->t = t;
-    x->req = req;
-    x->a = a;
     return 0;
 }
 
-/* --- GET /accounts/invariant ------------------------------------------------------------------ */
+/* --- handler: GET /accounts/invariant --------------------------------------------------------- */
 
 static int invariant_rows(hs_query *q, const rt_db_result *r)
 {
@@ -438,7 +820,7 @@ static const svc_route rows[] = {
 
 int hs_transfers_register(svc_router *r, svc_app *app)
 {
-    hs_xfer_state *t = rt_scope_alloc(app->root_scope, sizeof(*t), NULL);
+    xfer_state *t = rt_scope_alloc(app->root_scope, sizeof(*t), NULL);
     int err;
 
     if (t == NULL)

@@ -13,8 +13,8 @@
  *   p2_dashboard.c         2 join                    GET /{before,after}/users/{id}/dashboard
  *   p2_batch.c             2 bounded stream          POST /{before,after}/batch
  *   p3_structured.c        3 structured concurrency  POST /{before,after}/users/{id}/welcome
- *   p4_transfers.c         4 cancellation-aware      POST /before/transfers, GET
- *   p4_transfers_after.c     writes                  /accounts/invariant; POST /after/transfers
+ *   p4_transfers.c         4 cancellation-aware      POST /{before,after}/transfers,
+ *                            writes                  GET /accounts/invariant
  *
  * Each function adds its rows to r. app and r are borrowed for the process lifetime; the rows'
  * state is freed (and pattern 0's own connection closed) when app->root_scope closes. Each

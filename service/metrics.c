@@ -123,6 +123,20 @@ uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels
     return add_series(m, name, labels, help, "gauge");
 }
 
+int svc_metrics_register(svc_metrics *m, const svc_metrics_series *table, size_t n)
+{
+    int err = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const svc_metrics_series *s = &table[i];
+
+        *s->out = add_series(m, s->name, s->labels, s->help, s->gauge ? "gauge" : "counter");
+        if (*s->out == NULL)
+            err = UV_ENOMEM;
+    }
+    return err;
+}
+
 void svc_metrics_request_begin(svc_metrics *m)
 {
     m->in_flight++;

@@ -7,8 +7,9 @@
  * at startup, into arrays sized for it. Everything that is a gauge of somebody else's state
  * (tasks per scope, the database pool) is read only when /metrics is scraped.
  *
- * Handlers register their own counters at startup (svc_metrics_counter) and bump the returned
- * integer: cancellations of background tasks, events lost by a `before` route, and so on.
+ * Handlers register their own counters at startup (svc_metrics_counter, or a whole table of them
+ * with svc_metrics_register) and bump the returned integer: cancellations of background tasks,
+ * events lost by a `before` route, and so on.
  */
 #ifndef SVC_METRICS_H
 #define SVC_METRICS_H
@@ -53,6 +54,26 @@ uint64_t *svc_metrics_counter(svc_metrics *m, const char *name, const char *labe
  * scope tracks. The name carries no _total. Loop thread only.
  */
 uint64_t *svc_metrics_gauge(svc_metrics *m, const char *name, const char *labels, const char *help);
+
+/* One row of a table of series for svc_metrics_register. */
+typedef struct svc_metrics_series {
+    uint64_t **out; /* where the value's address is stored (borrowed for the call) */
+    const char *name;
+    const char *labels;
+    const char *help;
+    bool gauge; /* svc_metrics_gauge instead of svc_metrics_counter */
+} svc_metrics_series;
+
+/**
+ * Registers the n series of table, in order, as svc_metrics_counter or svc_metrics_gauge would,
+ * and stores each one's value in *table[i].out (NULL for one that failed). name, labels and help
+ * are borrowed as those say. Returns 0, or UV_ENOMEM if any series failed: one check for a
+ * handler's whole set instead of one per pointer. Startup only.
+ */
+int svc_metrics_register(svc_metrics *m, const svc_metrics_series *table, size_t n);
+
+#define SVC_METRICS_REGISTER(m, table)                                                             \
+    svc_metrics_register((m), (table), sizeof(table) / sizeof((table)[0]))
 
 /** A request has arrived (in-flight gauge). */
 void svc_metrics_request_begin(svc_metrics *m);

@@ -11,36 +11,16 @@
  */
 #include "db_test.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
+#include "fault/pg_cluster.h"
 #include "runtime/work.h"
 
-/* The first free port from 54340 on: another tree's run of this test may hold 54340. Each port
- * gets its own data directory, because pg.sh writes the port into the cluster at initdb. */
+/* The first free port from 54340 on (fault/pg_cluster.h): another tree's run of this test may
+ * hold 54340. */
 #define FAULT_PORT_FIRST 54340
 #define FAULT_PORT_LAST  54359
 
 static char pg_sh[1024];
 static char fault_url[128];
-
-static bool port_is_free(int port)
-{
-    struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    bool ok;
-
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
 
 static int pg_ctl(const char *verb)
 {
@@ -50,10 +30,14 @@ static int pg_ctl(const char *verb)
     return system(cmd);
 }
 
+static int pg_start(void)
+{
+    return pg_ctl("start");
+}
+
 static int group_setup(void **state)
 {
     const char *src = getenv("HS_SOURCE_DIR");
-    char port[16];
     char data[1024];
     int p;
 
@@ -61,22 +45,12 @@ static int group_setup(void **state)
     if (src == NULL)
         fail_msg("HS_SOURCE_DIR is not set (ctest sets it)");
     snprintf(pg_sh, sizeof(pg_sh), "%s/deploy/pg.sh", src);
-    /* A port free when looked at may be taken before the server binds it (another suite on the
-     * same machine choosing from the same range): then the next free one is tried. */
-    for (p = FAULT_PORT_FIRST; p <= FAULT_PORT_LAST; p++) {
-        if (!port_is_free(p))
-            continue;
-        snprintf(port, sizeof(port), "%d", p);
-        snprintf(data, sizeof(data), "%s/pgfault-%d", HS_BINARY_DIR, p);
-        snprintf(fault_url, sizeof(fault_url), "postgresql://postgres@127.0.0.1:%d/hindsight", p);
-        setenv("HS_PG_PORT", port, 1);
-        setenv("HS_PG_DATA", data, 1);
-        if (pg_ctl("start") == 0)
-            return 0;
-        fprintf(stderr, "could not start a cluster on port %d; trying the next one\n", p);
-    }
-    fail_msg("cannot start the private cluster with %s on any port in %d..%d", pg_sh,
-             FAULT_PORT_FIRST, FAULT_PORT_LAST);
+    p = pgc_start(FAULT_PORT_FIRST, FAULT_PORT_LAST, HS_BINARY_DIR "/pgfault", data, sizeof(data),
+                  pg_start);
+    if (p < 0)
+        fail_msg("cannot start the private cluster with %s on any port in %d..%d", pg_sh,
+                 FAULT_PORT_FIRST, FAULT_PORT_LAST);
+    snprintf(fault_url, sizeof(fault_url), "postgresql://postgres@127.0.0.1:%d/hindsight", p);
     return 0;
 }
 

@@ -24,17 +24,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,11 +41,13 @@
 #include <libpq-fe.h>
 
 #include "e2e/e2e.h"
+#include "fault/pg_cluster.h"
 
 /* test_db_restart.c takes 54340..54359; this range keeps the two apart when CTest runs them at
- * once. Each port gets its own data directory, because pg.sh writes the port in at initdb. */
-#define PG_PORT_FIRST 54360
-#define PG_PORT_LAST  54379
+ * once (fault/pg_cluster.h). */
+#define PG_PORT_FIRST  54360
+#define PG_PORT_LAST   54379
+#define PG_DATA_PREFIX HS_BINARY_DIR "/pgsvcfault"
 
 #define STR_(x) #x
 #define STR(x)  STR_(x)
@@ -84,19 +83,6 @@ static char pg_url[256];
 static pid_t pg_child = -1;
 
 /* ---- the private cluster ---- */
-
-static bool port_is_free(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
 
 /* Starts argv with its stdout on out (or /dev/null when out < 0); stderr stays ours, for pg.sh's
  * diagnostics. Returns the pid, or -1. */
@@ -167,17 +153,20 @@ static void pg_remove(const char *data)
     reap(spawn(rm, -1));
 }
 
-static void data_dir(char *out, size_t cap, int port)
+/* A cluster that did not start is removed, so the next port starts from a clean slate. */
+static int pg_start(void)
 {
-    snprintf(out, cap, "%s/pgsvcfault-%d", HS_BINARY_DIR, port);
+    if (pg_run("start") == 0)
+        return 0;
+    pg_remove(pg_data);
+    return -1;
 }
 
 static int group_setup(void **state)
 {
     const char *src = getenv("HS_SOURCE_DIR");
-    char port[16];
     struct stat st;
-    int p;
+    int port;
 
     (void)state;
     if (src == NULL)
@@ -186,26 +175,14 @@ static int group_setup(void **state)
     snprintf(pg_sh, sizeof(pg_sh), "%s/deploy/pg.sh", src);
     /* A run that CTest killed at its timeout skipped its teardown and left its cluster running
      * on its port: reclaim this tree's leftovers before choosing a port. */
-    for (p = PG_PORT_FIRST; p <= PG_PORT_LAST; p++) {
-        data_dir(pg_data, sizeof(pg_data), p);
+    for (int p = PG_PORT_FIRST; p <= PG_PORT_LAST; p++) {
+        pgc_data_dir(pg_data, sizeof(pg_data), PG_DATA_PREFIX, p);
         if (stat(pg_data, &st) == 0)
             pg_remove(pg_data);
     }
-    /* A port free when looked at may be taken before the server binds it (another suite on the
-     * same machine choosing from the same range): then the next free one is tried. */
-    for (p = PG_PORT_FIRST; p <= PG_PORT_LAST; p++) {
-        if (!port_is_free(p))
-            continue;
-        data_dir(pg_data, sizeof(pg_data), p);
-        snprintf(port, sizeof(port), "%d", p);
-        setenv("HS_PG_PORT", port, 1);
-        setenv("HS_PG_DATA", pg_data, 1);
-        if (pg_run("start") == 0)
-            break;
-        fprintf(stderr, "could not start a cluster on port %d; trying the next one\n", p);
-        pg_remove(pg_data);
-    }
-    if (p > PG_PORT_LAST)
+    port =
+        pgc_start(PG_PORT_FIRST, PG_PORT_LAST, PG_DATA_PREFIX, pg_data, sizeof(pg_data), pg_start);
+    if (port < 0)
         fail_msg("cannot start the private cluster with %s on any port in %d..%d", pg_sh,
                  PG_PORT_FIRST, PG_PORT_LAST);
     if (pg_read_url() != 0)

@@ -1,4 +1,4 @@
-# Pattern 4 (handlers/p4_transfers.c, p4_transfers_after.c): deadlines and SIGTERM break the
+# Pattern 4 (handlers/p4_transfers.c): deadlines and SIGTERM break the
 # invariant with `before` and never with `after` (fault); idempotency keys, refusals and lock
 # order (e2e); a deadline that passes after COMMIT was sent is answered with the outcome or 503,
 # never as cancelled (fault).

@@ -2,7 +2,7 @@
 /*
  * test_svc_metrics.c - the Prometheus exposition: request counts by row and status, cumulative
  * histogram buckets, the unmatched slot, scopes grouped by name (counted from zero), handler
- * counters and gauges grouped under one HELP/TYPE, and loop lag.
+ * counters and gauges grouped under one HELP/TYPE (one by one, or from a table), and loop lag.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -166,6 +166,68 @@ static void test_render(void **state)
     svc_router_free(router);
 }
 
+/* A handler's table of series: each slot gets a series of its own, counters are typed counter and
+ * gauges gauge, rows of one name share one HELP/TYPE, and an empty table registers nothing. */
+static void test_register(void **state)
+{
+    svc_router *router = svc_router_new(true);
+    svc_metrics *m;
+    uv_loop_t loop;
+    rt_runtime rt;
+    svc_app app = {0};
+    uint64_t *after = NULL, *alive = NULL, *before = NULL, *lost = NULL;
+    const svc_metrics_series table[] = {
+        {&after, "hs_test_events_total", "variant=\"after\"", "Test events.", false},
+        {&alive, "hs_test_alive", "", "Test gauge.", true},
+        {&before, "hs_test_events_total", "variant=\"before\"", "Test events.", false},
+        {&lost, "hs_test_lost_total", "", "Test lost.", false},
+    };
+    char *text;
+    size_t len;
+
+    (void)state;
+    m = svc_metrics_new(router);
+    assert_non_null(m);
+    assert_int_equal(svc_metrics_bind_routes(m), 0);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(rt_runtime_init(&rt, &loop), 0);
+    app.rt = &rt;
+
+    assert_int_equal(svc_metrics_register(m, table, 0), 0);
+    assert_null(after);
+    assert_int_equal(SVC_METRICS_REGISTER(m, table), 0);
+    assert_non_null(after);
+    assert_non_null(alive);
+    assert_non_null(before);
+    assert_non_null(lost);
+    assert_true(after != alive && after != before && after != lost && alive != before &&
+                alive != lost && before != lost);
+    *after = 7;
+    *alive = 4;
+    *before = 9;
+    *lost = 2;
+
+    text = svc_metrics_render(m, &app, NULL, &len);
+    assert_non_null(text);
+    assert_int_equal(count(text, "# HELP hs_test_events_total Test events."), 1);
+    assert_int_equal(count(text, "# TYPE hs_test_events_total counter"), 1);
+    assert_true(has_line(text, "hs_test_events_total{variant=\"after\"} 7"));
+    assert_true(has_line(text, "hs_test_events_total{variant=\"before\"} 9"));
+    assert_int_equal(count(text, "hs_test_events_total{"), 2);
+    assert_int_equal(count(text, "# HELP hs_test_alive Test gauge."), 1);
+    assert_int_equal(count(text, "# TYPE hs_test_alive gauge"), 1);
+    assert_true(has_line(text, "hs_test_alive 4"));
+    assert_int_equal(count(text, "# TYPE hs_test_lost_total counter"), 1);
+    assert_true(has_line(text, "hs_test_lost_total 2"));
+    free(text);
+
+    rt_runtime_close(&rt, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    svc_metrics_free(m);
+    svc_router_free(router);
+}
+
 /* Two workers' texts summed: same series added, families kept whole, per-worker series apart. */
 static void test_sum(void **state)
 {
@@ -209,6 +271,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render),
+        cmocka_unit_test(test_register),
         cmocka_unit_test(test_sum),
     };
 
