@@ -71,28 +71,14 @@
 #include <linux/sockios.h>
 
 #include <microhttpd.h>
+/* Its poisoning macros are no-ops in a build without AddressSanitizer. */
+#include <sanitizer/asan_interface.h>
 
 #include "service/config.h"
 #include "service/framing.h"
 #include "service/log.h"
 #include "service/request_int.h"
 #include "service/workers.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#endif
-#endif
-#ifndef POISON
-#define POISON(p, n)   ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 /*
  * libmicrohttpd 1.0 parses the request head strictly itself when asked (level 1: RFC 9112's
@@ -172,7 +158,7 @@ static void spare_free_all(void *head)
     while (r != NULL) {
         spare_req *next;
 
-        UNPOISON(r, sizeof(conn_req));
+        ASAN_UNPOISON_MEMORY_REGION(r, sizeof(conn_req));
         next = r->next;
         free(r);
         r = next;
@@ -199,7 +185,7 @@ static conn_req *req_alloc(void)
     r = spare_ok ? pthread_getspecific(spare_key) : NULL;
     if (r == NULL)
         return calloc(1, sizeof(conn_req));
-    UNPOISON(r, sizeof(conn_req));
+    ASAN_UNPOISON_MEMORY_REGION(r, sizeof(conn_req));
     pthread_setspecific(spare_key, r->next);
     memset(r, 0, sizeof(conn_req));
     return (conn_req *)(void *)r;
@@ -212,9 +198,9 @@ static void req_free(conn_req *cr)
     unsigned count = 0;
 
     if (head != NULL) {
-        UNPOISON(head, sizeof(*head));
+        ASAN_UNPOISON_MEMORY_REGION(head, sizeof(*head));
         count = head->count;
-        POISON(head, sizeof(*head));
+        ASAN_POISON_MEMORY_REGION(head, sizeof(*head));
     }
     if (!spare_ok || count >= SPARE_MAX || pthread_setspecific(spare_key, r) != 0) {
         free(cr);
@@ -222,7 +208,7 @@ static void req_free(conn_req *cr)
     }
     r->next = head;
     r->count = count + 1;
-    POISON(r, sizeof(conn_req));
+    ASAN_POISON_MEMORY_REGION(r, sizeof(conn_req));
 }
 
 /*
