@@ -460,7 +460,7 @@ static void place(rt_db *db, rt_db__wait *w, db_conn *c)
     if (c->count > 0)
         db->st.pipelined++;
     /* On a send failure the connection is discarded and q fails through its slot. */
-    rt__db_conn_send(c, SLOT_QUERY, q, q->name, q->sql, q->nparams, q->params);
+    rt__db_conn_send(c, SLOT_QUERY, q, q->name, q->sql, q->nparams, q->params, true);
 }
 
 int rt__db_submit(rt_db *db, rt_db__wait *w)

@@ -16,6 +16,7 @@
  *  - rt_db_tx: a transaction holding one connection alone. BEGIN, with the statements known in
  *    advance pipelined behind it, then the caller's step callback chooses the next statement
  *    from the previous result, then COMMIT (possibly behind the last statement) or ROLLBACK.
+ *    What it sends in one go shares one sync point: an error aborts the transaction anyway.
  *
  * Acquisition is a bounded FIFO queue: when `queue_limit` requests already wait, a new one fails
  * at once with UV_EBUSY (a 503, never memory growth). While the database is known to be down (no

@@ -12,11 +12,14 @@
  *
  * and CLOSED, once the pool is closing and the connection has let go of everything.
  *
- * In READY, a connection carries a FIFO ring of slots, one per request sent with its own sync
- * point. A slot belongs to a query, to the transaction holding the connection, or to nobody (an
- * orphan, whose task already completed, or the pool's own ROLLBACK); results of ownerless slots
- * are read and dropped. A connection takes new work only when it is "placeable" (see
- * rt__db_conn_is_placeable): never behind an orphan, never while a cancel request for it is in
+ * In READY, a connection carries a FIFO ring of slots, one per statement sent. A slot belongs to
+ * a query, to the transaction holding the connection, or to nobody (an orphan, whose task already
+ * completed, or the pool's own ROLLBACK); results of ownerless slots are read and dropped. Every
+ * query, and every request of the pool's own, ends with its own Sync, so one failing aborts none
+ * of its neighbours; a transaction's statements sent in one go share the Sync behind the last of
+ * them (a failing one aborts the transaction anyway). The last slot in flight always has a Sync:
+ * the server sends nothing back before it. A connection takes new work only when it is "placeable"
+ * (see rt__db_conn_is_placeable): never behind an orphan, never while a cancel request for it is in
  * flight, never while a transaction holds it or its cleanup is pending.
  */
 #ifndef RT_DB_INT_H
@@ -69,6 +72,8 @@ typedef struct rt_db__slot {
     uint64_t seq;          /* the connection's count of slots sent, this one included */
     const char *prep_name; /* the connection's copy of the name being prepared, or NULL */
     uint8_t kind;          /* enum db_slot_kind */
+    uint8_t open;          /* commands (Parse, Execute) whose results have not all come back */
+    bool sync;             /* a Sync follows: the slot ends with its PGRES_PIPELINE_SYNC */
     bool prepare;          /* a Parse was sent and its result is still to come */
     bool res_is_error;     /* res is an error */
 } db_slot;
@@ -205,9 +210,14 @@ void rt__db_conn_discard(db_conn *c, int err, const char *detail);
 /* db_pipe.c: a READY connection's requests. */
 bool rt__db_conn_is_placeable(const db_conn *c);
 bool rt__db_conn_is_idle(const db_conn *c);
-/* Appends a slot and sends it; NULL when sending failed (c was discarded, the slot failed). */
+/* Appends a slot and sends it, with a Sync behind it when sync is set (otherwise it waits in
+ * libpq's buffer for rt__db_conn_sync); NULL when sending failed (c was discarded, the slot
+ * failed). */
 db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *name,
-                          const char *sql, int nparams, const char *const *params);
+                          const char *sql, int nparams, const char *const *params, bool sync);
+/* Sends a Sync behind the last slot, unless it has one, and flushes. False when sending failed
+ * (c was discarded). */
+bool rt__db_conn_sync(db_conn *c);
 /* The query in s completed early: drop its result when it comes. */
 void rt__db_conn_orphan(db_conn *c, db_slot *s);
 /* When nobody waits for anything on c, interrupts the statement running now, unless a cancel

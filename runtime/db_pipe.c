@@ -3,11 +3,15 @@
  * db_pipe.c - a READY connection's pipeline: sending requests, reading their results in order,
  * and deciding when the connection may take new work.
  *
- * The main idea: every request is a slot in a FIFO ring that mirrors libpq's own command queue
- * one to one. A slot is [Parse] + Bind/Execute + Sync, so each has exactly one
- * PGRES_PIPELINE_SYNC that ends it, and an error aborts nothing but its own slot. Results are
- * read only while a slot is open, and what libpq returns must match what the ring expects: a
- * mismatch means the connection's state is unknown, and it is discarded, never guessed at.
+ * The main idea: every statement is a slot in a FIFO ring that mirrors libpq's own command queue
+ * one to one. A slot is [Parse] + Bind/Execute, and [Sync]: its results end with one NULL per
+ * command, then, with a Sync, a PGRES_PIPELINE_SYNC. A query has its own Sync, so an error aborts
+ * nothing but its own slot. A transaction's statements sent in one go share one, behind the last
+ * of them: the server answers the group at once (one wake-up and one send on each side instead of
+ * one per statement), and an error aborts the rest of the group, which the transaction's error
+ * aborts anyway. Results are read only while a slot is open, and what libpq returns must match
+ * what the ring expects: a mismatch means the connection's state is unknown, and it is
+ * discarded, never guessed at.
  *
  * Before a connection takes new work after a transaction, an orphaned statement or a cancel
  * request, rt__db_conn_settle makes sure it is back to a known, idle state: it waits for the
@@ -110,8 +114,25 @@ static int conn_flush(db_conn *c)
     return 0;
 }
 
+bool rt__db_conn_sync(db_conn *c)
+{
+    db_slot *last = db_conn_slot(c, c->count - 1);
+
+    assert(c->state == CONN_READY && c->count > 0);
+    if (last->sync)
+        return true;
+    /* PQpipelineSync flushes too, as far as the socket takes it; conn_flush watches for the
+     * rest. */
+    if (!PQpipelineSync(c->pg)) {
+        rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
+        return false;
+    }
+    last->sync = true;
+    return conn_flush(c) == 0;
+}
+
 db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *name,
-                          const char *sql, int nparams, const char *const *params)
+                          const char *sql, int nparams, const char *const *params, bool sync)
 {
     db_slot *s;
     const char *prepared = NULL;
@@ -126,6 +147,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
     s->seq = ++c->seq;
     s->prepare = false;
     s->prep_name = NULL;
+    s->sync = false;
     c->count++;
     if (q != NULL)
         q->slot = s;
@@ -149,6 +171,7 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
             prepared = s->prep_name;
         }
     }
+    s->open = s->prepare ? 2 : 1;
     ok = 1;
     if (s->prepare)
         ok = PQsendPrepare(c->pg, prepared, sql, nparams, NULL);
@@ -156,13 +179,11 @@ db_slot *rt__db_conn_send(db_conn *c, uint8_t kind, rt_db_query *q, const char *
         ok = PQsendQueryPrepared(c->pg, prepared, nparams, params, NULL, NULL, 0);
     else if (ok)
         ok = PQsendQueryParams(c->pg, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (ok)
-        ok = PQpipelineSync(c->pg);
     if (!ok) {
         rt__db_conn_discard(c, RT_DB_ELOST, PQerrorMessage(c->pg));
         return NULL;
     }
-    if (conn_flush(c) < 0)
+    if (sync && !rt__db_conn_sync(c))
         return NULL;
     return s;
 }
@@ -237,7 +258,7 @@ void rt__db_conn_settle(db_conn *c)
             return;
         }
         c->held = true;
-        if (rt__db_conn_send(c, SLOT_ROLLBACK, NULL, NULL, "ROLLBACK", 0, NULL) != NULL)
+        if (rt__db_conn_send(c, SLOT_ROLLBACK, NULL, NULL, "ROLLBACK", 0, NULL, true) != NULL)
             rt__db_conn_arm_bound(c, BOUND_ROLLBACK, db->cfg.commit_timeout_ms);
         return;
     }
@@ -274,7 +295,7 @@ void rt__db_conn_check_idle(db_conn *c)
     c->bound = BOUND_NONE;
     if (!rt__db_conn_is_idle(c))
         return; /* busy: its work has its own bounds, and settle arms the wait again */
-    if (rt__db_conn_send(c, SLOT_CHECK, NULL, NULL, "", 0, NULL) != NULL)
+    if (rt__db_conn_send(c, SLOT_CHECK, NULL, NULL, "", 0, NULL, true) != NULL)
         rt__db_conn_arm_bound(c, BOUND_CHECK, c->db->cfg.idle_check_timeout_ms);
 }
 
@@ -347,7 +368,6 @@ static void conn_slot_done(db_conn *c)
 static void conn_read(db_conn *c)
 {
     uint64_t gen = c->gen;
-    int nulls = 0;
 
     while (c->state == CONN_READY && c->gen == gen && c->count > 0) {
         db_slot *s = &c->slots[c->head];
@@ -361,18 +381,23 @@ static void conn_read(db_conn *c)
             return;
         res = PQgetResult(c->pg);
         if (res == NULL) {
-            /* One NULL ends each statement's results; a second one in a row while a slot is
-             * still open means libpq's queue and the ring disagree. */
-            if (++nulls > 1) {
+            /* One NULL ends each command's results: one more than the slot sent means libpq's
+             * queue and the ring disagree. */
+            if (s->open == 0) {
                 rt__db_conn_discard(c, RT_DB_ELOST, "pipeline out of step");
                 return;
             }
+            if (--s->open == 0 && !s->sync)
+                conn_slot_done(c);
             continue;
         }
-        nulls = 0;
         switch (PQresultStatus(res)) {
         case PGRES_PIPELINE_SYNC:
             PQclear(res);
+            if (!s->sync || s->open > 0) {
+                rt__db_conn_discard(c, RT_DB_ELOST, "pipeline out of step");
+                return;
+            }
             conn_slot_done(c);
             break;
         case PGRES_TUPLES_OK:
@@ -407,6 +432,11 @@ static void conn_read(db_conn *c)
 
 void rt__db_conn_on_io(db_conn *c, int status, int events)
 {
+    /* The server answers nothing before a Sync: results would never come. */
+    if (RT_NEVER(c->count > 0 && !db_conn_slot(c, c->count - 1)->sync)) {
+        rt__db_conn_discard(c, RT_DB_ELOST, "a pipeline without a Sync");
+        return;
+    }
     if (status < 0) {
         rt__db_conn_discard(c, RT_DB_ELOST, uv_strerror(status));
         return;

@@ -21,6 +21,11 @@
  * transaction that never sent COMMIT cannot have written anything visible, so completing before
  * the ROLLBACK is acknowledged tells the caller nothing false.
  *
+ * What the transaction sends in one go (BEGIN and the statements pipelined behind it; a chosen
+ * statement and the COMMIT behind it) shares one Sync, sent behind the last of it before control
+ * returns to the loop (tx_sync): one wait on the server, one ReadyForQuery. A statement that fails
+ * aborts the rest of its group, as it aborts the rest of the transaction.
+ *
  * Every slot on the connection belongs to the transaction while it holds it, so the pipeline
  * needs no bookkeeping of its own: the ring's count is what is in flight, and what did not fit
  * (pipeline_depth 1: a statement pipelined behind BEGIN, a COMMIT behind the last statement)
@@ -78,7 +83,7 @@ static bool tx_send(rt_db_tx *tx, uint8_t kind, const char *name, const char *sq
     } else if (kind == SLOT_STMT) {
         tx->phase = TX_STMT;
     }
-    if (rt__db_conn_send(c, kind, NULL, name, sql, nparams, params) == NULL)
+    if (rt__db_conn_send(c, kind, NULL, name, sql, nparams, params, false) == NULL)
         return false;
     if (kind == SLOT_COMMIT)
         rt__db_conn_arm_bound(c, BOUND_COMMIT, tx->db->cfg.commit_timeout_ms);
@@ -104,14 +109,25 @@ static void tx_send_waiting(rt_db_tx *tx)
     }
 }
 
+/* Ends what was just sent on c with its Sync, unless sending failed (c was discarded, gen moved
+ * on) or nothing is in flight. */
+static void tx_sync(db_conn *c, uint64_t gen)
+{
+    if (c->state == CONN_READY && c->gen == gen && c->count > 0)
+        rt__db_conn_sync(c);
+}
+
 void rt__db_tx_place(rt_db_tx *tx, db_conn *c)
 {
+    uint64_t gen = c->gen;
+
     tx->conn = c;
     tx->phase = TX_BEGIN;
     c->tx = tx;
     c->held = true;
     if (tx_send(tx, SLOT_BEGIN, NULL, tx->begin_sql != NULL ? tx->begin_sql : "BEGIN", 0, NULL))
         tx_send_waiting(tx);
+    tx_sync(c, gen);
 }
 
 unsigned rt_db_tx_queued(const rt_db_tx *tx)
@@ -156,7 +172,7 @@ static void tx_cancel_running(rt_db_tx *tx, int reason)
     rt__db_conn_cancel_running(c);
 }
 
-void rt__db_tx_on_result(db_conn *c, db_slot *s)
+static void tx_on_result(db_conn *c, db_slot *s)
 {
     rt_db_tx *tx = c->tx;
     uint64_t gen = c->gen;
@@ -208,6 +224,15 @@ void rt__db_tx_on_result(db_conn *c, db_slot *s)
         tx_cancel_running(tx, tx->pending_cancel);
     if (c->state == CONN_READY && c->gen == gen)
         rt__db_conn_settle(c);
+}
+
+/* A result of c's transaction: whatever it (or its step callback) sent goes out with one Sync. */
+void rt__db_tx_on_result(db_conn *c, db_slot *s)
+{
+    uint64_t gen = c->gen;
+
+    tx_on_result(c, s);
+    tx_sync(c, gen);
 }
 
 static int tx_start(rt_task *t)

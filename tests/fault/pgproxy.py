@@ -24,8 +24,9 @@ The control channel is a TCP port on 127.0.0.1: one command per line, one answer
 stdout (both chosen by the kernel unless given) and flushes, so a test reads its ports from there.
 
 Enough of the protocol is parsed to recognise a COMMIT going out (a simple Query or a Parse whose
-text is COMMIT) and the server's answer to it (CommandComplete/ErrorResponse), and a
-CancelRequest; an SSL or GSS answer 'S'/'G' turns parsing off for that connection (it is opaque).
+text is COMMIT) and the server's answer to it (CommandComplete/ErrorResponse), a CancelRequest,
+and the client's Sync messages (counted: the server answers each with a ReadyForQuery); an SSL
+or GSS answer 'S'/'G' turns parsing off for that connection (it is opaque).
 """
 import argparse
 import asyncio
@@ -61,6 +62,7 @@ class Proxy:
             "cancels_seen": 0,
             "cancels_swallowed": 0,
             "commits_seen": 0,
+            "syncs_seen": 0,
             "commit_answers_dropped": 0,
             "bytes_up": 0,
             "bytes_down": 0,
@@ -264,6 +266,8 @@ class Conn:
             body = self.cbuf[5 : 1 + length]
             self.cbuf = self.cbuf[1 + length :]
             text = None
+            if kind == b"S":
+                self.p.st["syncs_seen"] += 1
             if kind == b"Q":
                 text = body
             elif kind == b"P":

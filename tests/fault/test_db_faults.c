@@ -449,6 +449,109 @@ static void test_handshake_ending_in_a_reset(void **state)
     close_within(fx, 10000);
 }
 
+/* --- one Sync per round trip ------------------------------------------------------------------ */
+
+/* A transaction of two statements pipelined behind BEGIN and a third, with COMMIT behind it,
+ * chosen by the step callback once those are back. */
+typedef struct sync_tx {
+    rt_db_tx tx;
+    const char *const *stmts; /* three */
+    int delivered;
+    int status;
+} sync_tx;
+
+static void sync_tx_step(rt_db_tx *tx)
+{
+    sync_tx *x = rt_container_of(tx, sync_tx, tx);
+
+    if (rt_db_tx_queued(tx) > 0)
+        return; /* the next result comes by itself */
+    rt_db_tx_exec(tx, NULL, x->stmts[2], 0, NULL);
+    rt_db_tx_commit(tx);
+}
+
+static void sync_tx_cb(rt_task *t, int status)
+{
+    sync_tx *x = rt_container_of(t, sync_tx, tx.task);
+
+    x->delivered++;
+    x->status = status;
+}
+
+static bool sync_tx_delivered(void *arg)
+{
+    return ((sync_tx *)arg)->delivered > 0;
+}
+
+/* Runs the transaction on fx's pool and waits until it completed and the pool is idle again
+ * (its cleanup, if any, done). Returns the Syncs the server was sent meanwhile. */
+static long sync_tx_run(dbt_fixture *fx, sync_tx *x, const char *const *stmts)
+{
+    long before = pgp_stat(&proxy, "syncs_seen");
+
+    memset(x, 0, sizeof(*x));
+    x->stmts = stmts;
+    rt_db_tx_init(&x->tx, fx->db, NULL, sync_tx_step, NULL);
+    rt_db_tx_pipeline(&x->tx, NULL, stmts[0], 0, NULL);
+    rt_db_tx_pipeline(&x->tx, NULL, stmts[1], 0, NULL);
+    rt_task_start(&x->tx.task, NULL, sync_tx_cb);
+    if (!dbt_run_until(fx, sync_tx_delivered, x, 10000))
+        fail_msg("the transaction did not complete within 10 s");
+    if (!dbt_run_until(fx, dbt_all_ready, fx, 10000))
+        fail_msg("the connection was not idle again within 10 s");
+    return pgp_stat(&proxy, "syncs_seen") - before;
+}
+
+/*
+ * The statements a transaction sends in one go wait for the server once: one Sync behind the
+ * last of them, not one each (the proxy counts the Syncs on the wire). [BEGIN, 1, 2] and
+ * [3, COMMIT] are two. One statement at a time (pipeline_depth 1), each is its own. A statement
+ * that fails takes the rest of its group with it, as it would take the rest of the transaction:
+ * the error reported is its own, and the connection comes back clean for the next user.
+ */
+static void test_tx_round_trip_is_one_sync(void **state)
+{
+    dbt_fixture *fx = *state;
+    static const char *const ok[] = {"SELECT 1", "SELECT 2", "SELECT 3"};
+    static const char *const bad[] = {"SELECT 1/0", "SELECT 2", "SELECT 3"};
+
+    for (size_t depth = 1; depth <= 8; depth += 7) {
+        rt_db_config cfg = dbt_config(1, depth);
+        bool one_at_a_time = depth == 1 || cfg.transaction_pooler;
+        dbt_query after;
+        sync_tx x;
+        long syncs;
+
+        cfg.conninfo = proxied;
+        cfg.idle_check_ms = 0; /* no Syncs of the pool's own */
+        dbt_open(fx, &cfg);
+
+        syncs = sync_tx_run(fx, &x, ok);
+        assert_int_equal(x.status, 0);
+        assert_int_equal(x.tx.outcome, RT_DB_TX_COMMITTED);
+        assert_int_equal(x.tx.step, 3);
+        print_message("depth %zu: %ld Syncs for a committed transaction\n", depth, syncs);
+        assert_int_equal(syncs, one_at_a_time ? 5 : 2);
+        rt_task_release(&x.tx.task);
+
+        /* With everything in one group, the failure and then the pool's ROLLBACK. */
+        syncs = sync_tx_run(fx, &x, bad);
+        assert_int_equal(x.status, RT_DB_ESQL);
+        assert_string_equal(x.tx.result.sqlstate, "22012");
+        assert_int_equal(x.tx.outcome, RT_DB_TX_ROLLED_BACK);
+        print_message("depth %zu: %ld Syncs for a failed transaction\n", depth, syncs);
+        assert_int_equal(syncs, one_at_a_time ? 3 : 2);
+        rt_task_release(&x.tx.task);
+
+        dbt_query_start(&after, fx->db, "SELECT 1", 0, NULL, NULL);
+        dbt_wait_query(fx, &after, 10000);
+        assert_int_equal(after.status, 0);
+        rt_task_release(&after.q.task);
+        dbt_close_db(fx);
+        fx->db_closed = 0;
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +561,7 @@ int main(void)
         FAULT_TEST(test_flapping_server_bounded_attempts),
         FAULT_TEST(test_full_server_backs_off_and_reports_once),
         FAULT_TEST(test_handshake_ending_in_a_reset),
+        FAULT_TEST(test_tx_round_trip_is_one_sync),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
