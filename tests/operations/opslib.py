@@ -129,9 +129,14 @@ class Response:
         self.body = body
 
 
-def request(svc, method, path, body=None, headers=None, raw_body=None):
+def request(svc, method, path, body=None, headers=None, raw_body=None, barrier=None):
+    """One request on its own connection. With a barrier (threading.Barrier), the request is
+    sent only once every party has connected: requests that must overlap do."""
     conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=30)
     try:
+        if barrier is not None:
+            conn.connect()
+            barrier.wait(30)
         data = raw_body if raw_body is not None else (
             json.dumps(body).encode() if body is not None else None)
         h = dict(headers or {})
