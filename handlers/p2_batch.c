@@ -155,6 +155,22 @@ static batch_item *item_new(batch *b, int64_t id)
     return it;
 }
 
+/* The cursor over the ids both variants pull from: 1 with the next id's item in *out, 0 when
+ * every id has been handed out, or UV_ENOMEM. */
+static int next_item(batch *b, rt_task **out)
+{
+    batch_item *it;
+
+    if (b->next == b->n)
+        return 0;
+    it = item_new(b, b->ids[b->next]);
+    if (it == NULL)
+        return UV_ENOMEM;
+    b->next++;
+    *out = &it->task;
+    return 1;
+}
+
 /* Counts a delivered item. Cancelled items are not recorded: they are what is left over. */
 static void batch_record(batch *b, batch_item *it, int status)
 {
@@ -245,20 +261,15 @@ static void on_seq_item_done(rt_task *t, int status);
 
 static void seq_start_next(batch *b)
 {
-    batch_item *it;
+    rt_task *t;
+    int err = next_item(b, &t);
 
-    if (b->next == b->n) {
-        batch_finish(b, 0);
+    if (err <= 0) {
+        batch_finish(b, err);
         return;
     }
-    it = item_new(b, b->ids[b->next]);
-    if (it == NULL) {
-        batch_finish(b, UV_ENOMEM);
-        return;
-    }
-    b->next++;
-    b->current = it;
-    rt_task_start(&it->task, NULL, on_seq_item_done);
+    b->current = rt_container_of(t, batch_item, task);
+    rt_task_start(t, NULL, on_seq_item_done);
 }
 
 static void on_seq_item_done(rt_task *t, int status)
@@ -280,20 +291,10 @@ static void on_seq_item_done(rt_task *t, int status)
 
 /* --- after: a bounded stream that drains ------------------------------------------------------ */
 
-/* The stream's source, a cursor over the ids. */
+/* The stream's source. */
 static int batch_next(rt_stream *s, rt_task **out)
 {
-    batch *b = rt_container_of(s, batch, stream);
-    batch_item *it;
-
-    if (b->next == b->n)
-        return 0;
-    it = item_new(b, b->ids[b->next]);
-    if (it == NULL)
-        return UV_ENOMEM;
-    b->next++;
-    *out = &it->task;
-    return 1;
+    return next_item(rt_container_of(s, batch, stream), out);
 }
 
 static void on_stream_item(rt_stream *s, rt_task *child, int status)
