@@ -14,11 +14,11 @@
  * after: a `writer` task spawned into a scope: the request's with ?wait=true (the response waits
  * for it, the deadline cancels it), else the service's, which shutdown drains for
  * SHUTDOWN_GRACE_MS and then cancels. A writer in the service scope outlives its request, so it
- * copies what it needs. Each event is its own transaction (BEGIN; INSERT with its pg_sleep;
- * COMMIT): the driver cancels a transaction only before COMMIT is sent, so every event is either
- * written or cancelled, and the cancellation's log line and counters add up with the table's rows
- * to exactly the number requested (an interrupted autocommit INSERT may or may not have
- * committed).
+ * copies what it needs (the event's parameters, the request's ids). Each event is its own
+ * transaction (BEGIN; INSERT with its pg_sleep; COMMIT): the driver cancels a transaction only
+ * before COMMIT is sent, so every event is either written or cancelled, and the cancellation's log
+ * line and counters add up with the table's rows to exactly the number requested (an interrupted
+ * autocommit INSERT may or may not have committed).
  */
 #include "handlers/patterns.h"
 
@@ -74,8 +74,7 @@ typedef struct welcome_req {
     welcome_args a;
 } welcome_req;
 
-/* One event's parameters, in text: what both variants copy, since their work outlives the
- * request that started it. */
+/* One event's parameters as text, copied by both variants (see the top). */
 typedef struct event_text {
     char task_id[TASK_ID_MAX];
     char user_s[HS_INT_TEXT];
@@ -112,8 +111,7 @@ typedef struct writer {
     bool unknown; /* a COMMIT whose answer never came */
     uint64_t tx_started;
     event_text ev;
-    /* The ids of the request that started it, copied: in the service scope it outlives the
-     * request, and its log lines still belong to that request's trace. */
+    /* Its log lines still belong to the trace of the request that started it. */
     char request_id[SVC_REQUEST_ID_MAX + 1];
     char trace_id[SVC_TRACE_ID_LEN + 1];
     char span_id[SVC_SPAN_ID_LEN + 1];

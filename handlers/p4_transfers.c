@@ -374,11 +374,10 @@ static const rt_task_vtable before_vt = {
  *   replay:   [BEGIN, LOCK, LOOKUP] -> [COMMIT]   (a keyed refusal likewise ends in a COMMIT)
  *
  * Brackets are round trips (pipelined; one statement at a time with DB_TRANSACTION_POOLER=on).
- * MOVE is the whole transfer in one statement: it locks both rows in id order (FOR NO KEY UPDATE:
- * opposite transfers cannot deadlock, and the FOR KEY SHARE of a foreign key check, a `before`
- * transfer's among them, neither blocks it nor closes a cycle with it), checks both exist and
- * `from` holds enough, and only then writes; the step callback answers 404/409 (rolled back) or
- * goes on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
+ * MOVE (sql_move) locks both rows FOR NO KEY UPDATE: opposite transfers cannot deadlock (id
+ * order), and a foreign key check's FOR KEY SHARE, a `before` transfer's among them, neither
+ * blocks it nor closes a cycle with it. The step callback answers 404/409 (rolled back) or goes
+ * on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
  *
  * LOCK (pg_try_advisory_xact_lock on the key) makes a concurrent request with the same key a 409
  * at once instead of a queue. LOOKUP replays a stored response (same body hash) or refuses the
