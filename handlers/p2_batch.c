@@ -129,44 +129,28 @@ static const rt_task_vtable item_vt = {
     .release = item_release,
 };
 
-/* A new item for id, in INIT; NULL without memory. Both statements are ready to start. */
-static batch_item *item_new(batch *b, int64_t id)
-{
-    batch_item *it = calloc(1, sizeof(*it));
-    const char *fetch_params[2];
-    const char *insert_params[3];
-    rt_db *db = b->req->app->db;
-
-    if (it == NULL)
-        return NULL;
-    rt_task_init(&it->task, b->req->app->rt, &item_vt);
-    it->b = b;
-    it->user_id = id;
-    hs__int_text(it->id_txt, id);
-    fetch_params[0] = it->id_txt;
-    fetch_params[1] = b->delay_txt;
-    rt_db_query_init(&it->fetch, db, HS_USER_SQL, 2, fetch_params, NULL);
-    rt_db_query_prepare_as(&it->fetch, HS_USER_STMT);
-    insert_params[0] = b->batch_id;
-    insert_params[1] = it->id_txt;
-    insert_params[2] = b->variant;
-    rt_db_query_init(&it->insert, db, BATCH_INSERT_SQL, 3, insert_params, NULL);
-    rt_db_query_prepare_as(&it->insert, BATCH_INSERT_STMT);
-    return it;
-}
-
-/* The cursor over the ids both variants pull from: 1 with the next id's item in *out, 0 when
- * every id has been handed out, or UV_ENOMEM. */
+/* The cursor over the ids both variants pull from: 1 with the next id's item in *out (in INIT,
+ * both statements ready to start), 0 when every id has been handed out, or UV_ENOMEM. */
 static int next_item(batch *b, rt_task **out)
 {
+    rt_db *db = b->req->app->db;
     batch_item *it;
 
     if (b->next == b->n)
         return 0;
-    it = item_new(b, b->ids[b->next]);
+    it = calloc(1, sizeof(*it));
     if (it == NULL)
         return UV_ENOMEM;
-    b->next++;
+    rt_task_init(&it->task, b->req->app->rt, &item_vt);
+    it->b = b;
+    it->user_id = b->ids[b->next++];
+    hs__int_text(it->id_txt, it->user_id);
+    rt_db_query_init(&it->fetch, db, HS_USER_SQL, 2, (const char *[]){it->id_txt, b->delay_txt},
+                     NULL);
+    rt_db_query_prepare_as(&it->fetch, HS_USER_STMT);
+    rt_db_query_init(&it->insert, db, BATCH_INSERT_SQL, 3,
+                     (const char *[]){b->batch_id, it->id_txt, b->variant}, NULL);
+    rt_db_query_prepare_as(&it->insert, BATCH_INSERT_STMT);
     *out = &it->task;
     return 1;
 }
