@@ -80,13 +80,9 @@ static void on_item_fetched(rt_task *t, int status)
     /* Cancelled while the answer was on its way: nothing was written yet, so stop here. */
     if (status == 0 && rt_task_is_cancel_requested(&it->task))
         status = rt_task_cancel_reason(&it->task);
-    if (status < 0) {
+    it->missing = status == 0 && hs__user_is_missing(&it->fetch.result);
+    if (status < 0 || it->missing) {
         rt_task_complete(&it->task, status);
-        return;
-    }
-    if (hs__user_is_missing(&it->fetch.result)) {
-        it->missing = true;
-        rt_task_complete(&it->task, 0);
         return;
     }
     it->inserting = true;
