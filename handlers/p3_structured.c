@@ -316,10 +316,8 @@ static void writer_on_released(rt_db_tx *tx)
 {
     writer *w = rt_container_of(tx, writer, tx);
 
-    if (w->last_status < 0)
+    if (w->last_status < 0 || w->written == w->events)
         writer_finish(w, w->last_status);
-    else if (w->written == w->events)
-        writer_finish(w, 0);
     else
         rt_post_submit(w->task.rt, &w->next, writer_on_next);
 }
@@ -327,6 +325,7 @@ static void writer_on_released(rt_db_tx *tx)
 static void writer_on_tx(rt_task *t, int status)
 {
     writer *w = rt_container_of(t, writer, tx.task);
+    svc_log_line l;
 
     if (w->req != NULL)
         svc_request_add_db_time(w->req, uv_hrtime() - w->tx_started);
@@ -341,10 +340,7 @@ static void writer_on_tx(rt_task *t, int status)
         w->unknown = w->tx.outcome == RT_DB_TX_UNKNOWN;
         if (status == 0)
             status = UV_EPROTO;
-        if (status == RT_DB_ESQL && svc_log_enabled(SVC_LOG_WARN)) {
-            svc_log_line l;
-
-            svc_log_begin(&l, SVC_LOG_WARN, "db_error");
+        if (status == RT_DB_ESQL && svc_log_begin(&l, SVC_LOG_WARN, "db_error")) {
             log_writer_ids(&l, w);
             svc_log_str(&l, "task_id", w->ev.task_id);
             svc_log_str(&l, "sqlstate", w->tx.result.sqlstate);
@@ -427,14 +423,13 @@ static int welcome_on_user(hs_query *q, const rt_db_result *r)
         hs__user_respond_missing(q->req, w->a.user_id);
         return 0;
     }
-    if (rt_cancel_is_fired(q->req->signal)) {
-        /* The lookup won its race with the deadline by a hair: starting the work now would only
-         * have it cancelled before its first event. */
-        svc_respond_uv_error(q->req, q->req->signal->reason);
-        return q->req->signal->reason;
+    /* The lookup may have won its race with the deadline by a hair: starting the work then would
+     * only have it cancelled before its first event. */
+    err = rt_cancel_is_fired(q->req->signal) ? q->req->signal->reason : 0;
+    if (err == 0) {
+        snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
+        err = hs__is_after(q->req) ? writer_spawn(w, task_id) : detached_start(w, task_id);
     }
-    snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
-    err = hs__is_after(q->req) ? writer_spawn(w, task_id) : detached_start(w, task_id);
     if (err < 0) {
         svc_respond_uv_error(q->req, err);
         return err;
