@@ -447,11 +447,9 @@ static void after_refuse(xfer_after *f, int status, const char *code, const char
 /* The transfer is in place, the response built: COMMIT (behind STORE with a key). */
 static void after_finish(xfer_after *f)
 {
-    if (f->x.a.key != NULL) {
-        const char *p[3] = {f->x.a.key, f->x.a.canon, f->body};
-
-        after_exec(f, A_COMMIT, "hs_xfer_store", sql_store, 3, p);
-    }
+    if (f->x.a.key != NULL)
+        after_exec(f, A_COMMIT, "hs_xfer_store", sql_store, 3,
+                   (const char *[]){f->x.a.key, f->x.a.canon, f->body});
     f->stage = A_COMMIT;
     rt_db_tx_commit(&f->tx);
 }
@@ -474,9 +472,7 @@ static void after_check_move(xfer_after *f, const rt_db_result *r)
     } else if ((f->body = success_body(&f->x.a, f->x.transfer_id)) == NULL) {
         rt_db_tx_rollback(&f->tx, UV_ENOMEM);
     } else if (f->x.a.delay_ms > 0) {
-        const char *p[1] = {f->x.a.delay_s};
-
-        after_exec(f, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, p);
+        after_exec(f, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, (const char *[]){f->x.a.delay_s});
     } else {
         after_finish(f);
     }
@@ -491,24 +487,17 @@ static void after_check_key(xfer_after *f, const rt_db_result *r)
     if (rt_db_result_rows(r) == 0) {
         /* The key is new and now claimed: the transfer goes out. */
         after_exec(f, A_MOVE, "hs_xfer_move", sql_move, 3, f->move_p);
-        return;
-    }
-    if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
+    } else if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
         rt_db_tx_rollback(&f->tx, UV_EPROTO);
-        return;
-    }
-    if (!same) {
+    } else if (!same) {
         after_refuse(f, 422, "idempotency_key_reused",
                      "this Idempotency-Key was used with a different body");
-        return;
-    }
-    f->replay = strdup(rt_db_result_text(r, 0, 2));
-    if (f->replay == NULL) {
+    } else if ((f->replay = strdup(rt_db_result_text(r, 0, 2))) == NULL) {
         rt_db_tx_rollback(&f->tx, UV_ENOMEM);
-        return;
+    } else {
+        f->answer_status = (int)status;
+        after_answer(f);
     }
-    f->answer_status = (int)status;
-    after_answer(f);
 }
 
 static void after_step(rt_db_tx *tx)
