@@ -610,7 +610,6 @@ static void after_on_race(rt_task *t, int status)
 static int after_start(rt_task *t)
 {
     xfer_after *f = rt_container_of(t, xfer_after, x.task);
-    rt_runtime *rt = f->x.req->app->rt;
 
     rt_db_tx_init(&f->tx, f->x.req->app->db, NULL, after_step, NULL);
     f->move_p[0] = f->x.a.from_s;
@@ -627,7 +626,7 @@ static int after_start(rt_task *t)
         rt_db_tx_pipeline(&f->tx, "hs_xfer_move", sql_move, 3, f->move_p);
         f->stage = A_MOVE;
     }
-    rt_race_init(&f->race, rt, &f->tx.task, f->x.req->signal);
+    rt_race_init(&f->race, f->x.req->app->rt, &f->tx.task, f->x.req->signal);
     f->x.started = uv_hrtime();
     rt_task_start(&f->race.task, NULL, after_on_race);
     return 0;
