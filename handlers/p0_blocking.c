@@ -18,17 +18,16 @@
 #include "service/config.h"
 
 typedef struct blocking {
-    svc_app *app;
     PGconn *conn; /* before's own connection, never the pool's; NULL until first used */
 } blocking;
 
 /* --- before: a synchronous query on the loop thread ------------------------------------------- */
 
 /* Opens or repairs before's connection, synchronously like everything on this route. */
-static bool before_connect(blocking *b)
+static bool before_connect(blocking *b, const svc_app *app)
 {
     static const char *const keys[] = {"dbname", "application_name", NULL};
-    const char *values[] = {b->app->config->database_url, "hindsight-before", NULL};
+    const char *values[] = {app->config->database_url, "hindsight-before", NULL};
 
     if (b->conn == NULL)
         b->conn = PQconnectdbParams(keys, values, 1);
@@ -52,7 +51,7 @@ static int before_user(svc_request *req, void *state, rt_task **task_out)
     (void)task_out;
     if (hs__user_args(req, &id, &delay) < 0 || !hs__has_db(req))
         return 0;
-    if (!before_connect(b)) {
+    if (!before_connect(b, req->app)) {
         svc_respond_error(req, 503, "unavailable", "the database is unavailable");
         return 0;
     }
@@ -150,8 +149,5 @@ int hs_blocking_register(svc_router *r, svc_app *app)
 {
     blocking *b = rt_scope_alloc(app->root_scope, sizeof(*b), blocking_fin);
 
-    if (b == NULL)
-        return UV_ENOMEM;
-    b->app = app;
-    return HS_ROUTES_ADD(r, rows, b);
+    return b != NULL ? HS_ROUTES_ADD(r, rows, b) : UV_ENOMEM;
 }

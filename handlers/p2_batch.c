@@ -80,13 +80,9 @@ static void on_item_fetched(rt_task *t, int status)
     /* Cancelled while the answer was on its way: nothing was written yet, so stop here. */
     if (status == 0 && rt_task_is_cancel_requested(&it->task))
         status = rt_task_cancel_reason(&it->task);
-    if (status < 0) {
+    it->missing = status == 0 && hs__user_is_missing(&it->fetch.result);
+    if (status < 0 || it->missing) {
         rt_task_complete(&it->task, status);
-        return;
-    }
-    if (hs__user_is_missing(&it->fetch.result)) {
-        it->missing = true;
-        rt_task_complete(&it->task, 0);
         return;
     }
     it->inserting = true;
@@ -129,30 +125,30 @@ static const rt_task_vtable item_vt = {
     .release = item_release,
 };
 
-/* A new item for id, in INIT; NULL without memory. Both statements are ready to start. */
-static batch_item *item_new(batch *b, int64_t id)
+/* The cursor over the ids both variants pull from: 1 with the next id's item in *out (in INIT,
+ * both statements ready to start), 0 when every id has been handed out, or UV_ENOMEM. */
+static int next_item(batch *b, rt_task **out)
 {
-    batch_item *it = calloc(1, sizeof(*it));
-    const char *fetch_params[2];
-    const char *insert_params[3];
     rt_db *db = b->req->app->db;
+    batch_item *it;
 
+    if (b->next == b->n)
+        return 0;
+    it = calloc(1, sizeof(*it));
     if (it == NULL)
-        return NULL;
+        return UV_ENOMEM;
     rt_task_init(&it->task, b->req->app->rt, &item_vt);
     it->b = b;
-    it->user_id = id;
-    hs__int_text(it->id_txt, id);
-    fetch_params[0] = it->id_txt;
-    fetch_params[1] = b->delay_txt;
-    rt_db_query_init(&it->fetch, db, HS_USER_SQL, 2, fetch_params, NULL);
+    it->user_id = b->ids[b->next++];
+    hs__int_text(it->id_txt, it->user_id);
+    rt_db_query_init(&it->fetch, db, HS_USER_SQL, 2, (const char *[]){it->id_txt, b->delay_txt},
+                     NULL);
     rt_db_query_prepare_as(&it->fetch, HS_USER_STMT);
-    insert_params[0] = b->batch_id;
-    insert_params[1] = it->id_txt;
-    insert_params[2] = b->variant;
-    rt_db_query_init(&it->insert, db, BATCH_INSERT_SQL, 3, insert_params, NULL);
+    rt_db_query_init(&it->insert, db, BATCH_INSERT_SQL, 3,
+                     (const char *[]){b->batch_id, it->id_txt, b->variant}, NULL);
     rt_db_query_prepare_as(&it->insert, BATCH_INSERT_STMT);
-    return it;
+    *out = &it->task;
+    return 1;
 }
 
 /* Counts a delivered item. Cancelled items are not recorded: they are what is left over. */
@@ -245,20 +241,15 @@ static void on_seq_item_done(rt_task *t, int status);
 
 static void seq_start_next(batch *b)
 {
-    batch_item *it;
+    rt_task *t;
+    int err = next_item(b, &t);
 
-    if (b->next == b->n) {
-        batch_finish(b, 0);
+    if (err <= 0) {
+        batch_finish(b, err);
         return;
     }
-    it = item_new(b, b->ids[b->next]);
-    if (it == NULL) {
-        batch_finish(b, UV_ENOMEM);
-        return;
-    }
-    b->next++;
-    b->current = it;
-    rt_task_start(&it->task, NULL, on_seq_item_done);
+    b->current = rt_container_of(t, batch_item, task);
+    rt_task_start(t, NULL, on_seq_item_done);
 }
 
 static void on_seq_item_done(rt_task *t, int status)
@@ -280,20 +271,10 @@ static void on_seq_item_done(rt_task *t, int status)
 
 /* --- after: a bounded stream that drains ------------------------------------------------------ */
 
-/* The stream's source, a cursor over the ids. */
+/* The stream's source. */
 static int batch_next(rt_stream *s, rt_task **out)
 {
-    batch *b = rt_container_of(s, batch, stream);
-    batch_item *it;
-
-    if (b->next == b->n)
-        return 0;
-    it = item_new(b, b->ids[b->next]);
-    if (it == NULL)
-        return UV_ENOMEM;
-    b->next++;
-    *out = &it->task;
-    return 1;
+    return next_item(rt_container_of(s, batch, stream), out);
 }
 
 static void on_stream_item(rt_stream *s, rt_task *child, int status)

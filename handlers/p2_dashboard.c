@@ -140,15 +140,13 @@ static void on_part_done(rt_task *t, int status)
     /* A sequential handler stops at the first missing piece: no user, no dashboard. */
     if (d->step == PART_USER && hs__user_is_missing(&d->parts[PART_USER].result)) {
         hs__user_respond_missing(d->req, d->id);
-        dashboard_finish(d, 0);
+    } else if (++d->step < PARTS) {
+        rt_task_start(&d->parts[d->step].task, NULL, on_part_done);
         return;
-    }
-    if (++d->step == PARTS) {
+    } else {
         dashboard_respond(d);
-        dashboard_finish(d, 0);
-        return;
     }
-    rt_task_start(&d->parts[d->step].task, NULL, on_part_done);
+    dashboard_finish(d, 0);
 }
 
 /* --- after: a fail-fast join ------------------------------------------------------------------ */

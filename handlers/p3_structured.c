@@ -14,11 +14,11 @@
  * after: a `writer` task spawned into a scope: the request's with ?wait=true (the response waits
  * for it, the deadline cancels it), else the service's, which shutdown drains for
  * SHUTDOWN_GRACE_MS and then cancels. A writer in the service scope outlives its request, so it
- * copies what it needs. Each event is its own transaction (BEGIN; INSERT with its pg_sleep;
- * COMMIT): the driver cancels a transaction only before COMMIT is sent, so every event is either
- * written or cancelled, and the cancellation's log line and counters add up with the table's rows
- * to exactly the number requested (an interrupted autocommit INSERT may or may not have
- * committed).
+ * copies what it needs (the event's parameters, the request's ids). Each event is its own
+ * transaction (BEGIN; INSERT with its pg_sleep; COMMIT): the driver cancels a transaction only
+ * before COMMIT is sent, so every event is either written or cancelled, and the cancellation's log
+ * line and counters add up with the table's rows to exactly the number requested (an interrupted
+ * autocommit INSERT may or may not have committed).
  */
 #include "handlers/patterns.h"
 
@@ -55,7 +55,6 @@ typedef struct welcome_counters {
 } welcome_counters;
 
 typedef struct structured {
-    svc_app *app;
     welcome_counters c;
     uint64_t next_id;
     char id_prefix[17];
@@ -75,8 +74,7 @@ typedef struct welcome_req {
     welcome_args a;
 } welcome_req;
 
-/* One event's parameters, in text: what both variants copy, since their work outlives the
- * request that started it. */
+/* One event's parameters as text, copied by both variants (see the top). */
 typedef struct event_text {
     char task_id[TASK_ID_MAX];
     char user_s[HS_INT_TEXT];
@@ -106,17 +104,14 @@ typedef struct writer {
     rt_db *db;
     svc_request *req; /* request scope only; NULL in the service scope, which outlives it */
     int scope;        /* SCOPE_* */
-    uint64_t *written_total;
-    uint64_t *tasks_cancelled;
-    uint64_t *events_cancelled;
+    const welcome_counters *c;
     int events;
     int written;
     int last_status;
     bool unknown; /* a COMMIT whose answer never came */
     uint64_t tx_started;
     event_text ev;
-    /* The ids of the request that started it, copied: in the service scope it outlives the
-     * request, and its log lines still belong to that request's trace. */
+    /* Its log lines still belong to the trace of the request that started it. */
     char request_id[SVC_REQUEST_ID_MAX + 1];
     char trace_id[SVC_TRACE_ID_LEN + 1];
     char span_id[SVC_SPAN_ID_LEN + 1];
@@ -147,7 +142,7 @@ static const char *const *event_params(event_text *e, int seq)
 /* --- shared: the pattern's metrics ------------------------------------------------------------ */
 
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
-static int counters_register(structured *s)
+static int counters_register(structured *s, svc_metrics *m)
 {
     static const char written[] = "hs_welcome_events_written_total";
     static const char written_help[] = "Audit events written by welcome tasks.";
@@ -168,7 +163,7 @@ static int counters_register(structured *s)
         {&c->events_cancelled[SCOPE_SERVICE], events, "scope=\"service\"", events_help, false},
     };
 
-    return SVC_METRICS_REGISTER(s->app->metrics, series);
+    return SVC_METRICS_REGISTER(m, series);
 }
 
 /* --- before: the detached chain --------------------------------------------------------------- */
@@ -237,7 +232,7 @@ static int detached_start(welcome_req *w, const char *task_id)
 
     if (d == NULL)
         return UV_ENOMEM;
-    d->app = s->app;
+    d->app = w->q.req->app;
     d->written = s->c.written_before;
     d->alive = s->c.detached_alive;
     d->events = w->a.events;
@@ -276,8 +271,8 @@ static void writer_finish(writer *w, int status)
 
     if (status < 0) {
         if (cancelled) {
-            (*w->tasks_cancelled)++;
-            (*w->events_cancelled) += (uint64_t)not_written;
+            (*w->c->tasks_cancelled[w->scope])++;
+            (*w->c->events_cancelled[w->scope]) += (uint64_t)not_written;
         }
         if (svc_log_begin(&l, SVC_LOG_WARN, cancelled ? "task_cancelled" : "task_failed")) {
             log_writer_ids(&l, w);
@@ -321,10 +316,8 @@ static void writer_on_released(rt_db_tx *tx)
 {
     writer *w = rt_container_of(tx, writer, tx);
 
-    if (w->last_status < 0)
+    if (w->last_status < 0 || w->written == w->events)
         writer_finish(w, w->last_status);
-    else if (w->written == w->events)
-        writer_finish(w, 0);
     else
         rt_post_submit(w->task.rt, &w->next, writer_on_next);
 }
@@ -332,13 +325,14 @@ static void writer_on_released(rt_db_tx *tx)
 static void writer_on_tx(rt_task *t, int status)
 {
     writer *w = rt_container_of(t, writer, tx.task);
+    svc_log_line l;
 
     if (w->req != NULL)
         svc_request_add_db_time(w->req, uv_hrtime() - w->tx_started);
     if (w->tx.outcome == RT_DB_TX_COMMITTED) {
         /* Committed counts as written even when a cancellation came after COMMIT was sent. */
         w->written++;
-        (*w->written_total)++;
+        (*w->c->written_after)++;
         status = rt_task_is_cancel_requested(&w->task) && w->written < w->events
                      ? rt_task_cancel_reason(&w->task)
                      : 0;
@@ -346,10 +340,7 @@ static void writer_on_tx(rt_task *t, int status)
         w->unknown = w->tx.outcome == RT_DB_TX_UNKNOWN;
         if (status == 0)
             status = UV_EPROTO;
-        if (status == RT_DB_ESQL && svc_log_enabled(SVC_LOG_WARN)) {
-            svc_log_line l;
-
-            svc_log_begin(&l, SVC_LOG_WARN, "db_error");
+        if (status == RT_DB_ESQL && svc_log_begin(&l, SVC_LOG_WARN, "db_error")) {
             log_writer_ids(&l, w);
             svc_log_str(&l, "task_id", w->ev.task_id);
             svc_log_str(&l, "sqlstate", w->tx.result.sqlstate);
@@ -396,28 +387,26 @@ static void writer_done_in_request(rt_task *t, int status)
  * (UV_ESHUTDOWN when the service scope is closing, UV_ENOMEM). */
 static int writer_spawn(welcome_req *wr, const char *task_id)
 {
-    structured *s = wr->s;
+    svc_request *req = wr->q.req;
     int scope = wr->a.wait ? SCOPE_REQUEST : SCOPE_SERVICE;
     writer *w = calloc(1, sizeof(*w));
 
     if (w == NULL)
         return UV_ENOMEM;
-    rt_task_init(&w->task, s->app->rt, &writer_vt);
+    rt_task_init(&w->task, req->app->rt, &writer_vt);
     rt_post_init(&w->next);
     event_text_init(&w->ev, task_id, &wr->a, "after");
-    w->db = s->app->db;
-    w->req = scope == SCOPE_REQUEST ? wr->q.req : NULL;
+    w->db = req->app->db;
+    w->req = scope == SCOPE_REQUEST ? req : NULL;
     w->scope = scope;
-    w->written_total = s->c.written_after;
-    w->tasks_cancelled = s->c.tasks_cancelled[scope];
-    w->events_cancelled = s->c.events_cancelled[scope];
+    w->c = &wr->s->c;
     w->events = wr->a.events;
-    snprintf(w->request_id, sizeof(w->request_id), "%s", wr->q.req->request_id);
-    snprintf(w->trace_id, sizeof(w->trace_id), "%s", wr->q.req->trace_id);
-    snprintf(w->span_id, sizeof(w->span_id), "%s", wr->q.req->span_id);
+    snprintf(w->request_id, sizeof(w->request_id), "%s", req->request_id);
+    snprintf(w->trace_id, sizeof(w->trace_id), "%s", req->trace_id);
+    snprintf(w->span_id, sizeof(w->span_id), "%s", req->span_id);
     if (scope == SCOPE_REQUEST)
-        return rt_scope_spawn(wr->q.req->scope, &w->task, writer_done_in_request);
-    return rt_scope_spawn(s->app->service_scope, &w->task, NULL);
+        return rt_scope_spawn(req->scope, &w->task, writer_done_in_request);
+    return rt_scope_spawn(req->app->service_scope, &w->task, NULL);
 }
 
 /* --- handler: the lookup, then the hand-off --------------------------------------------------- */
@@ -434,14 +423,13 @@ static int welcome_on_user(hs_query *q, const rt_db_result *r)
         hs__user_respond_missing(q->req, w->a.user_id);
         return 0;
     }
-    if (rt_cancel_is_fired(q->req->signal)) {
-        /* The lookup won its race with the deadline by a hair: starting the work now would only
-         * have it cancelled before its first event. */
-        svc_respond_uv_error(q->req, q->req->signal->reason);
-        return q->req->signal->reason;
+    /* The lookup may have won its race with the deadline by a hair: starting the work then would
+     * only have it cancelled before its first event. */
+    err = rt_cancel_is_fired(q->req->signal) ? q->req->signal->reason : 0;
+    if (err == 0) {
+        snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
+        err = hs__is_after(q->req) ? writer_spawn(w, task_id) : detached_start(w, task_id);
     }
-    snprintf(task_id, sizeof(task_id), "%s-%" PRIu64, s->id_prefix, ++s->next_id);
-    err = hs__is_after(q->req) ? writer_spawn(w, task_id) : detached_start(w, task_id);
     if (err < 0) {
         svc_respond_uv_error(q->req, err);
         return err;
@@ -468,32 +456,24 @@ static const hs_query_spec welcome_query = {
 /* Reads and checks every input; on failure the 400 is set and UV_EINVAL returned. */
 static int parse_args(svc_request *req, welcome_args *a)
 {
-    json_t *body;
-    int64_t events;
-    int64_t delay;
-    int err;
+    json_t *body = NULL;
+    int64_t events = 0;
+    int64_t delay = 0;
+    int err = svc_request_param_id(req, "id", &a->user_id);
 
-    err = svc_request_param_id(req, "id", &a->user_id);
-    if (err < 0)
-        return err;
     a->wait = false;
-    if (hs__is_after(req)) {
+    if (err == 0 && hs__is_after(req))
         err = svc_query_bool(req, "wait", false, &a->wait);
-        if (err < 0)
-            return err;
-    }
-    err = svc_request_json(req, &body);
-    if (err < 0)
-        return err;
-    err = svc_json_int(req, body, "events", 1, EVENTS_MAX, EVENTS_DEFAULT, &events);
+    if (err == 0)
+        err = svc_request_json(req, &body);
+    if (err == 0)
+        err = svc_json_int(req, body, "events", 1, EVENTS_MAX, EVENTS_DEFAULT, &events);
     if (err == 0)
         err = svc_json_int(req, body, "delay_ms", 0, HS_DELAY_MAX_MS, DELAY_DEFAULT_MS, &delay);
     json_decref(body);
-    if (err < 0)
-        return err;
     a->events = (int)events;
     a->delay_ms = (int)delay;
-    return 0;
+    return err;
 }
 
 static int welcome(svc_request *req, void *state, rt_task **task_out)
@@ -533,11 +513,10 @@ int hs_structured_register(svc_router *r, svc_app *app)
 
     if (s == NULL)
         return UV_ENOMEM;
-    s->app = app;
     /* Task ids must not repeat across restarts (audit_events keeps them), so each process
      * numbers its tasks under a random prefix. */
     if (hs__random_hex(s->id_prefix, 8) < 0)
         snprintf(s->id_prefix, sizeof(s->id_prefix), "%016" PRIx64, uv_hrtime());
-    err = counters_register(s);
+    err = counters_register(s, app->metrics);
     return err < 0 ? err : HS_ROUTES_ADD(r, rows, s);
 }

@@ -90,7 +90,6 @@ static const char sql_invariant[] =
 
 /* The rows' state: one per process, on the root scope. */
 typedef struct xfer_state {
-    svc_app *app;
     uint64_t *cancelled_before; /* cancelled mid-way: what was done stays done */
     uint64_t *rolled_back;      /* after: cancelled before COMMIT, rolled back */
     uint64_t *outcome_unknown;  /* after: COMMIT sent, its answer never came (503) */
@@ -112,8 +111,18 @@ typedef struct xfer_args {
     char canon[160]; /* the body as hashed for the key: fixed key order, defaults filled in */
 } xfer_args;
 
+/* What both variants' tasks begin with, filled in by the handler. */
+typedef struct xfer {
+    rt_task task;
+    xfer_state *t;
+    svc_request *req;
+    xfer_args a;
+    int64_t transfer_id;
+    uint64_t started; /* before: the step's send; after: the race's start */
+} xfer;
+
 /* Registers the pattern's series at startup, so they are in /metrics before the first request. */
-static int counters_register(xfer_state *t)
+static int counters_register(xfer_state *t, svc_app *app)
 {
     static const char cancelled[] = "hs_transfers_cancelled_total";
     static const char help[] = "Transfers cancelled by their deadline or by shutdown.";
@@ -126,7 +135,7 @@ static int counters_register(xfer_state *t)
          "Transfers whose COMMIT was sent but never answered (503 commit_outcome_unknown).", false},
     };
 
-    return SVC_METRICS_REGISTER(t->app->metrics, series);
+    return SVC_METRICS_REGISTER(app->metrics, series);
 }
 
 /* The 200 body of a committed transfer, as text (new, free it): it is both sent and stored for
@@ -187,75 +196,75 @@ static void log_db_error(const svc_request *req, const char *variant, const rt_d
 
 /* --- before: separate autocommit statements --------------------------------------------------- */
 
-enum before_step {
-    B_DEBIT = 0,
-    B_EXISTS,
-    B_TRANSFER,
-    B_LEG_FROM,
-    B_SLEEP,
-    B_CREDIT,
-    B_LEG_TO,
-    B_N
+/* The statements' parameters, by what they hold (xfer_before.v). */
+enum { P_AMOUNT, P_FROM, P_TO, P_NEG_AMOUNT, P_DELAY, P_ID, P_VARIANT, P_N };
+
+/* The chain in order; before_next branches past the check and skips the sleep. */
+enum before_step { B_DEBIT, B_EXISTS, B_TRANSFER, B_LEG_FROM, B_SLEEP, B_CREDIT, B_LEG_TO, B_N };
+
+static const struct before_stmt {
+    const char *step; /* transfer_cancelled's at_step */
+    const char *name; /* the prepared statement */
+    const char *sql;
+    int n;
+    int p[4]; /* $1..$n, as P_* */
+} before_stmts[B_N] = {
+    {"debit", "hs_xfer_before_debit", sql_before_debit, 3, {P_AMOUNT, P_FROM, P_TO}},
+    {"check", "hs_xfer_exists", sql_exists, 2, {P_FROM, P_TO}},
+    {"transfer", "hs_xfer_transfer", sql_transfer, 4, {P_FROM, P_TO, P_AMOUNT, P_VARIANT}},
+    {"leg_from", "hs_xfer_leg", sql_leg, 3, {P_ID, P_FROM, P_NEG_AMOUNT}},
+    {"sleep", "hs_xfer_sleep", sql_sleep, 1, {P_DELAY}},
+    {"credit", "hs_xfer_credit", sql_credit, 2, {P_AMOUNT, P_TO}},
+    {"leg_to", "hs_xfer_leg", sql_leg, 3, {P_ID, P_TO, P_AMOUNT}},
 };
 
-static const char *const before_step_names[B_N] = {"debit", "check",  "transfer", "leg_from",
-                                                   "sleep", "credit", "leg_to"};
-
 typedef struct xfer_before {
-    rt_task task;
+    xfer x;
     rt_db_query q[B_N]; /* one per step: each is released in its own callback, never reused */
-    xfer_state *t;
-    svc_request *req;
-    xfer_args a;
+    const char *v[P_N];
     bool debited;
-    int64_t transfer_id;
-    uint64_t step_started;
     char id_s[HS_INT_TEXT];
 } xfer_before;
 
 static void before_on_step(rt_task *t, int status);
 
-static void before_send(xfer_before *x, int step, const char *name, const char *sql, int n,
-                        const char *const *params)
+static void before_send(xfer_before *b, int step)
 {
-    rt_db_query *q = &x->q[step];
+    const struct before_stmt *s = &before_stmts[step];
+    rt_db_query *q = &b->q[step];
+    const char *params[4];
 
-    rt_db_query_init(q, x->req->app->db, sql, n, params, NULL);
-    rt_db_query_prepare_as(q, name);
-    q->task.data = x;
-    x->step_started = uv_hrtime();
+    for (int i = 0; i < s->n; i++)
+        params[i] = b->v[s->p[i]];
+    rt_db_query_init(q, b->x.req->app->db, s->sql, s->n, params, NULL);
+    rt_db_query_prepare_as(q, s->name);
+    q->task.data = b;
+    b->x.started = uv_hrtime();
     /* Each statement listens to the request's signal on its own: a cancellation stops the
      * chain wherever it is, and what was already done stays done. */
-    rt_task_start(&q->task, x->req->signal, before_on_step);
+    rt_task_start(&q->task, b->x.req->signal, before_on_step);
 }
 
-static void before_credit(xfer_before *x)
-{
-    const char *p[2] = {x->a.amount_s, x->a.to_s};
-
-    before_send(x, B_CREDIT, "hs_xfer_credit", sql_credit, 2, p);
-}
-
-static void before_stopped(xfer_before *x, int step, int status)
+static void before_stopped(xfer_before *b, int step, int status)
 {
     svc_log_line l;
 
-    (*x->t->cancelled_before)++;
+    (*b->x.t->cancelled_before)++;
     if (svc_log_begin(&l, SVC_LOG_WARN, "transfer_cancelled")) {
-        svc_request_log_ids(&l, x->req);
+        svc_request_log_ids(&l, b->x.req);
         svc_log_str(&l, "variant", "before");
         svc_log_str(&l, "reason", uv_err_name(status));
-        svc_log_str(&l, "at_step", before_step_names[step]);
-        svc_log_int(&l, "transfer_id", x->transfer_id);
+        svc_log_str(&l, "at_step", before_stmts[step].step);
+        svc_log_int(&l, "transfer_id", b->x.transfer_id);
         /* Whether the statement that was interrupted took effect is unknown; what is known is
          * that a confirmed debit was never matched. */
-        svc_log_str(&l, "left", x->debited ? "partial_transfer" : "no_confirmed_change");
+        svc_log_str(&l, "left", b->debited ? "partial_transfer" : "no_confirmed_change");
         svc_log_end(&l);
     }
 }
 
 /* The debit changed nothing: an account is missing or short. */
-static void before_respond_missing(xfer_before *x, const rt_db_result *r)
+static void before_respond_missing(xfer_before *b, const rt_db_result *r)
 {
     bool from_found = false;
     bool to_found = false;
@@ -267,94 +276,75 @@ static void before_respond_missing(xfer_before *x, const rt_db_result *r)
         int64_t id;
 
         if (rt_db_result_int64(r, i, 0, &id) == 0) {
-            from_found = from_found || id == x->a.from;
-            to_found = to_found || id == x->a.to;
+            from_found = from_found || id == b->x.a.from;
+            to_found = to_found || id == b->x.a.to;
         }
     }
-    status = refusal(&x->a, from_found, to_found, &code, msg, sizeof(msg));
-    svc_respond_error(x->req, status, code, "%s", msg);
+    status = refusal(&b->x.a, from_found, to_found, &code, msg, sizeof(msg));
+    svc_respond_error(b->x.req, status, code, "%s", msg);
 }
 
-/* Runs the step after `step`, which succeeded; returns false when the chain is over. */
-static bool before_advance(xfer_before *x, int step, const rt_db_result *r)
+/* The step after `step`, which succeeded; B_N when the chain is over and the response set. */
+static int before_next(xfer_before *b, int step, const rt_db_result *r)
 {
     switch (step) {
-    case B_DEBIT: {
-        if (rt_db_result_rows(r) == 0) {
-            const char *p[2] = {x->a.from_s, x->a.to_s};
-
-            before_send(x, B_EXISTS, "hs_xfer_exists", sql_exists, 2, p);
-        } else {
-            const char *p[4] = {x->a.from_s, x->a.to_s, x->a.amount_s, "before"};
-
-            x->debited = true;
-            before_send(x, B_TRANSFER, "hs_xfer_transfer", sql_transfer, 4, p);
-        }
-        return true;
-    }
+    case B_DEBIT:
+        b->debited = rt_db_result_rows(r) > 0;
+        return b->debited ? B_TRANSFER : B_EXISTS;
     case B_EXISTS:
-        before_respond_missing(x, r);
-        return false;
-    case B_TRANSFER: {
-        const char *p[3] = {x->id_s, x->a.from_s, x->a.neg_amount_s};
-
-        if (rt_db_result_int64(r, 0, 0, &x->transfer_id) < 0) {
-            svc_respond_uv_error(x->req, UV_EPROTO);
-            return false;
+        before_respond_missing(b, r);
+        return B_N;
+    case B_TRANSFER:
+        if (rt_db_result_int64(r, 0, 0, &b->x.transfer_id) < 0) {
+            svc_respond_uv_error(b->x.req, UV_EPROTO);
+            return B_N;
         }
-        hs__int_text(x->id_s, x->transfer_id);
-        before_send(x, B_LEG_FROM, "hs_xfer_leg", sql_leg, 3, p);
-        return true;
-    }
+        hs__int_text(b->id_s, b->x.transfer_id);
+        return B_LEG_FROM;
     case B_LEG_FROM:
-        if (x->a.delay_ms > 0) {
-            const char *p[1] = {x->a.delay_s};
-
-            before_send(x, B_SLEEP, "hs_xfer_sleep", sql_sleep, 1, p);
-        } else {
-            before_credit(x);
-        }
-        return true;
-    case B_SLEEP:
-        before_credit(x);
-        return true;
-    case B_CREDIT: {
-        const char *p[3] = {x->id_s, x->a.to_s, x->a.amount_s};
-
-        before_send(x, B_LEG_TO, "hs_xfer_leg", sql_leg, 3, p);
-        return true;
-    }
+        return b->x.a.delay_ms > 0 ? B_SLEEP : B_CREDIT;
+    case B_LEG_TO:
+        respond_text(b->x.req, 200, success_body(&b->x.a, b->x.transfer_id));
+        return B_N;
     default:
-        respond_text(x->req, 200, success_body(&x->a, x->transfer_id));
-        return false;
+        return step + 1;
     }
 }
 
 static void before_on_step(rt_task *t, int status)
 {
-    xfer_before *x = t->data;
-    int step = (int)(rt_container_of(t, rt_db_query, task) - x->q);
+    xfer_before *b = t->data;
+    int step = (int)(rt_container_of(t, rt_db_query, task) - b->q);
 
-    svc_request_add_db_time(x->req, uv_hrtime() - x->step_started);
+    svc_request_add_db_time(b->x.req, uv_hrtime() - b->x.started);
     if (status < 0) {
         if (status == UV_ECANCELED || status == UV_ETIMEDOUT)
-            before_stopped(x, step, status);
+            before_stopped(b, step, status);
         else if (status == RT_DB_ESQL)
-            log_db_error(x->req, "before", &x->q[step].result);
-        svc_respond_uv_error(x->req, status);
-        rt_task_complete(&x->task, status);
-    } else if (!before_advance(x, step, &x->q[step].result)) {
-        rt_task_complete(&x->task, 0);
+            log_db_error(b->x.req, "before", &b->q[step].result);
+        svc_respond_uv_error(b->x.req, status);
+        rt_task_complete(&b->x.task, status);
+    } else if ((step = before_next(b, step, &b->q[step].result)) < B_N) {
+        before_send(b, step);
+    } else {
+        rt_task_complete(&b->x.task, 0);
     }
     rt_task_release(t);
 }
 
 static int before_start(rt_task *t)
 {
-    xfer_before *x = rt_container_of(t, xfer_before, task);
-    const char *p[3] = {x->a.amount_s, x->a.from_s, x->a.to_s};
+    xfer_before *b = rt_container_of(t, xfer_before, x.task);
+    const xfer_args *a = &b->x.a;
 
-    before_send(x, B_DEBIT, "hs_xfer_before_debit", sql_before_debit, 3, p);
+    b->v[P_AMOUNT] = a->amount_s;
+    b->v[P_FROM] = a->from_s;
+    b->v[P_TO] = a->to_s;
+    b->v[P_NEG_AMOUNT] = a->neg_amount_s;
+    b->v[P_DELAY] = a->delay_s;
+    b->v[P_ID] = b->id_s;
+    b->v[P_VARIANT] = "before";
+    before_send(b, B_DEBIT);
     return 0;
 }
 
@@ -384,11 +374,10 @@ static const rt_task_vtable before_vt = {
  *   replay:   [BEGIN, LOCK, LOOKUP] -> [COMMIT]   (a keyed refusal likewise ends in a COMMIT)
  *
  * Brackets are round trips (pipelined; one statement at a time with DB_TRANSACTION_POOLER=on).
- * MOVE is the whole transfer in one statement: it locks both rows in id order (FOR NO KEY UPDATE:
- * opposite transfers cannot deadlock, and the FOR KEY SHARE of a foreign key check, a `before`
- * transfer's among them, neither blocks it nor closes a cycle with it), checks both exist and
- * `from` holds enough, and only then writes; the step callback answers 404/409 (rolled back) or
- * goes on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
+ * MOVE (sql_move) locks both rows FOR NO KEY UPDATE: opposite transfers cannot deadlock (id
+ * order), and a foreign key check's FOR KEY SHARE, a `before` transfer's among them, neither
+ * blocks it nor closes a cycle with it. The step callback answers 404/409 (rolled back) or goes
+ * on. SLEEP, the delay_ms, runs with the rows locked and nothing committed.
  *
  * LOCK (pg_try_advisory_xact_lock on the key) makes a concurrent request with the same key a 409
  * at once instead of a queue. LOOKUP replays a stored response (same body hash) or refuses the
@@ -405,18 +394,14 @@ static const rt_task_vtable before_vt = {
 enum after_stage { A_LOCK = 0, A_LOOKUP, A_MOVE, A_SLEEP, A_COMMIT };
 
 typedef struct xfer_after {
-    rt_task task;
+    xfer x;
     rt_race race;
     rt_db_tx tx;
-    xfer_state *t;
-    svc_request *req;
-    xfer_args a;
     int stage;
     /* Parameters of the statements pipelined behind BEGIN: borrowed until completion. */
     const char *lock_p[1];
     const char *lookup_p[2];
     const char *move_p[3];
-    int64_t transfer_id;
     char *body; /* the 200 body (owned), built before STORE so the stored copy is identical */
     /* What the step callback decided when it abandoned the transaction (status ANSWERED). */
     int answer_status;
@@ -424,14 +409,13 @@ typedef struct xfer_after {
     char answer_msg[128];
     char *replay; /* owned: a stored response body */
     bool settled; /* the answer was decided with the key's lock held (after_answer) */
-    uint64_t started;
 } xfer_after;
 
-static void after_exec(xfer_after *x, int stage, const char *name, const char *sql, int n,
+static void after_exec(xfer_after *f, int stage, const char *name, const char *sql, int n,
                        const char *const *params)
 {
-    x->stage = stage;
-    rt_db_tx_exec(&x->tx, name, sql, n, params);
+    f->stage = stage;
+    rt_db_tx_exec(&f->tx, name, sql, n, params);
 }
 
 /*
@@ -441,124 +425,108 @@ static void after_exec(xfer_after *x, int stage, const char *name, const char *s
  * ROLLBACK, the lock would outlive the answer by a round trip (longer behind a pooler), and that
  * client would be told 409 idempotency_in_progress. Without the lock, the pool rolls back.
  */
-static void after_answer(xfer_after *x)
+static void after_answer(xfer_after *f)
 {
-    if (x->a.key != NULL && x->stage != A_LOCK) {
-        x->settled = true;
-        x->stage = A_COMMIT;
-        rt_db_tx_commit(&x->tx);
+    if (f->x.a.key != NULL && f->stage != A_LOCK) {
+        f->settled = true;
+        f->stage = A_COMMIT;
+        rt_db_tx_commit(&f->tx);
     } else {
-        rt_db_tx_rollback(&x->tx, ANSWERED);
+        rt_db_tx_rollback(&f->tx, ANSWERED);
     }
 }
 
-static void after_refuse(xfer_after *x, int status, const char *code, const char *msg)
+static void after_refuse(xfer_after *f, int status, const char *code, const char *msg)
 {
-    x->answer_status = status;
-    x->answer_code = code;
-    snprintf(x->answer_msg, sizeof(x->answer_msg), "%s", msg);
-    after_answer(x);
+    f->answer_status = status;
+    f->answer_code = code;
+    snprintf(f->answer_msg, sizeof(f->answer_msg), "%s", msg);
+    after_answer(f);
 }
 
 /* The transfer is in place, the response built: COMMIT (behind STORE with a key). */
-static void after_finish(xfer_after *x)
+static void after_finish(xfer_after *f)
 {
-    if (x->a.key != NULL) {
-        const char *p[3] = {x->a.key, x->a.canon, x->body};
-
-        after_exec(x, A_COMMIT, "hs_xfer_store", sql_store, 3, p);
-    }
-    x->stage = A_COMMIT;
-    rt_db_tx_commit(&x->tx);
+    if (f->x.a.key != NULL)
+        after_exec(f, A_COMMIT, "hs_xfer_store", sql_store, 3,
+                   (const char *[]){f->x.a.key, f->x.a.canon, f->body});
+    f->stage = A_COMMIT;
+    rt_db_tx_commit(&f->tx);
 }
 
 /* MOVE came back: the rows were locked (in id order), and the money moved unless refused. */
-static void after_check_move(xfer_after *x, const rt_db_result *r)
+static void after_check_move(xfer_after *f, const rt_db_result *r)
 {
     int64_t from_balance = -1;
     bool to_found = false;
 
-    if (rt_db_result_rows(r) != 1 || rt_db_result_bool(r, 0, 1, &to_found) < 0) {
-        rt_db_tx_rollback(&x->tx, UV_EPROTO);
-        return;
-    }
-    if (!rt_db_result_is_null(r, 0, 0) && rt_db_result_int64(r, 0, 0, &from_balance) < 0) {
-        rt_db_tx_rollback(&x->tx, UV_EPROTO);
-        return;
-    }
-    if (from_balance < 0 || !to_found || from_balance < x->a.amount) {
-        x->answer_status = refusal(&x->a, from_balance >= 0, to_found, &x->answer_code,
-                                   x->answer_msg, sizeof(x->answer_msg));
-        after_answer(x);
-    } else if (rt_db_result_int64(r, 0, 2, &x->transfer_id) < 0) {
-        rt_db_tx_rollback(&x->tx, UV_EPROTO);
-    } else if ((x->body = success_body(&x->a, x->transfer_id)) == NULL) {
-        rt_db_tx_rollback(&x->tx, UV_ENOMEM);
-    } else if (x->a.delay_ms > 0) {
-        const char *p[1] = {x->a.delay_s};
-
-        after_exec(x, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, p);
+    if (rt_db_result_rows(r) != 1 || rt_db_result_bool(r, 0, 1, &to_found) < 0 ||
+        (!rt_db_result_is_null(r, 0, 0) && rt_db_result_int64(r, 0, 0, &from_balance) < 0)) {
+        rt_db_tx_rollback(&f->tx, UV_EPROTO);
+    } else if (from_balance < 0 || !to_found || from_balance < f->x.a.amount) {
+        f->answer_status = refusal(&f->x.a, from_balance >= 0, to_found, &f->answer_code,
+                                   f->answer_msg, sizeof(f->answer_msg));
+        after_answer(f);
+    } else if (rt_db_result_int64(r, 0, 2, &f->x.transfer_id) < 0) {
+        rt_db_tx_rollback(&f->tx, UV_EPROTO);
+    } else if ((f->body = success_body(&f->x.a, f->x.transfer_id)) == NULL) {
+        rt_db_tx_rollback(&f->tx, UV_ENOMEM);
+    } else if (f->x.a.delay_ms > 0) {
+        after_exec(f, A_SLEEP, "hs_xfer_sleep", sql_sleep, 1, (const char *[]){f->x.a.delay_s});
     } else {
-        after_finish(x);
+        after_finish(f);
     }
 }
 
 /* LOOKUP came back: a stored response is replayed when the body is the same. */
-static void after_check_key(xfer_after *x, const rt_db_result *r)
+static void after_check_key(xfer_after *f, const rt_db_result *r)
 {
     bool same;
     int64_t status;
 
     if (rt_db_result_rows(r) == 0) {
         /* The key is new and now claimed: the transfer goes out. */
-        after_exec(x, A_MOVE, "hs_xfer_move", sql_move, 3, x->move_p);
-        return;
-    }
-    if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
-        rt_db_tx_rollback(&x->tx, UV_EPROTO);
-        return;
-    }
-    if (!same) {
-        after_refuse(x, 422, "idempotency_key_reused",
+        after_exec(f, A_MOVE, "hs_xfer_move", sql_move, 3, f->move_p);
+    } else if (rt_db_result_bool(r, 0, 0, &same) < 0 || rt_db_result_int64(r, 0, 1, &status) < 0) {
+        rt_db_tx_rollback(&f->tx, UV_EPROTO);
+    } else if (!same) {
+        after_refuse(f, 422, "idempotency_key_reused",
                      "this Idempotency-Key was used with a different body");
-        return;
+    } else if ((f->replay = strdup(rt_db_result_text(r, 0, 2))) == NULL) {
+        rt_db_tx_rollback(&f->tx, UV_ENOMEM);
+    } else {
+        f->answer_status = (int)status;
+        after_answer(f);
     }
-    x->replay = strdup(rt_db_result_text(r, 0, 2));
-    if (x->replay == NULL) {
-        rt_db_tx_rollback(&x->tx, UV_ENOMEM);
-        return;
-    }
-    x->answer_status = (int)status;
-    after_answer(x);
 }
 
 static void after_step(rt_db_tx *tx)
 {
-    xfer_after *x = rt_container_of(tx, xfer_after, tx);
+    xfer_after *f = rt_container_of(tx, xfer_after, tx);
     const rt_db_result *r = &tx->result;
 
-    switch (x->stage) {
+    switch (f->stage) {
     case A_LOCK: {
         bool got;
 
         if (rt_db_result_bool(r, 0, 0, &got) < 0) {
             rt_db_tx_rollback(tx, UV_EPROTO);
         } else if (!got) {
-            after_refuse(x, 409, "idempotency_in_progress",
+            after_refuse(f, 409, "idempotency_in_progress",
                          "a request with this Idempotency-Key is still running");
         } else {
-            x->stage = A_LOOKUP; /* pipelined behind: its result comes next */
+            f->stage = A_LOOKUP; /* pipelined behind: its result comes next */
         }
         break;
     }
     case A_LOOKUP:
-        after_check_key(x, r);
+        after_check_key(f, r);
         break;
     case A_MOVE:
-        after_check_move(x, r);
+        after_check_move(f, r);
         break;
     case A_SLEEP:
-        after_finish(x);
+        after_finish(f);
         break;
     default:
         rt_db_tx_rollback(tx, UV_EPROTO);
@@ -566,112 +534,111 @@ static void after_step(rt_db_tx *tx)
     }
 }
 
-static void after_log(const xfer_after *x, svc_log_level level, const char *event, int status)
+static void after_log(const xfer_after *f, svc_log_level level, const char *event, int status)
 {
     static const char *const outcomes[] = {"none", "committed", "rolled_back", "unknown"};
     svc_log_line l;
 
     if (!svc_log_begin(&l, level, event))
         return;
-    svc_request_log_ids(&l, x->req);
+    svc_request_log_ids(&l, f->x.req);
     svc_log_str(&l, "variant", "after");
     svc_log_str(&l, "reason", uv_err_name(status));
-    svc_log_str(&l, "outcome", outcomes[x->tx.outcome]);
-    svc_log_int(&l, "statements", x->tx.step);
-    svc_log_int(&l, "round_trips", x->tx.round_trips);
+    svc_log_str(&l, "outcome", outcomes[f->tx.outcome]);
+    svc_log_int(&l, "statements", f->tx.step);
+    svc_log_int(&l, "round_trips", f->tx.round_trips);
     svc_log_end(&l);
 }
 
 /* The race has ended: turn what the database did, and what the signal did, into the answer. */
 static void after_on_race(rt_task *t, int status)
 {
-    xfer_after *x = rt_container_of(t, xfer_after, race.task);
-    svc_request *req = x->req;
+    xfer_after *f = rt_container_of(t, xfer_after, race.task);
+    svc_request *req = f->x.req;
 
-    svc_request_add_db_time(req, uv_hrtime() - x->started);
-    if (x->settled) {
+    svc_request_add_db_time(req, uv_hrtime() - f->x.started);
+    if (f->settled) {
         /* Decided before the COMMIT of a transaction that wrote nothing: the decision stands. */
         status = ANSWERED;
-    } else if (x->race.signal_won && x->tx.commit_sent) {
+    } else if (f->race.signal_won && f->tx.commit_sent) {
         /* Once COMMIT is sent the transaction's own status is the answer (see this section). */
-        after_log(x, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
-        status = x->race.inner_status;
+        after_log(f, SVC_LOG_INFO, "transfer_cancel_after_commit_sent", status);
+        status = f->race.inner_status;
     }
-    if (x->tx.outcome == RT_DB_TX_COMMITTED && !x->settled) {
-        respond_text(req, 200, x->body);
-        x->body = NULL;
+    if (f->tx.outcome == RT_DB_TX_COMMITTED && !f->settled) {
+        respond_text(req, 200, f->body);
+        f->body = NULL;
         status = 0;
-    } else if (x->tx.outcome == RT_DB_TX_UNKNOWN && !x->settled) {
-        (*x->t->outcome_unknown)++;
-        after_log(x, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
+    } else if (f->tx.outcome == RT_DB_TX_UNKNOWN && !f->settled) {
+        (*f->x.t->outcome_unknown)++;
+        after_log(f, SVC_LOG_ERROR, "transfer_outcome_unknown", status);
         svc_respond_error(req, 503, "commit_outcome_unknown",
                           "COMMIT was sent but its answer never came; retry with the same "
                           "Idempotency-Key to learn the outcome");
-    } else if (x->race.signal_won && !x->tx.commit_sent && !x->settled) {
-        (*x->t->rolled_back)++;
-        after_log(x, SVC_LOG_WARN, "transfer_cancelled", status);
+    } else if (f->race.signal_won && !f->tx.commit_sent && !f->settled) {
+        (*f->x.t->rolled_back)++;
+        after_log(f, SVC_LOG_WARN, "transfer_cancelled", status);
         svc_respond_uv_error(req, status);
-    } else if (status == ANSWERED && x->replay != NULL) {
-        (*x->t->replayed)++;
-        respond_text(req, x->answer_status, x->replay);
-        x->replay = NULL;
+    } else if (status == ANSWERED && f->replay != NULL) {
+        (*f->x.t->replayed)++;
+        respond_text(req, f->answer_status, f->replay);
+        f->replay = NULL;
         svc_respond_header(req, "Idempotent-Replayed", "true");
         status = 0;
     } else if (status == ANSWERED) {
-        svc_respond_error(req, x->answer_status, x->answer_code, "%s", x->answer_msg);
+        svc_respond_error(req, f->answer_status, f->answer_code, "%s", f->answer_msg);
         status = 0;
-    } else if (status == RT_DB_ESQL && strncmp(x->tx.result.sqlstate, "40", 2) == 0) {
+    } else if (status == RT_DB_ESQL && strncmp(f->tx.result.sqlstate, "40", 2) == 0) {
         /* SQLSTATE class 40, transaction rollback (a deadlock with another client's locks, a
          * serialization failure): the database undid the whole transaction, so nothing moved and
          * the same request can simply be sent again. */
-        log_db_error(req, "after", &x->tx.result);
+        log_db_error(req, "after", &f->tx.result);
         svc_respond_error(req, 503, "unavailable",
                           "the database rolled this transfer back to settle a conflict with "
                           "another transaction; nothing moved, retry");
         svc_respond_header(req, "Retry-After", "1");
     } else {
         if (status == RT_DB_ESQL)
-            log_db_error(req, "after", &x->tx.result);
+            log_db_error(req, "after", &f->tx.result);
         svc_respond_uv_error(req, status);
     }
-    rt_task_release(&x->tx.task);
+    rt_task_release(&f->tx.task);
     rt_task_release(t);
-    rt_task_complete(&x->task, status);
+    rt_task_complete(&f->x.task, status);
 }
 
 static int after_start(rt_task *t)
 {
-    xfer_after *x = rt_container_of(t, xfer_after, task);
-    rt_runtime *rt = x->req->app->rt;
+    xfer_after *f = rt_container_of(t, xfer_after, x.task);
 
-    rt_db_tx_init(&x->tx, x->req->app->db, NULL, after_step, NULL);
-    x->move_p[0] = x->a.from_s;
-    x->move_p[1] = x->a.to_s;
-    x->move_p[2] = x->a.amount_s;
-    if (x->a.key != NULL) {
-        x->lock_p[0] = x->a.key;
-        x->lookup_p[0] = x->a.key;
-        x->lookup_p[1] = x->a.canon;
-        rt_db_tx_pipeline(&x->tx, "hs_xfer_lock", sql_lock, 1, x->lock_p);
-        rt_db_tx_pipeline(&x->tx, "hs_xfer_lookup", sql_lookup, 2, x->lookup_p);
-        x->stage = A_LOCK;
+    rt_db_tx_init(&f->tx, f->x.req->app->db, NULL, after_step, NULL);
+    f->move_p[0] = f->x.a.from_s;
+    f->move_p[1] = f->x.a.to_s;
+    f->move_p[2] = f->x.a.amount_s;
+    if (f->x.a.key != NULL) {
+        f->lock_p[0] = f->x.a.key;
+        f->lookup_p[0] = f->x.a.key;
+        f->lookup_p[1] = f->x.a.canon;
+        rt_db_tx_pipeline(&f->tx, "hs_xfer_lock", sql_lock, 1, f->lock_p);
+        rt_db_tx_pipeline(&f->tx, "hs_xfer_lookup", sql_lookup, 2, f->lookup_p);
+        f->stage = A_LOCK;
     } else {
-        rt_db_tx_pipeline(&x->tx, "hs_xfer_move", sql_move, 3, x->move_p);
-        x->stage = A_MOVE;
+        rt_db_tx_pipeline(&f->tx, "hs_xfer_move", sql_move, 3, f->move_p);
+        f->stage = A_MOVE;
     }
-    rt_race_init(&x->race, rt, &x->tx.task, x->req->signal);
-    x->started = uv_hrtime();
-    rt_task_start(&x->race.task, NULL, after_on_race);
+    rt_race_init(&f->race, f->x.req->app->rt, &f->tx.task, f->x.req->signal);
+    f->x.started = uv_hrtime();
+    rt_task_start(&f->race.task, NULL, after_on_race);
     return 0;
 }
 
 static void after_release(rt_task *t)
 {
-    xfer_after *x = rt_container_of(t, xfer_after, task);
+    xfer_after *f = rt_container_of(t, xfer_after, x.task);
 
-    free(x->body);
-    free(x->replay);
-    free(x);
+    free(f->body);
+    free(f->replay);
+    free(f);
 }
 
 /* No cancel: the race listens to the request's signal, which is what would cancel this task. */
@@ -684,31 +651,20 @@ static const rt_task_vtable after_vt = {
 
 /* --- handler: POST /{before,after}/transfers -------------------------------------------------- */
 
-static bool is_key_char(char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == ':' || c == '-';
-}
-
 /* Reads and checks every input; on failure the 400 is set and UV_EINVAL returned. */
 static int parse_args(svc_request *req, xfer_args *a)
 {
+    static const char key_chars[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-";
     const char *key = svc_request_header(req, "Idempotency-Key");
     json_t *body;
     int err;
 
-    if (key != NULL) {
-        size_t n = strlen(key);
-        bool ok = n >= 1 && n <= KEY_MAX;
-
-        for (size_t i = 0; ok && i < n; i++)
-            ok = is_key_char(key[i]);
-        if (!ok) {
-            svc_respond_error(req, 400, "bad_request",
-                              "Idempotency-Key must be 1..%d characters of A-Z a-z 0-9 . _ : -",
-                              KEY_MAX);
-            return UV_EINVAL;
-        }
+    if (key != NULL && (key[0] == '\0' || strlen(key) > KEY_MAX || key[strspn(key, key_chars)])) {
+        svc_respond_error(req, 400, "bad_request",
+                          "Idempotency-Key must be 1..%d characters of A-Z a-z 0-9 . _ : -",
+                          KEY_MAX);
+        return UV_EINVAL;
     }
     a->key = key;
     err = svc_request_json(req, &body);
@@ -744,25 +700,19 @@ static int transfer(svc_request *req, void *state, rt_task **task_out)
 {
     xfer_args a;
 
+    xfer *x;
+
     if (parse_args(req, &a) < 0 || !hs__has_db(req))
         return 0;
-    if (hs__is_after(req)) {
-        xfer_after *x = hs__task_new(req, &after_vt, sizeof(*x), task_out);
-
-        if (x == NULL)
-            return UV_ENOMEM;
-        x->t = state;
-        x->req = req;
-        x->a = a;
-    } else {
-        xfer_before *x = hs__task_new(req, &before_vt, sizeof(*x), task_out);
-
-        if (x == NULL)
-            return UV_ENOMEM;
-        x->t = state;
-        x->req = req;
-        x->a = a;
-    }
+    if (hs__is_after(req))
+        x = hs__task_new(req, &after_vt, sizeof(xfer_after), task_out);
+    else
+        x = hs__task_new(req, &before_vt, sizeof(xfer_before), task_out);
+    if (x == NULL)
+        return UV_ENOMEM;
+    x->t = state;
+    x->req = req;
+    x->a = a;
     return 0;
 }
 
@@ -825,7 +775,6 @@ int hs_transfers_register(svc_router *r, svc_app *app)
 
     if (t == NULL)
         return UV_ENOMEM;
-    t->app = app;
-    err = counters_register(t);
+    err = counters_register(t, app);
     return err < 0 ? err : HS_ROUTES_ADD(r, rows, t);
 }

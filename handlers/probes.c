@@ -19,11 +19,6 @@
 #include "service/router.h"
 #include "service/workers.h"
 
-typedef struct probes {
-    svc_app *app;
-    const svc_router *router;
-} probes;
-
 /*
  * 200 while the loop turns, timers included: the loop-lag probe (a 100 ms timer) must have run
  * within LIVENESS_MAX_STALL_MS. A loop blocked outright cannot answer at all; this catches one
@@ -31,18 +26,19 @@ typedef struct probes {
  */
 static int healthz(svc_request *req, void *state, rt_task **task_out)
 {
-    probes *p = state;
-    uint64_t max_ms = (uint64_t)p->app->config->liveness_max_stall_ms;
+    svc_app *app = req->app;
+    uint64_t max_ms = (uint64_t)app->config->liveness_max_stall_ms;
     size_t worker = 0;
     uint64_t stall_ms;
 
+    (void)state;
     (void)task_out;
     /* Every loop, not only this one: a worker stalled by a blocking call serves nothing on its
      * connections, and the process must be restarted for it even though this loop turns. */
-    if (p->app->workers != NULL)
-        stall_ms = svc_workers_max_stall_ns(p->app->workers, &worker) / 1000000u;
+    if (app->workers != NULL)
+        stall_ms = svc_workers_max_stall_ns(app->workers, &worker) / 1000000u;
     else
-        stall_ms = svc_metrics_probe_stall_ns(p->app->metrics) / 1000000u;
+        stall_ms = svc_metrics_probe_stall_ns(app->metrics) / 1000000u;
     if (max_ms > 0 && stall_ms > max_ms) {
         svc_respond_error(req, 503, "loop_stalled",
                           "the event loop's lag probe has not run for %llu ms (limit %llu ms) on "
@@ -56,14 +52,15 @@ static int healthz(svc_request *req, void *state, rt_task **task_out)
 
 static int readyz(svc_request *req, void *state, rt_task **task_out)
 {
-    probes *p = state;
+    svc_app *app = req->app;
 
+    (void)state;
     (void)task_out;
-    if (p->app->draining)
+    if (app->draining)
         svc_respond_static(req, 503, "{\"status\":\"draining\"}");
-    else if (p->app->db == NULL || !rt_db_is_up(p->app->db) ||
-             (p->app->workers != NULL && svc_workers_count(p->app->workers) > 1 &&
-              !svc_workers_all_db_up(p->app->workers)))
+    else if (app->db == NULL || !rt_db_is_up(app->db) ||
+             (app->workers != NULL && svc_workers_count(app->workers) > 1 &&
+              !svc_workers_all_db_up(app->workers)))
         svc_respond_static(req, 503, "{\"status\":\"unavailable\",\"db\":\"down\"}");
     else
         svc_respond_static(req, 200, "{\"status\":\"ready\",\"db\":\"up\"}");
@@ -72,26 +69,27 @@ static int readyz(svc_request *req, void *state, rt_task **task_out)
 
 static int metrics(svc_request *req, void *state, rt_task **task_out)
 {
-    probes *p = state;
+    svc_app *app = req->app;
     size_t len;
     char *text;
 
+    (void)state;
     /* Several loops: a task asks every other worker for its own text and sums them. */
-    if (p->app->workers != NULL && svc_workers_count(p->app->workers) > 1) {
-        *task_out = svc_workers_metrics_task(p->app->workers, p->app->worker_id, req);
+    if (app->workers != NULL && svc_workers_count(app->workers) > 1) {
+        *task_out = svc_workers_metrics_task(app->workers, app->worker_id, req);
         return *task_out != NULL ? 0 : UV_ENOMEM;
     }
-    text = svc_metrics_render(p->app->metrics, p->app, p->app->root_scope, &len);
+    text = svc_metrics_render(app->metrics, app, app->root_scope, &len);
     if (text == NULL)
         return UV_ENOMEM;
     svc_respond_buffer(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
     return 0;
 }
 
+/* The row's state is the router itself. */
 static int routes(svc_request *req, void *state, rt_task **task_out)
 {
-    probes *p = state;
-    json_t *list = svc_router_to_json(p->router);
+    json_t *list = svc_router_to_json(state);
 
     (void)task_out;
     if (list == NULL)
@@ -125,11 +123,6 @@ static const svc_route rows[] = {
 
 int hs_probes_register(svc_router *r, svc_app *app)
 {
-    probes *p = rt_scope_alloc(app->root_scope, sizeof(*p), NULL);
-
-    if (p == NULL)
-        return UV_ENOMEM;
-    p->app = app;
-    p->router = r;
-    return HS_ROUTES_ADD(r, rows, p);
+    (void)app;
+    return HS_ROUTES_ADD(r, rows, r);
 }
