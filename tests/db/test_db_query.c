@@ -200,6 +200,9 @@ static void test_pipeline_one_failure_in_the_middle(void **state)
     int done = 0;
     rt_db_stats st;
 
+    /* Pipeline however the machine paces the five starts (a 5 ms stall between two of them would
+     * otherwise queue the rest). */
+    cfg.pipeline_stall_us = 0;
     dbt_open(fx, &cfg);
     for (int i = 0; i < 5; i++) {
         dbt_query_start(&q[i], fx->db, sql[i], 0, NULL, NULL);
@@ -378,6 +381,7 @@ static void test_cancel_pipelined_query_spares_neighbours(void **state)
     int done = 0;
     rt_db_stats st;
 
+    cfg.pipeline_stall_us = 0; /* the three pipeline, however the machine paces their starts */
     dbt_open(fx, &cfg);
     rt_cancel_init(&sig, NULL);
     dbt_query_start(&q[0], fx->db, "SELECT pg_sleep(0.3), 1", 0, NULL, NULL);
@@ -410,6 +414,9 @@ static void test_close_cancels_pipelined_statements(void **state)
     dbt_query q[3];
     uint64_t t0;
 
+    /* The three pipeline, however the machine paces their starts: with the default 5 ms bound,
+     * a stall between two starts left one queued (RT_DB_ESHUTDOWN at close). */
+    cfg.pipeline_stall_us = 0;
     dbt_open(fx, &cfg);
     for (int i = 0; i < 3; i++)
         dbt_query_start(&q[i], fx->db, "SELECT pg_sleep(10)", 0, NULL, NULL);
