@@ -229,15 +229,32 @@ static int stop_within(e2e_proc *p, int limit_ms)
     return (int)(e2e_now_ms() - t0);
 }
 
+/* n connections that have each been answered once: idle keep-alive connections, accepted for
+ * certain. */
+static void open_idle(const e2e_proc *p, int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char *got;
+
+        fds[i] = e2e_connect(p);
+        assert_true(fds[i] >= 0);
+        assert_true(send_str(fds[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        got = read_for(fds[i], 1, 10000, NULL);
+        assert_int_equal(status_in(got), 200);
+        free(got);
+    }
+}
+
 /* --- the wedged loop ---------------------------------------------------------------------------
  */
 
 /*
  * A chunk-size line that cannot fit the connection's buffer (a long chunk extension, or thousands
- * of leading zeros) leaves libmicrohttpd with a connection it can neither read further nor
- * answer, and it asks to be run again at once, every time. That must never keep the loop from
- * polling: other requests are answered, the database is reached, a signal is handled; and the
- * poisoned connection itself is answered or closed long before the connection timeout.
+ * of leading zeros). libmicrohttpd 0.9.75 can neither read such a connection further nor answer
+ * it, and asks to be run again at once, every time; 1.0.1 refuses a long chunk extension but
+ * sends nothing and leaves the connection open. Neither may keep the loop from polling: other
+ * requests are answered, the database is reached, a signal is handled; and the poisoned
+ * connection itself is answered and closed long before the connection timeout.
  */
 static void poisoned_chunk_line(const char *line, size_t len)
 {
@@ -246,11 +263,16 @@ static void poisoned_chunk_line(const char *line, size_t len)
     static const char head[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"
                                "Content-Type: application/json\r\n"
                                "Transfer-Encoding: chunked\r\n\r\n";
+    enum { IDLE = 4 };
+    int idle[IDLE];
     e2e_proc p;
     char *got;
     int fd, ms, status, closed_ms;
 
     e2e_start(&p, env, NULL, true);
+    /* Idle keep-alive connections older than the poisoned one: libmicrohttpd's turns look at
+     * the connection idle longest, so none of them may happen to tidy up the poisoned one. */
+    open_idle(&p, idle, IDLE);
     fd = e2e_connect(&p);
     assert_true(fd >= 0);
     assert_true(send_str(fd, head));
@@ -264,14 +286,16 @@ static void poisoned_chunk_line(const char *line, size_t len)
                 ms);
         assert_int_equal(status, have_db() ? 200 : 503);
     }
-    /* The poisoned request itself: an answer (4xx) or a close, well before the 30 s timeout. */
+    /* The poisoned request itself: answered (4xx) and closed, well before the 30 s timeout. */
     got = read_for(fd, 1, 10000, &closed_ms);
     status = status_in(got);
     fprintf(stderr, "  poisoned connection: status %d after %d ms\n", status, closed_ms);
-    assert_true(status == -1 || (status >= 400 && status < 500));
+    assert_true(status >= 400 && status < 500);
     assert_true(closed_ms < 10000);
     free(got);
     close(fd);
+    for (int i = 0; i < IDLE; i++)
+        close(idle[i]);
     /* Closed, the request is over for the server too: nothing left in flight but the /metrics
      * request asking (libmicrohttpd 1.0.1 closes this one without reporting it complete). */
     assert_int_equal(e2e_wait_metric(&p, "hs_http_requests_in_flight", 1, 10000), 1);
@@ -302,22 +326,6 @@ static void test_long_chunk_size_does_not_wedge_the_loop(void **state)
 }
 
 /* --- connection exhaustion -------------------------------------------------------------------- */
-
-/* n connections that have each been answered once: idle keep-alive connections, accepted for
- * certain. */
-static void open_idle(const e2e_proc *p, int *fds, int n)
-{
-    for (int i = 0; i < n; i++) {
-        char *got;
-
-        fds[i] = e2e_connect(p);
-        assert_true(fds[i] >= 0);
-        assert_true(send_str(fds[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
-        got = read_for(fds[i], 1, 10000, NULL);
-        assert_int_equal(status_in(got), 200);
-        free(got);
-    }
-}
 
 /* One client holding every slot with idle keep-alive connections cannot lock others out: the
  * newcomer is served at once, and the connection that has idled longest makes room. */
