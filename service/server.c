@@ -138,7 +138,7 @@ typedef struct conn_req {
     bool over_budget;      /* a chunked body outgrew MAX_BODY_BUFFER_BYTES: discarded, then 503 */
     bool orphaned;         /* answered by svc_server_close: never touch the connection again */
     bool chunked;          /* its body comes in chunks (Transfer-Encoding) */
-    int shed_status;       /* answered out of band by shed() (408, 400), else 0 */
+    int outside_status;    /* answered outside the handler: by shed(), or by MHD mid-body */
     uint64_t progress_run; /* the MHD turn that last handed it body bytes (or its headers) */
     conn_track *track;     /* its connection's, while the connection is open; may be NULL */
     conn_track *conn;      /* its connection's from on_uri until on_completed (see open_req) */
@@ -431,7 +431,7 @@ static void shed(conn_track *t, int status, const char *code, const char *msg, i
         (void)sendmsg(t->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         svc_request_clear_response(&tmp);
         if (t->cr != NULL)
-            t->cr->shed_status = status;
+            t->cr->outside_status = status;
     }
     if (t->cr != NULL)
         t->cr->too_large = true; /* whatever body still arrives is discarded */
@@ -814,7 +814,7 @@ static enum MHD_Result dispatch(conn_req *cr, struct MHD_Connection *conn)
     int err;
 
     /* Answered out of band already (a deadline passed): close without a second answer. */
-    if (cr->shed_status != 0)
+    if (cr->outside_status != 0)
         return MHD_NO;
     if (cr->track != NULL && cr->track->phase == C_BODY)
         track_enter(cr->track, C_BUSY);
@@ -1123,10 +1123,18 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     conn_req *cr = *con_cls;
 
-    (void)conn;
     if (cr == NULL)
         return;
     *con_cls = NULL;
+    if (cr->started && cr->state == RECEIVING && cr->outside_status == 0) {
+        /* MHD refused the body itself (a malformed chunk line, say) and answered: that answer
+         * is what the client got, not 499. */
+        const union MHD_ConnectionInfo *own =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_HTTP_STATUS);
+
+        if (own != NULL)
+            cr->outside_status = (int)own->http_status;
+    }
     finish_request(cls, cr, toe);
 }
 
@@ -1149,8 +1157,8 @@ static void finish_request(svc_server *s, conn_req *cr, enum MHD_RequestTerminat
     /* 499 (the client went away before an answer), as nginx logs it. */
     status =
         cr->state == ANSWERED && toe != MHD_REQUEST_TERMINATED_CLIENT_ABORT ? cr->req.status : 499;
-    if (cr->shed_status != 0)
-        status = cr->shed_status;
+    if (cr->outside_status != 0)
+        status = cr->outside_status;
     if (cr->track != NULL) {
         /* The connection waits for its next request now (or is about to close). */
         cr->track->cr = NULL;
