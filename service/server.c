@@ -95,23 +95,10 @@ enum req_state { RECEIVING = 0, SUSPENDED, READY, ANSWERED };
 
 /* Where a connection is between its requests, for the deadlines and for eviction. */
 enum conn_phase {
-    C_WAITING = 0, /* waiting for (or reading) a request's headers */
-    C_BODY,        /* headers parsed, the body is arriving */
-    C_REFUSED,     /* MHD refused it mid-body; its own answer is still to go (watch_refusals) */
+    C_WAITING = 0, /* waiting for (or reading) a request's headers: srv->waiting */
+    C_BODY,        /* headers parsed, the body is arriving: srv->uploading */
     C_BUSY,        /* dispatched: the request deadline and MHD's own timeout apply */
     C_SHED         /* shut down by the server; MHD closes it on its next turn */
-};
-#define TIMED_PHASES (C_REFUSED + 1) /* the phases that have a list and a deadline */
-
-/* The reasons shed() counts, in the order of srv->shed_counts. */
-enum {
-    SHED_EVICTED,
-    SHED_REFUSED,
-    SHED_HEADER_TIMEOUT,
-    SHED_BODY_TIMEOUT,
-    SHED_UNREADABLE,
-    SHED_UNSENT,
-    SHED_REASONS
 };
 
 typedef struct conn_track conn_track;
@@ -228,20 +215,19 @@ static void req_free(conn_req *cr)
  * One per connection, from MHD's "started" notification to its "closed" one (the socket
  * context). The lists it sits on are in phase-entry order, and every entry into a phase adds the
  * same constant, so each list is also in deadline order: the head is the next to expire, and
- * the head of srv->timed[C_WAITING] is the connection that has waited longest for a request.
+ * the head of srv->waiting is the connection that has waited longest for a request.
  */
 struct conn_track {
-    rt_list link; /* in srv->timed[phase], in a phase that has a deadline */
+    rt_list link; /* in srv->waiting (C_WAITING) or srv->uploading (C_BODY) */
     svc_server *srv;
     MHD_socket fd;
     int phase;
     uint64_t deadline_ns; /* of the phase, on the uv_hrtime clock */
     conn_req *cr;         /* the request being read or served, while it is */
     /* The request on_uri made and MHD has not reported complete yet. libmicrohttpd 1.0.1 can
-     * close a connection without that report (see watch_refusals): the close notification then
+     * close a connection without that report (see shed_refused): the close notification then
      * completes the request, so that it is neither leaked nor counted in flight forever. */
     conn_req *open_req;
-    int refused_status; /* MHD's own answer to the request, in C_REFUSED */
 };
 
 struct svc_server {
@@ -254,18 +240,19 @@ struct svc_server {
     uv_poll_t poll;
     uv_timer_t timer; /* MHD's own timeout, and the back-off while it keeps asking for turns */
     uv_idle_t again;  /* one more MHD turn on the next loop iteration, after I/O is polled */
-    uv_timer_t sweep; /* the earliest deadline of the timed phases */
+    uv_timer_t sweep; /* the earliest header or body deadline */
     int open_handles;
-    rt_list timed[TIMED_PHASES]; /* conn_track by phase (the ones with a deadline), oldest first */
-    size_t nconns;               /* connections MHD has open, shed ones included */
-    size_t nshed;                /* of which shut down by the server and not yet closed by MHD */
-    uint64_t runs;               /* MHD turns so far */
-    uint64_t busy_since_ns;      /* MHD has asked for an immediate turn after every turn since */
+    rt_list waiting;        /* conn_track in C_WAITING, oldest first */
+    rt_list uploading;      /* conn_track in C_BODY, oldest first */
+    size_t nconns;          /* connections MHD has open, shed ones included */
+    size_t nshed;           /* of which shut down by the server and not yet closed by MHD */
+    uint64_t runs;          /* MHD turns so far */
+    uint64_t busy_since_ns; /* MHD has asked for an immediate turn after every turn since */
     uint64_t busy_since_run;
     uint64_t stall_checked_ns;
     bool conn_closed; /* a connection closed during the current turn */
     bool mhd_logged;  /* MHD wrote to its error log during the current turn */
-    uint64_t *shed_counts[SHED_REASONS];
+    uint64_t *shed_counts[5];
     rt_list suspended;
     size_t in_flight;
     uint64_t *body_buffered; /* bytes held by request bodies (a gauge in the metrics) */
@@ -297,24 +284,23 @@ static void track_enter(conn_track *t, int phase);
 #define BUSY_TURNS_NS  (10 * 1000000ull)
 #define STALL_NS       (1000 * 1000000ull)
 #define STALL_CHECK_NS (100 * 1000000ull)
-/* How long MHD's own answer to a request it refused mid-body may take to go out before the server
- * answers and closes in its place: sending a few hundred bytes takes far less. */
-#define REFUSED_GRACE_NS (1000 * 1000000ull)
 /* Connections MHD may hold beyond MAX_CONNECTIONS: the ones accepted in one turn (it accepts at
  * most 10 per turn) while those shed to make room have not closed yet. */
 #define CONNECTION_BACKSTOP 64u
 
-static const char *const shed_labels[] = {
-    "reason=\"evicted_idle\"", "reason=\"refused_full\"",       "reason=\"header_timeout\"",
-    "reason=\"body_timeout\"", "reason=\"unreadable_framing\"", "reason=\"library_answer_unsent\""};
-static const char *const shed_names[] = {"evicted_idle",       "refused_full",
-                                         "header_timeout",     "body_timeout",
-                                         "unreadable_framing", "library_answer_unsent"};
+/* The reasons shed() counts, in the order of srv->shed_counts. */
+enum { SHED_EVICTED, SHED_REFUSED, SHED_HEADER_TIMEOUT, SHED_BODY_TIMEOUT, SHED_UNREADABLE };
+
+static const char *const shed_labels[] = {"reason=\"evicted_idle\"", "reason=\"refused_full\"",
+                                          "reason=\"header_timeout\"", "reason=\"body_timeout\"",
+                                          "reason=\"unreadable_framing\""};
+static const char *const shed_names[] = {"evicted_idle", "refused_full", "header_timeout",
+                                         "body_timeout", "unreadable_framing"};
 
 static void on_sweep(uv_timer_t *t);
 
-/* (Re-)arms the sweep timer for the earliest deadline of the lists, if it is not already due by
- * then. */
+/* (Re-)arms the sweep timer for the earliest deadline of the two lists, if it is not already due
+ * by then. */
 static void arm_sweep(svc_server *s)
 {
     uint64_t now = uv_hrtime();
@@ -323,12 +309,13 @@ static void arm_sweep(svc_server *s)
 
     if (s->closing)
         return;
-    for (int phase = 0; phase < TIMED_PHASES; phase++) {
-        rt_list *list = &s->timed[phase];
+    if (!rt_list_is_empty(&s->waiting))
+        earliest = rt_container_of(s->waiting.next, conn_track, link)->deadline_ns;
+    if (!rt_list_is_empty(&s->uploading)) {
+        uint64_t d = rt_container_of(s->uploading.next, conn_track, link)->deadline_ns;
 
-        if (!rt_list_is_empty(list) &&
-            rt_container_of(list->next, conn_track, link)->deadline_ns < earliest)
-            earliest = rt_container_of(list->next, conn_track, link)->deadline_ns;
+        if (d < earliest)
+            earliest = d;
     }
     if (earliest == UINT64_MAX) {
         uv_timer_stop(&s->sweep);
@@ -344,19 +331,21 @@ static void arm_sweep(svc_server *s)
 /* Moves t into phase, and onto the list (and under the deadline) of that phase. */
 static void track_enter(conn_track *t, int phase)
 {
-    static const uint64_t ms = 1000000u;
     svc_server *s = t->srv;
-    rt_list *list;
+    rt_list *list = NULL;
     bool was_empty;
 
     rt_list_remove(&t->link);
     t->phase = phase;
-    if (phase >= TIMED_PHASES)
+    if (phase == C_WAITING) {
+        t->deadline_ns = uv_hrtime() + (uint64_t)s->cfg->header_timeout_ms * 1000000u;
+        list = &s->waiting;
+    } else if (phase == C_BODY) {
+        t->deadline_ns = uv_hrtime() + (uint64_t)s->cfg->body_timeout_ms * 1000000u;
+        list = &s->uploading;
+    }
+    if (list == NULL)
         return;
-    list = &s->timed[phase];
-    t->deadline_ns = uv_hrtime() + (phase == C_WAITING ? s->cfg->header_timeout_ms * ms
-                                    : phase == C_BODY  ? s->cfg->body_timeout_ms * ms
-                                                       : REFUSED_GRACE_NS);
     /* Appending to a list that has a head cannot move its earliest deadline. */
     was_empty = rt_list_is_empty(list);
     rt_list_push_back(list, &t->link);
@@ -390,6 +379,8 @@ static const char *reason_phrase(int status)
         return "Request Timeout";
     case 413:
         return "Content Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
     default:
         return "Service Unavailable";
     }
@@ -455,25 +446,21 @@ static void on_sweep(uv_timer_t *timer)
     svc_server *s = timer->data;
     uint64_t now = uv_hrtime();
 
-    for (int phase = 0; phase < TIMED_PHASES; phase++) {
-        rt_list *list = &s->timed[phase];
+    while (!rt_list_is_empty(&s->waiting)) {
+        conn_track *t = rt_container_of(s->waiting.next, conn_track, link);
 
-        while (!rt_list_is_empty(list)) {
-            conn_track *t = rt_container_of(list->next, conn_track, link);
+        if (t->deadline_ns > now)
+            break;
+        shed(t, 408, "request_timeout", "the request's headers did not arrive in time",
+             SHED_HEADER_TIMEOUT);
+    }
+    while (!rt_list_is_empty(&s->uploading)) {
+        conn_track *t = rt_container_of(s->uploading.next, conn_track, link);
 
-            if (t->deadline_ns > now)
-                break;
-            if (phase == C_WAITING)
-                shed(t, 408, "request_timeout", "the request's headers did not arrive in time",
-                     SHED_HEADER_TIMEOUT);
-            else if (phase == C_BODY)
-                shed(t, 408, "request_timeout", "the request's body did not arrive in time",
-                     SHED_BODY_TIMEOUT);
-            else
-                shed(t, t->refused_status,
-                     t->refused_status == 413 ? "payload_too_large" : "bad_request",
-                     "the request's body framing could not be read", SHED_UNSENT);
-        }
+        if (t->deadline_ns > now)
+            break;
+        shed(t, 408, "request_timeout", "the request's body did not arrive in time",
+             SHED_BODY_TIMEOUT);
     }
     arm_sweep(s);
 }
@@ -488,12 +475,12 @@ static void on_sweep(uv_timer_t *timer)
  */
 static void shed_unreadable(svc_server *s, uint64_t now)
 {
-    rt_list *pos = s->timed[C_BODY].next;
+    rt_list *pos = s->uploading.next;
 
     if (now - s->stall_checked_ns < STALL_CHECK_NS)
         return;
     s->stall_checked_ns = now;
-    while (pos != &s->timed[C_BODY]) {
+    while (pos != &s->uploading) {
         conn_track *t = rt_container_of(pos, conn_track, link);
 
         pos = pos->next;
@@ -506,35 +493,38 @@ static void shed_unreadable(svc_server *s, uint64_t now)
 }
 
 /*
- * MHD wrote to its error log during the turn, which it does when it refuses a request itself:
- * each request whose body it was reading and that it has now given an answer of its own (which
- * the server never does while a body arrives) gets REFUSED_GRACE_NS for that answer to go out
- * and the connection to close. libmicrohttpd 1.0.1 may instead leave the connection marked
- * closed with nothing sent: its refusal of an over-long chunk extension queues a second answer
- * after the first, and that second attempt only flags the connection closed, which MHD acts on
- * when it next looks at the connection. No event may ever make it look (the whole request has
- * been read), so it would sit until its timeout. At the deadline the server answers in its place,
- * with MHD's status, and shuts the socket down: the hang-up makes MHD look, and close.
- * A build of MHD without error messages never logs, and such a connection then waits for the
- * body deadline instead.
+ * MHD wrote to its error log during the turn, as it does when it refuses a request itself. An
+ * answer MHD could send went out within the turn, and its request, complete, has left
+ * srv->uploading. A request still there that has an answer of MHD's (the server gives none while
+ * a body arrives) has not had it sent: the server answers instead, with MHD's status in the
+ * API's error shape, and shuts the socket down. libmicrohttpd 1.0.1 does this to an over-long
+ * chunk extension: it queues a second answer behind the first, and that second attempt only
+ * marks the connection closed. Nothing is sent, and MHD acts on the mark when it next looks at
+ * the connection: at its timeout, or when more bytes arrive, and then it closes without a word.
+ * (A build of MHD without error messages never logs; such a connection waits for the body
+ * deadline.)
  */
-static void watch_refusals(svc_server *s)
+static void shed_refused(svc_server *s)
 {
-    rt_list *pos = s->timed[C_BODY].next;
+    rt_list *pos = s->uploading.next;
 
-    while (pos != &s->timed[C_BODY]) {
+    while (pos != &s->uploading) {
         conn_track *t = rt_container_of(pos, conn_track, link);
-        const union MHD_ConnectionInfo *ci;
+        const union MHD_ConnectionInfo *own;
+        int status;
 
         pos = pos->next;
-        ci = t->cr != NULL && t->cr->in.conn != NULL
-                 ? MHD_get_connection_info(t->cr->in.conn, MHD_CONNECTION_INFO_HTTP_STATUS)
-                 : NULL;
-        if (ci == NULL)
+        own = t->cr != NULL && t->cr->in.conn != NULL
+                  ? MHD_get_connection_info(t->cr->in.conn, MHD_CONNECTION_INFO_HTTP_STATUS)
+                  : NULL;
+        if (own == NULL)
             continue;
-        t->refused_status =
-            ci->http_status >= 400 && ci->http_status < 500 ? (int)ci->http_status : 400;
-        track_enter(t, C_REFUSED);
+        /* 413: a chunk or chunk line too large; 431: trailers too large; else malformed. */
+        status = own->http_status == 413 || own->http_status == 431 ? (int)own->http_status : 400;
+        shed(t, status, status == 413 ? "payload_too_large" : "bad_request",
+             "the request's body framing could not be read (malformed, or a line longer than "
+             "the connection's buffer)",
+             SHED_UNREADABLE);
     }
 }
 
@@ -546,7 +536,7 @@ static void watch_refusals(svc_server *s)
  */
 static void make_room(svc_server *s, conn_track *fresh)
 {
-    conn_track *oldest = rt_container_of(s->timed[C_WAITING].next, conn_track, link);
+    conn_track *oldest = rt_container_of(s->waiting.next, conn_track, link);
 
     if (oldest != fresh)
         shed(oldest, 0, NULL, NULL, SHED_EVICTED);
@@ -1215,7 +1205,7 @@ static void run_mhd(svc_server *s)
     s->runs++;
     MHD_run(s->mhd);
     if (s->mhd_logged)
-        watch_refusals(s);
+        shed_refused(s);
     /* A connection closed in this turn: MHD re-adds its listening socket (dropped at its
      * connection limit) at the start of a turn, which nothing else may ever cause once the last
      * connection is gone. */
@@ -1257,7 +1247,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     char msg[256];
     size_t n;
 
-    ((svc_server *)cls)->mhd_logged = true; /* see watch_refusals */
+    ((svc_server *)cls)->mhd_logged = true; /* see shed_refused */
     vsnprintf(msg, sizeof(msg), fmt, ap);
     n = strlen(msg);
     while (n > 0 && msg[n - 1] == '\n')
@@ -1316,8 +1306,8 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     s->metrics = metrics;
     s->requests = requests_scope;
     rt_list_init(&s->suspended);
-    for (int phase = 0; phase < TIMED_PHASES; phase++)
-        rt_list_init(&s->timed[phase]);
+    rt_list_init(&s->waiting);
+    rt_list_init(&s->uploading);
     for (size_t i = 0; i < sizeof(shed_labels) / sizeof(shed_labels[0]); i++)
         s->shed_counts[i] =
             svc_metrics_counter(metrics, "hs_http_connections_shed_total", shed_labels[i],

@@ -401,7 +401,7 @@ static char *log_line_with(const char *a, const char *b)
 
 /* A chunked body libmicrohttpd refuses itself (a chunk-size line that is not hexadecimal): the
  * client gets its 400, and the request's log line says 400 too, not 499 (gone before an answer). */
-static void test_library_refusal_is_logged_with_its_status(void **state)
+static void test_refused_chunk_line(void **state)
 {
     static const char raw[] = "POST /after/batch HTTP/1.1\r\nHost: x\r\n"
                               "X-Request-Id: refused-chunk-line\r\n"
@@ -413,6 +413,7 @@ static void test_library_refusal_is_logged_with_its_status(void **state)
     (void)state;
     exchange_str(raw, &x);
     assert_true(x.closed);
+    assert_int_equal(count_responses(&x), 1);
     assert_int_equal(first_status(&x), 400);
     free(x.data);
     /* The line is written when MHD reports the request complete, as the connection closes. */
@@ -661,7 +662,7 @@ int main(void)
         cmocka_unit_test(test_nul),
         cmocka_unit_test(test_encoded_slash),
         cmocka_unit_test(test_malformed_content_length),
-        cmocka_unit_test(test_library_refusal_is_logged_with_its_status),
+        cmocka_unit_test(test_refused_chunk_line),
         cmocka_unit_test(test_pipelining_order),
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_limits),
