@@ -222,6 +222,30 @@ char *e2e_log(const e2e_proc *p)
     return buf;
 }
 
+char *e2e_request_line(const e2e_proc *p, const char *rid, int timeout_ms)
+{
+    uint64_t until = e2e_now_ms() + (uint64_t)timeout_ms;
+    char needle[160];
+
+    snprintf(needle, sizeof(needle), "\"event\":\"request\",\"request_id\":\"%s\"", rid);
+    for (;;) {
+        char *log = e2e_log(p);
+        char *line = strstr(log, needle);
+        char *copy = NULL;
+
+        if (line != NULL) {
+            while (line > log && line[-1] != '\n')
+                line--;
+            copy = strndup(line, strcspn(line, "\n"));
+            assert_non_null(copy);
+        }
+        free(log);
+        if (copy != NULL || e2e_now_ms() >= until)
+            return copy;
+        e2e_sleep_ms(25);
+    }
+}
+
 typedef struct sink {
     char *p;
     size_t len;

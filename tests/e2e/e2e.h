@@ -64,6 +64,13 @@ void e2e_kill_all(void);
 char *e2e_log(const e2e_proc *p);
 
 /**
+ * The log line of the request whose id is rid (its "event":"request" line), waiting up to
+ * timeout_ms for it: the line is written when MHD reports the request complete, which may come
+ * just after the answer. Returns a copy without the newline (free it), or NULL.
+ */
+char *e2e_request_line(const e2e_proc *p, const char *rid, int timeout_ms);
+
+/**
  * One request: method, path (with query), body (may be NULL), and extra headers
  * ("Name: value", NULL-terminated; may be NULL). Fills r; release with e2e_resp_free.
  */

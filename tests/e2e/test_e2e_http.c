@@ -425,26 +425,12 @@ static void test_server_timing_db(void **state)
 /* The request line of the log for request id rid, parsed (new); fails the test when absent. */
 static json_t *request_line(const char *rid)
 {
-    char needle[128];
-    char *log = NULL;
-    char *line = NULL;
+    char *line = e2e_request_line(&svc, rid, 5000);
     json_t *v;
 
-    snprintf(needle, sizeof(needle), "\"event\":\"request\",\"request_id\":\"%s\"", rid);
-    /* The line is written when MHD reports the request completed, just after the answer. */
-    for (int i = 0; i < 200 && line == NULL; i++) {
-        free(log);
-        log = e2e_log(&svc);
-        line = strstr(log, needle);
-        if (line == NULL)
-            e2e_sleep_ms(25);
-    }
     assert_non_null(line);
-    while (line > log && line[-1] != '\n')
-        line--;
-    *strchr(line, '\n') = '\0';
     v = json_loads(line, 0, NULL);
-    free(log);
+    free(line);
     assert_non_null(v);
     return v;
 }
