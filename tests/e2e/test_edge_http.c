@@ -400,6 +400,54 @@ static void test_refused_chunk_line(void **state)
     free(line);
 }
 
+/*
+ * A client that stops sending (shutdown(SHUT_WR): its FIN) with its request unfinished can never
+ * finish it, so the service closes at once instead of holding the connection to a timeout. The
+ * FIN comes in the same segment burst as the last bytes, which libmicrohttpd reads without
+ * looking for the end of the stream. A finished request followed by a FIN is still answered.
+ * This instance's timeouts are two minutes, so only noticing the FIN closes within the wait.
+ */
+static void test_half_closed_request(void **state)
+{
+    static const char *const env[] = {"CONNECTION_TIMEOUT_S=120", "HEADER_TIMEOUT_MS=120000",
+                                      "BODY_TIMEOUT_MS=120000", NULL};
+    static const char *const unfinished[] = {
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        "POST /after/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "4\r\n{\"id\r\n",
+        "POST /after/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"ids\":",
+    };
+    static const char finished[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    e2e_proc p;
+    exchange x;
+    int fd;
+
+    (void)state;
+    e2e_start(&p, env, NULL, true);
+    for (size_t i = 0; i < sizeof(unfinished) / sizeof(unfinished[0]); i++) {
+        fd = e2e_connect(&p);
+        assert_true(fd >= 0);
+        send_all(fd, unfinished[i], strlen(unfinished[i]));
+        assert_int_equal(shutdown(fd, SHUT_WR), 0);
+        read_until_closed(fd, &x, EXCHANGE_MS);
+        fprintf(stderr, "  unfinished #%zu: closed=%d after %zu bytes\n", i, x.closed, x.len);
+        assert_true(x.closed);
+        free(x.data);
+        close(fd);
+    }
+    fd = e2e_connect(&p);
+    assert_true(fd >= 0);
+    send_all(fd, finished, strlen(finished));
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    read_until_closed(fd, &x, EXCHANGE_MS);
+    assert_true(x.closed);
+    assert_int_equal(count_responses(&x), 1);
+    assert_int_equal(first_status(&x), 200);
+    free(x.data);
+    close(fd);
+    e2e_stop(&p);
+}
+
 /* --- what holds today -------------------------------------------------------------------- */
 
 static void test_pipelining_order(void **state)
@@ -635,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_encoded_slash),
         cmocka_unit_test(test_malformed_content_length),
         cmocka_unit_test(test_refused_chunk_line),
+        cmocka_unit_test(test_half_closed_request),
         cmocka_unit_test(test_pipelining_order),
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_limits),
