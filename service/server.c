@@ -16,7 +16,9 @@
  * active). MAX_CONNECTIONS is ours too: beyond it the connection that has waited longest for a
  * request is closed, or the newcomer is answered 503. Where MHD cannot answer (it answers only
  * from the access handler, and only once a request is complete), shed() writes the answer to
- * the socket itself and shuts it down; MHD sees the hang-up and closes the connection.
+ * the socket itself and shuts it down; MHD sees the hang-up and closes the connection. And where
+ * MHD would miss a client's FIN (its end of the stream), the server watches for it and shuts the
+ * socket's reading side, so that MHD looks again (watch_hup).
  *
  * A request, as MHD calls the access handler for it:
  *
@@ -62,6 +64,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -222,6 +225,8 @@ struct conn_track {
     svc_server *srv;
     MHD_socket fd;
     int phase;
+    bool hup_watched;     /* in srv->hup_fd's set (watch_hup) */
+    rt_list hup_link;     /* on on_peer_hup's list while its MHD turn runs */
     uint64_t deadline_ns; /* of the phase, on the uv_hrtime clock */
     conn_req *cr;         /* the request being read or served, while it is */
     /* The request on_uri made and MHD has not reported complete yet. libmicrohttpd 1.0.1 can
@@ -238,9 +243,11 @@ struct svc_server {
     rt_scope *requests;
     struct MHD_Daemon *mhd;
     uv_poll_t poll;
-    uv_timer_t timer; /* MHD's own timeout, and the back-off while it keeps asking for turns */
-    uv_idle_t again;  /* one more MHD turn on the next loop iteration, after I/O is polled */
-    uv_timer_t sweep; /* the earliest header or body deadline */
+    uv_timer_t timer;   /* MHD's own timeout, and the back-off while it keeps asking for turns */
+    uv_idle_t again;    /* one more MHD turn on the next loop iteration, after I/O is polled */
+    uv_timer_t sweep;   /* the earliest header or body deadline */
+    uv_poll_t hup_poll; /* hup_fd: clients that stopped sending (watch_hup) */
+    int hup_fd;
     int open_handles;
     rt_list waiting;        /* conn_track in C_WAITING, oldest first */
     rt_list uploading;      /* conn_track in C_BODY, oldest first */
@@ -546,6 +553,52 @@ static void make_room(svc_server *s, conn_track *fresh)
 
 static void finish_request(svc_server *s, conn_req *cr, enum MHD_RequestTerminationCode toe);
 
+/*
+ * A client's FIN that arrives with its last bytes goes unseen by MHD: its sockets are
+ * edge-triggered, and it takes a read shorter than its buffer to mean that nothing more is there,
+ * so it never reads the end of the stream. A request left unfinished, which can then never be
+ * finished, would hold its connection until CONNECTION_TIMEOUT_S. So the server watches every
+ * connection for the client's hang-up (EPOLLRDHUP, reported once, in an epoll set of its own),
+ * and then shuts the socket's reading side: that wakes MHD's epoll for the socket, and MHD's next
+ * read returns whatever is still buffered, then the end, and MHD closes. A request MHD has read
+ * whole is not affected: MHD reads again only to wait for the next one.
+ */
+static void watch_hup(svc_server *s, conn_track *t)
+{
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.ptr = t};
+
+    rt_list_init(&t->hup_link);
+    /* Unwatched (no memory for the entry): MHD's timeout still closes it. */
+    t->hup_watched = epoll_ctl(s->hup_fd, EPOLL_CTL_ADD, t->fd, &ev) == 0;
+}
+
+static void on_peer_hup(uv_poll_t *p, int status, int events)
+{
+    svc_server *s = p->data;
+    struct epoll_event ev[32];
+    rt_list hung;
+    int n;
+
+    (void)status;
+    (void)events;
+    rt_list_init(&hung);
+    do {
+        n = epoll_wait(s->hup_fd, ev, 32, 0);
+        for (int i = 0; i < n; i++)
+            rt_list_push_back(&hung, &((conn_track *)ev[i].data.ptr)->hup_link);
+    } while (n == 32);
+    /* MHD first reads what these sockets hold: a wake-up of theirs it has not consumed yet
+     * would swallow the one the shutdown makes (a connection accepted in the turn that reported
+     * the hang-up, say). One it closes meanwhile leaves the list (on_connection). */
+    run_mhd(s);
+    while (!rt_list_is_empty(&hung)) {
+        conn_track *t = rt_container_of(hung.next, conn_track, hup_link);
+
+        rt_list_remove(&t->hup_link);
+        shutdown(t->fd, SHUT_RD);
+    }
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
@@ -564,6 +617,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
             return;
         t->srv = s;
         t->fd = ci->connect_fd;
+        watch_hup(s, t);
         rt_list_init(&t->link);
         track_enter(t, C_WAITING);
         if (s->nconns - s->nshed > (size_t)s->cfg->max_connections)
@@ -577,6 +631,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         return;
     if (t->phase == C_SHED)
         s->nshed--;
+    /* MHD closes the socket after this notification: leave the set while it is still open. */
+    if (t->hup_watched)
+        epoll_ctl(s->hup_fd, EPOLL_CTL_DEL, t->fd, NULL);
+    rt_list_remove(&t->hup_link);
     rt_list_remove(&t->link);
     if (t->cr != NULL)
         t->cr->track = NULL;
@@ -1300,6 +1358,7 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
             close((int)listen_opt[0].value);
         return UV_ENOMEM;
     }
+    s->hup_fd = -1;
     s->app = app;
     s->cfg = cfg;
     s->router = router;
@@ -1318,6 +1377,11 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
                                          "(MAX_BODY_BUFFER_BYTES caps it).");
     if (s->body_buffered == NULL) {
         err = UV_ENOMEM;
+        goto out_free;
+    }
+    s->hup_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->hup_fd < 0) {
+        err = uv_translate_sys_error(errno);
         goto out_free;
     }
     snprintf(s->server_header, sizeof(s->server_header), "hindsight/%s", HS_VERSION);
@@ -1379,12 +1443,19 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     uv_timer_init(app->loop, &s->sweep);
     s->sweep.data = s;
     s->open_handles++;
-    err = uv_poll_init(app->loop, &s->poll, info->epoll_fd);
+    err = uv_poll_init(app->loop, &s->hup_poll, s->hup_fd);
     if (err < 0)
         goto out_close_timer;
+    s->hup_poll.data = s;
+    s->open_handles++;
+    err = uv_poll_init(app->loop, &s->poll, info->epoll_fd);
+    if (err < 0)
+        goto out_close_hup;
     s->poll.data = s;
     s->open_handles++;
     err = uv_poll_start(&s->poll, UV_READABLE, on_poll);
+    if (err == 0)
+        err = uv_poll_start(&s->hup_poll, UV_READABLE, on_peer_hup);
     if (err < 0)
         goto out_close_poll;
     run_mhd(s);
@@ -1394,9 +1465,12 @@ int svc_server_open(svc_server **out, svc_app *app, const svc_router *router, sv
     /* Handles close asynchronously: s is freed by the last close callback (on_handle_closed). */
 out_close_poll:
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
+out_close_hup:
+    uv_close((uv_handle_t *)&s->hup_poll, on_handle_closed);
 out_close_timer:
     s->closing = true;
     MHD_stop_daemon(s->mhd);
+    close(s->hup_fd);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->again, on_handle_closed);
     uv_close((uv_handle_t *)&s->sweep, on_handle_closed);
@@ -1406,6 +1480,8 @@ out_stop:
 out_free:
     if (listen_opt[0].option == MHD_OPTION_LISTEN_SOCKET && s->mhd == NULL)
         close((int)listen_opt[0].value);
+    if (s->hup_fd >= 0)
+        close(s->hup_fd);
     free(s);
     return err;
 }
@@ -1465,6 +1541,7 @@ void svc_server_close(svc_server *s, void (*cb)(void *arg), void *arg)
         MHD_run(s->mhd);
     /* The poll must stop before MHD closes the descriptor it watches. */
     uv_poll_stop(&s->poll);
+    uv_poll_stop(&s->hup_poll);
     uv_timer_stop(&s->timer);
     uv_idle_stop(&s->again);
     uv_timer_stop(&s->sweep);
@@ -1472,6 +1549,9 @@ void svc_server_close(svc_server *s, void (*cb)(void *arg), void *arg)
     rt_post_cancel(&s->idle_post);
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
+    /* Closing its connections took each out of hup_fd's set, which may close now. */
+    close(s->hup_fd);
+    uv_close((uv_handle_t *)&s->hup_poll, on_handle_closed);
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->again, on_handle_closed);
