@@ -448,6 +448,20 @@ static void test_half_closed_request(void **state)
     e2e_stop(&p);
 }
 
+/* HTTP/2 spoken as text: libmicrohttpd's own 505 (API.md), one answer, then the close. */
+static void test_http2_as_text(void **state)
+{
+    exchange x;
+
+    (void)state;
+    exchange_str("GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n" SMUGGLED, &x);
+    assert_true(x.closed);
+    assert_int_equal(count_responses(&x), 1);
+    assert_int_equal(first_status(&x), 505);
+    assert_string_equal(header(&x, "Connection"), "close");
+    free(x.data);
+}
+
 /* --- what holds today -------------------------------------------------------------------- */
 
 static void test_pipelining_order(void **state)
@@ -684,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_malformed_content_length),
         cmocka_unit_test(test_refused_chunk_line),
         cmocka_unit_test(test_half_closed_request),
+        cmocka_unit_test(test_http2_as_text),
         cmocka_unit_test(test_pipelining_order),
         cmocka_unit_test(test_head),
         cmocka_unit_test(test_limits),
