@@ -223,6 +223,7 @@ static void req_free(conn_req *cr)
 struct conn_track {
     rt_list link; /* in srv->waiting (C_WAITING) or srv->uploading (C_BODY) */
     svc_server *srv;
+    struct MHD_Connection *mhd;
     MHD_socket fd;
     int phase;
     bool hup_watched;     /* in srv->hup_fd's set (watch_hup) */
@@ -500,38 +501,49 @@ static void shed_unreadable(svc_server *s, uint64_t now)
 }
 
 /*
- * MHD wrote to its error log during the turn, as it does when it refuses a request itself. An
- * answer MHD could send went out within the turn, and its request, complete, has left
- * srv->uploading. A request still there that has an answer of MHD's (the server gives none while
- * a body arrives) has not had it sent: the server answers instead, with MHD's status in the
- * API's error shape, and shuts the socket down. libmicrohttpd 1.0.1 does this to an over-long
- * chunk extension: it queues a second answer behind the first, and that second attempt only
- * marks the connection closed. Nothing is sent, and MHD acts on the mark when it next looks at
- * the connection: at its timeout, or when more bytes arrive, and then it closes without a word.
- * (A build of MHD without error messages never logs; such a connection waits for the body
+ * MHD wrote to its error log during the turn, as it does when it refuses a request itself. Two
+ * of its refusals leave the answer unsent: each queues a second answer behind the first, and the
+ * second attempt only marks the connection closed. MHD acts on the mark when it next looks at the
+ * connection (at its timeout, or when more bytes arrive), and then closes without a word. They
+ * are libmicrohttpd 0.9.75's 431 for more query arguments than the connection's buffer can
+ * record (it goes on parsing the head after refusing it) and 1.0.1's 413 for an over-long chunk
+ * extension. Such a connection is in MHD's closed state with its answer still attached, which
+ * its connection info shows in both versions: an answer (HTTP_STATUS) while the head's size is
+ * refused (REQUEST_HEADER_SIZE is NULL only before the head is in and once closed, and an answer
+ * is attached only after). An answer on its way out is left alone. The server answers those
+ * instead, with MHD's status in the API's error shape, and shuts the socket down. (A build of
+ * MHD without error messages never logs; such a connection waits for its header or body
  * deadline.)
  */
 static void shed_refused(svc_server *s)
 {
-    rt_list *pos = s->uploading.next;
+    rt_list *lists[] = {&s->waiting, &s->uploading};
 
-    while (pos != &s->uploading) {
-        conn_track *t = rt_container_of(pos, conn_track, link);
-        const union MHD_ConnectionInfo *own;
-        int status;
+    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+        rt_list *pos = lists[i]->next;
 
-        pos = pos->next;
-        own = t->cr != NULL && t->cr->in.conn != NULL
-                  ? MHD_get_connection_info(t->cr->in.conn, MHD_CONNECTION_INFO_HTTP_STATUS)
-                  : NULL;
-        if (own == NULL)
-            continue;
-        /* 413: a chunk or chunk line too large; 431: trailers too large; else malformed. */
-        status = own->http_status == 413 || own->http_status == 431 ? (int)own->http_status : 400;
-        shed(t, status, status == 413 ? "payload_too_large" : "bad_request",
-             "the request's body framing could not be read (malformed, or a line longer than "
-             "the connection's buffer)",
-             SHED_UNREADABLE);
+        while (pos != lists[i]) {
+            conn_track *t = rt_container_of(pos, conn_track, link);
+            const union MHD_ConnectionInfo *own =
+                MHD_get_connection_info(t->mhd, MHD_CONNECTION_INFO_HTTP_STATUS);
+            int status;
+
+            pos = pos->next;
+            if (own == NULL ||
+                MHD_get_connection_info(t->mhd, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) != NULL)
+                continue;
+            /* 413: a chunk or chunk line too large; 431: a head or trailers too large; else
+             * malformed. */
+            status =
+                own->http_status == 413 || own->http_status == 431 ? (int)own->http_status : 400;
+            shed(t, status, status == 413 ? "payload_too_large" : "bad_request",
+                 t->phase == C_WAITING
+                     ? "the request's head could not be read (more than the connection's buffer "
+                       "can hold)"
+                     : "the request's body framing could not be read (malformed, or a line "
+                       "longer than the connection's buffer)",
+                 SHED_UNREADABLE);
+        }
     }
 }
 
@@ -616,6 +628,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         if (t == NULL)
             return;
         t->srv = s;
+        t->mhd = conn;
         t->fd = ci->connect_fd;
         watch_hup(s, t);
         rt_list_init(&t->link);
