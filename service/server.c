@@ -295,6 +295,9 @@ static void track_enter(conn_track *t, int phase);
 /* Connections MHD may hold beyond MAX_CONNECTIONS: the ones accepted in one turn (it accepts at
  * most 10 per turn) while those shed to make room have not closed yet. */
 #define CONNECTION_BACKSTOP 64u
+/* How long a connection whose client has stopped sending may still wait for its head (see
+ * on_peer_hup). */
+#define HUNG_HEAD_NS (1000 * 1000000ull)
 
 /* The reasons shed() counts, in the order of srv->shed_counts. */
 enum { SHED_EVICTED, SHED_REFUSED, SHED_HEADER_TIMEOUT, SHED_BODY_TIMEOUT, SHED_UNREADABLE };
@@ -359,6 +362,25 @@ static void track_enter(conn_track *t, int phase)
     rt_list_push_back(list, &t->link);
     if (was_empty)
         arm_sweep(s);
+}
+
+/* Brings the header deadline of t, waiting for its head, forward to deadline (never back),
+ * keeping srv->waiting in deadline order. The walk from the front is short: it passes only the
+ * connections due before deadline. */
+static void track_hurry(conn_track *t, uint64_t deadline)
+{
+    svc_server *s = t->srv;
+    rt_list *pos;
+
+    if (t->phase != C_WAITING || t->deadline_ns <= deadline)
+        return;
+    rt_list_remove(&t->link);
+    t->deadline_ns = deadline;
+    pos = s->waiting.next;
+    while (pos != &s->waiting && rt_container_of(pos, conn_track, link)->deadline_ns <= deadline)
+        pos = pos->next;
+    rt_list_push_back(pos, &t->link); /* before pos */
+    arm_sweep(s);
 }
 
 /* The first call of the access handler: the headers are in, the body (if any) is next. */
@@ -608,6 +630,10 @@ static void on_peer_hup(uv_poll_t *p, int status, int events)
 
         rt_list_remove(&t->hup_link);
         shutdown(t->fd, SHUT_RD);
+        /* A head that has filled MHD's buffer is not read on, the end of the stream included,
+         * until more bytes arrive, and none will: a head still incomplete after HUNG_HEAD_NS
+         * gets its header deadline's 408 and the close. */
+        track_hurry(t, uv_hrtime() + HUNG_HEAD_NS);
     }
 }
 
