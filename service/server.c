@@ -471,27 +471,25 @@ static void shed(conn_track *t, int status, const char *code, const char *msg, i
     schedule_turn(s);
 }
 
+/* Answers 408 and closes every connection of list (kept in deadline order) that is due. */
+static void shed_due(rt_list *list, uint64_t now, const char *msg, int reason)
+{
+    while (!rt_list_is_empty(list)) {
+        conn_track *t = rt_container_of(list->next, conn_track, link);
+
+        if (t->deadline_ns > now)
+            break;
+        shed(t, 408, "request_timeout", msg, reason);
+    }
+}
+
 static void on_sweep(uv_timer_t *timer)
 {
     svc_server *s = timer->data;
     uint64_t now = uv_hrtime();
 
-    while (!rt_list_is_empty(&s->waiting)) {
-        conn_track *t = rt_container_of(s->waiting.next, conn_track, link);
-
-        if (t->deadline_ns > now)
-            break;
-        shed(t, 408, "request_timeout", "the request's headers did not arrive in time",
-             SHED_HEADER_TIMEOUT);
-    }
-    while (!rt_list_is_empty(&s->uploading)) {
-        conn_track *t = rt_container_of(s->uploading.next, conn_track, link);
-
-        if (t->deadline_ns > now)
-            break;
-        shed(t, 408, "request_timeout", "the request's body did not arrive in time",
-             SHED_BODY_TIMEOUT);
-    }
+    shed_due(&s->waiting, now, "the request's headers did not arrive in time", SHED_HEADER_TIMEOUT);
+    shed_due(&s->uploading, now, "the request's body did not arrive in time", SHED_BODY_TIMEOUT);
     arm_sweep(s);
 }
 
